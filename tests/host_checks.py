@@ -1,0 +1,62 @@
+"""Shared checks for Host implementations: a snapshot of everything training_mode() must leave as it was."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lib_lora.hosts.state import HOOK_DICTS
+
+
+@dataclass
+class HostSnapshot:
+    weights: dict[str, torch.Tensor]
+    requires_grad: dict[str, bool]
+    training: dict[str, bool]
+    hooks: dict[str, tuple[int, ...]]
+    attention: dict[str, Any]
+
+
+def _roots(host) -> dict[str, torch.nn.Module]:
+    roots = {"unet": host.unet, "vae": host.vae}
+    roots.update({f"te{i}": te for i, te in enumerate(host.text_encoders)})
+    return roots
+
+
+def _attention_impl(module: torch.nn.Module) -> Any:
+    """What decides how a module computes attention: its processor, instance forward, class forward."""
+    return (
+        getattr(module, "processor", None),
+        module.__dict__.get("forward"),
+        type(module).__dict__.get("forward"),
+    )
+
+
+def snapshot_host(host) -> HostSnapshot:
+    weights, requires_grad, training, hooks, attention = {}, {}, {}, {}, {}
+    for root_name, root in _roots(host).items():
+        for name, tensor in root.state_dict(keep_vars=True).items():
+            weights[f"{root_name}.{name}"] = tensor.detach().clone()
+        for name, param in root.named_parameters():
+            requires_grad[f"{root_name}.{name}"] = param.requires_grad
+        for name, module in root.named_modules():
+            key = f"{root_name}.{name}"
+            training[key] = module.training
+            hooks[key] = tuple(len(getattr(module, d, {}) or {}) for d in HOOK_DICTS)
+            if "attn" in name.split(".")[-1] or "Attention" in type(module).__name__:
+                attention[key] = _attention_impl(module)
+    return HostSnapshot(weights, requires_grad, training, hooks, attention)
+
+
+def assert_same_state(before: HostSnapshot, after: HostSnapshot) -> None:
+    assert before.weights.keys() == after.weights.keys()
+    changed = [k for k in before.weights if not torch.equal(before.weights[k], after.weights[k])]
+    assert not changed, f"weights changed: {changed[:5]}"
+    assert before.requires_grad == after.requires_grad
+    assert before.training == after.training
+    assert before.hooks == after.hooks
+    assert before.attention.keys() == after.attention.keys()
+    differing = [k for k in before.attention if before.attention[k] != after.attention[k]]
+    assert not differing, f"attention implementation changed: {differing[:5]}"
