@@ -92,13 +92,23 @@ class HostInfo:
     prediction_type: PredictionType
     unet_parameters: int
 
+    def fields(self) -> list[tuple[str, str]]:
+        """(label, value) pairs in display order."""
+        return [
+            ("model", self.model_name),
+            ("family", self.arch),
+            ("host", f"{self.kind} ({self.layout} layout)"),
+            ("device", self.device),
+            ("dtype", self.dtype),
+            ("prediction", self.prediction_type),
+            ("UNet", f"{self.unet_parameters / 1e6:.2f} M parameters"),
+        ]
+
+    def as_text(self) -> str:
+        return ", ".join(f"{label} {value}" for label, value in self.fields())
+
     def as_markdown(self) -> str:
-        millions = self.unet_parameters / 1e6
-        return (
-            f"**Model:** `{self.model_name}` · **family:** {self.arch} · **host:** {self.kind} "
-            f"({self.layout} layout) · **device:** {self.device} · **dtype:** {self.dtype} · "
-            f"**prediction:** {self.prediction_type} · **UNet:** {millions:.2f} M parameters"
-        )
+        return " · ".join(f"**{label}:** `{value}`" for label, value in self.fields())
 
 
 @runtime_checkable
