@@ -62,9 +62,11 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
         report.done.append(message)
         log(message)
 
-    started = time.perf_counter()
-    host = host or load_diffusers_host(model)
-    step(f"loaded model {model!r} in {time.perf_counter() - started:.1f}s: {host.info().as_text()}")
+    if host is None:
+        started = time.perf_counter()
+        host = load_diffusers_host(model)
+        step(f"loaded model {model!r} in {time.perf_counter() - started:.1f}s")
+    step(f"using {host.info().as_text()}")
 
     dataset = generate_dataset(output_dir / "dataset")
     step(f"generated {len(dataset.images)} images with captions in {dataset.folder}")

@@ -1,0 +1,165 @@
+"""The command line: `python -m lib_lora [serve|demo] [options]`; core errors: one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence, TextIO
+
+from .errors import LoraStudioError
+
+if TYPE_CHECKING:
+    from .hosts.base import Host
+
+PROG = "python -m lib_lora"
+COMMANDS = ("serve", "demo")
+DEFAULT_PORT = 7861
+DEFAULT_DEMO_DIR = Path("demo_output")
+EPILOG = (
+    "With no command, `serve` runs. "
+    "The commands lora, tag, train, generate and blocks arrive with later issues."
+)
+
+
+class ServeError(LoraStudioError):
+    """The web server could not start (port taken, address not available)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with its `serve` and `demo` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="LoRA Studio: tag, train and apply LoRAs with per-block strengths, standalone.",
+        epilog=EPILOG,
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="{serve,demo}")
+    model = _model_options()
+    server = _server_options()
+    commands.add_parser(
+        "serve", parents=[model, server], help="serve the LoRA Studio web UI (the default)", epilog=EPILOG
+    )
+    demo = commands.add_parser(
+        "demo", parents=[model, server], help="run the demo job end to end, then serve the UI", epilog=EPILOG
+    )
+    demo.add_argument(
+        "--output-dir",
+        type=Path,
+        default=DEFAULT_DEMO_DIR,
+        help=f"where the demo writes its dataset and sample (default: {DEFAULT_DEMO_DIR})",
+    )
+    demo.add_argument("--no-ui", action="store_true", help="exit after the demo instead of serving the UI")
+    return parser
+
+
+def _model_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="tiny",
+        help="tiny (default, random SD1 weights), tiny-sdxl, a diffusers folder, or a single-file "
+        ".safetensors checkpoint with a local config folder beside it",
+    )
+    group.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: as loaded)"
+    )
+    group.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: as loaded)")
+    return options
+
+
+def _server_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("web server")
+    group.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default: {DEFAULT_PORT})"
+    )
+    group.add_argument(
+        "--listen",
+        action="store_true",
+        help="serve on all interfaces (0.0.0.0); by default only on 127.0.0.1",
+    )
+    return options
+
+
+def with_default_command(argv: Sequence[str]) -> list[str]:
+    """`argv` with `serve` put first when no command is given (`--help` alone still shows the overview)."""
+    argv = list(argv)
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        return ["serve", *argv]
+    return argv
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a reported LoraStudioError)."""
+    out = out or sys.stdout
+    args = build_parser().parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        if args.command == "demo":
+            run_demo_command(args, out)
+        else:
+            serve(_load_host(args, out), port=args.port, listen=args.listen, out=out)
+    except LoraStudioError as error:
+        print(f"lora-studio: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace, out: TextIO) -> None:
+    """Run the demo on the chosen model, say what it did and where, then serve unless --no-ui."""
+    from .demo import run_demo
+
+    host = _load_host(args, out)
+    report = run_demo(args.output_dir, model=args.model, host=host, log=_printer("demo", out))
+    print(f"demo: finished; everything it wrote is in {report.output_dir.resolve()}", file=out, flush=True)
+    if not args.no_ui:
+        serve(host, port=args.port, listen=args.listen, out=out)
+
+
+def serve(host: Host, *, port: int, listen: bool, out: TextIO) -> None:
+    """Serve the UI for `host` until interrupted; raises ServeError when the server cannot start."""
+    from .ui import build_studio
+
+    address = "0.0.0.0" if listen else "127.0.0.1"
+    blocks = build_studio(lambda: host, standalone=True)
+    try:
+        blocks.queue().launch(
+            server_name=address,
+            server_port=port,
+            inbrowser=False,
+            show_api=False,
+            quiet=True,
+            prevent_thread_lock=True,
+        )
+    except OSError as error:
+        reason = str(error).split(". ")[0]
+        raise ServeError(
+            f"cannot serve on {address}:{port}: {reason} (choose another port with --port)"
+        ) from error
+    print(f"LoRA Studio: serving on http://{address}:{port} (Ctrl+C stops)", file=out, flush=True)
+    blocks.block_thread()
+
+
+def _load_host(args: argparse.Namespace, out: TextIO) -> Host:
+    from .hosts.diffusers import load_diffusers_host
+
+    print(f"LoRA Studio: loading model {args.model!r} ...", file=out, flush=True)
+    host = load_diffusers_host(args.model, device=args.device, dtype=args.dtype)
+    info = host.info()
+    print(
+        f"LoRA Studio: loaded {info.model_name} ({info.arch}, {info.kind}, {info.device}, {info.dtype})",
+        file=out,
+        flush=True,
+    )
+    return host
+
+
+def _printer(prefix: str, out: TextIO) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        print(f"{prefix}: {message}", file=out, flush=True)
+
+    return log

@@ -1,0 +1,96 @@
+"""build_studio on the installed gradio (3.41.2 in the A1111 env, 4.40 standalone), without the model."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from lib_lora.errors import ModelLoadError
+from lib_lora.ui import build_studio, describe_host
+from lib_lora.ui.compat import event_functions
+
+pytestmark = pytest.mark.hostcompat
+
+TAB_IDS = ("lora_studio_dataset_tab", "lora_studio_train_tab", "lora_studio_blocks_tab")
+
+
+class CountingProvider:
+    """A host provider that counts its calls and returns (or raises) what it is given."""
+
+    def __init__(self, result: Any = None) -> None:
+        self.result = result
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+def elem_ids(blocks: Any) -> Iterator[str]:
+    for component in blocks.config["components"]:
+        elem_id = component.get("props", {}).get("elem_id")
+        if elem_id is not None:
+            yield elem_id
+
+
+@pytest.mark.parametrize("standalone", [False, True])
+def test_builds_without_calling_the_provider(standalone):
+    provider = CountingProvider()
+    blocks = build_studio(provider, standalone=standalone)
+    assert provider.calls == 0
+    ids = list(elem_ids(blocks))
+    assert set(TAB_IDS) <= set(ids)
+    assert {"lora_studio_model_info", "lora_studio_model_refresh"} <= set(ids)
+    assert ("lora_studio_app" in ids) is standalone
+
+
+@pytest.mark.parametrize("standalone", [False, True])
+def test_every_elem_id_is_prefixed(standalone):
+    ids = list(elem_ids(build_studio(CountingProvider(), standalone=standalone)))
+    assert ids and all(elem_id.startswith("lora_studio") for elem_id in ids), ids
+    assert len(ids) == len(set(ids))
+
+
+def test_tabs_say_which_issue_brings_them():
+    from lib_lora.ui import blocks_tab, dataset_tab, train_tab
+
+    assert "issue #5" in dataset_tab.STATUS and "WD14" in dataset_tab.STATUS
+    assert "issue #6" in train_tab.STATUS
+    assert "issue #4" in blocks_tab.STATUS and "<lora:name:0.8:NCNF>" in blocks_tab.STATUS
+
+
+def test_events_call_the_provider_and_show_its_errors_as_a_message():
+    provider = CountingProvider(ModelLoadError("cannot read /models/my_model.safetensors"))
+    blocks = build_studio(provider, standalone=False)
+    functions = event_functions(blocks)
+    assert len(functions) == 4  # the refresh button and the three sub-tabs' select
+    text = functions[0]()
+    assert provider.calls == 1
+    assert text.startswith("**Model not available:**")
+    assert r"my\_model.safetensors" in text  # escaped: Markdown must not eat the underscores
+
+
+def test_no_model_is_a_message():
+    assert "No model is loaded" in describe_host(CountingProvider(None))
+
+
+def test_other_exceptions_are_bugs_and_propagate():
+    with pytest.raises(ZeroDivisionError):
+        describe_host(CountingProvider(ZeroDivisionError()))
+
+
+def test_standalone_shows_the_tiny_model_on_page_load():
+    pytest.importorskip("diffusers")
+    from lib_lora.hosts.diffusers import load_diffusers_host
+
+    host = load_diffusers_host("tiny")
+    provider = CountingProvider(host)
+    blocks = build_studio(provider, standalone=True)
+    assert provider.calls == 0
+    texts = [fn() for fn in event_functions(blocks)]
+    assert len(texts) == 5  # refresh, three sub-tab selects, page load
+    assert all(text == host.info().as_markdown() for text in texts)
+    assert "tiny" in texts[0] and "sd1" in texts[0]
