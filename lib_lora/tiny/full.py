@@ -9,11 +9,7 @@ allocation: the parameter count and module tree at no cost. diffusers / transfor
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -123,8 +119,10 @@ def build_full_unet(
             raise ValueError("layout='ldm' is available for sd1 only: the ldm package cannot build SDXL")
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
+        from .ldm_models import quiet_ldm_construction
+
         def construct() -> nn.Module:
-            with _omegaconf_stub():
+            with quiet_ldm_construction():
                 return UNetModel(**SD15_LDM_UNET_CONFIG)
 
         return build_fast(construct, dtype=dtype, device=device, seed=seed)
@@ -211,21 +209,3 @@ def _rebuild_buffers_(module: nn.Module) -> None:
             raise ModelLoadError(
                 f"{type(module).__name__}: no rule to initialise buffer {name!r} after to_empty"
             )
-
-
-@contextmanager
-def _omegaconf_stub() -> Iterator[None]:
-    """ldm's UNetModel imports omegaconf.listconfig only for an isinstance check; stand in if it is missing."""
-    if importlib.util.find_spec("omegaconf") is not None:
-        yield
-        return
-    package = types.ModuleType("omegaconf")
-    listconfig = types.ModuleType("omegaconf.listconfig")
-    listconfig.ListConfig = type("ListConfig", (list,), {})  # type: ignore[attr-defined]
-    package.listconfig = listconfig  # type: ignore[attr-defined]
-    sys.modules["omegaconf"], sys.modules["omegaconf.listconfig"] = package, listconfig
-    try:
-        yield
-    finally:
-        sys.modules.pop("omegaconf", None)
-        sys.modules.pop("omegaconf.listconfig", None)
