@@ -14,6 +14,7 @@ from lib_lora.hosts.state import HOOK_DICTS
 class HostSnapshot:
     weights: dict[str, torch.Tensor]
     requires_grad: dict[str, bool]
+    grads: dict[str, torch.Tensor | None]
     training: dict[str, bool]
     hooks: dict[str, tuple[int, ...]]
     attention: dict[str, Any]
@@ -35,19 +36,20 @@ def _attention_impl(module: torch.nn.Module) -> Any:
 
 
 def snapshot_host(host) -> HostSnapshot:
-    weights, requires_grad, training, hooks, attention = {}, {}, {}, {}, {}
+    weights, requires_grad, grads, training, hooks, attention = {}, {}, {}, {}, {}, {}
     for root_name, root in _roots(host).items():
         for name, tensor in root.state_dict(keep_vars=True).items():
             weights[f"{root_name}.{name}"] = tensor.detach().clone()
         for name, param in root.named_parameters():
             requires_grad[f"{root_name}.{name}"] = param.requires_grad
+            grads[f"{root_name}.{name}"] = None if param.grad is None else param.grad.detach().clone()
         for name, module in root.named_modules():
             key = f"{root_name}.{name}"
             training[key] = module.training
             hooks[key] = tuple(len(getattr(module, d, {}) or {}) for d in HOOK_DICTS)
             if "attn" in name.split(".")[-1] or "Attention" in type(module).__name__:
                 attention[key] = _attention_impl(module)
-    return HostSnapshot(weights, requires_grad, training, hooks, attention)
+    return HostSnapshot(weights, requires_grad, grads, training, hooks, attention)
 
 
 def assert_same_state(before: HostSnapshot, after: HostSnapshot) -> None:
@@ -55,6 +57,11 @@ def assert_same_state(before: HostSnapshot, after: HostSnapshot) -> None:
     changed = [k for k in before.weights if not torch.equal(before.weights[k], after.weights[k])]
     assert not changed, f"weights changed: {changed[:5]}"
     assert before.requires_grad == after.requires_grad
+    grads_changed = [
+        k for k, g in before.grads.items()
+        if (g is None) != (after.grads[k] is None) or (g is not None and not torch.equal(g, after.grads[k]))
+    ]
+    assert not grads_changed, f"gradients left on host parameters: {grads_changed[:5]}"
     assert before.training == after.training
     assert before.hooks == after.hooks
     assert before.attention.keys() == after.attention.keys()

@@ -106,12 +106,12 @@ def _train_inside(host, before, *, raise_at_end: bool) -> None:
         target.register_forward_hook(lambda mod, args, out: out + adapter(args[0]))
         host.unet.set_attn_processor(AttnProcessor())
         host.unet.train()
-        next(host.vae.parameters()).requires_grad_(True)
+        target.weight.requires_grad_(True)  # a host weight that collects a gradient in the body
         cond = host.encode_prompts(["girl"])
         loss = host.apply_unet(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond).pow(2).mean()
         loss.backward()
         torch.optim.SGD(adapter.parameters(), lr=0.1).step()
-        assert adapter.weight.grad is not None
+        assert adapter.weight.grad is not None and target.weight.grad is not None
         changed = snapshot_host(host)
         assert changed.hooks != before.hooks and changed.training != before.training
         assert changed.attention != before.attention and changed.requires_grad != before.requires_grad

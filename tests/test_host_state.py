@@ -62,6 +62,17 @@ def test_preserved_state_restores_when_the_body_raises():
     assert model[0].checkpoint is True
 
 
+def test_gradients_the_body_left_on_host_parameters_are_dropped():
+    model = tree()
+    model(torch.ones(1, 3)).sum().backward()
+    kept = model[0].proj.weight.grad.clone()
+    with preserved_state([model]):
+        model[1].proj.weight.grad = None
+        model(torch.ones(1, 3)).sum().backward()
+        assert not torch.equal(model[0].proj.weight.grad, kept)
+    assert torch.equal(model[0].proj.weight.grad, kept) and model[1].proj.weight.grad is not None
+
+
 def test_shared_submodules_are_recorded_once():
     shared = torch.nn.Linear(2, 2)
     a, b = torch.nn.Sequential(shared), torch.nn.Sequential(shared)

@@ -1,7 +1,7 @@
 """Capture and restore what training touches on a module tree, so a host is left exactly as it was.
 
 Captured per module: `training`, every hook dictionary, instance-level `forward` overrides, and the flags that
-select checkpointing, attention implementation or trainability (FLAG_ATTRS); per parameter: `requires_grad`;
+select checkpointing, attention implementation or trainability (FLAG_ATTRS); per parameter: `requires_grad` and `.grad`;
 per module class: its `forward` (A1111 swaps attention implementations by replacing class methods).
 Weights are not copied: training never writes them, and the tests check that they stay bit-identical.
 """
@@ -41,6 +41,7 @@ class ModuleTreeState:
     """A snapshot of the run-time state of one or more module trees (see module docstring)."""
 
     requires_grad: list[tuple[torch.nn.Parameter, bool]] = field(default_factory=list)
+    grads: list[tuple[torch.nn.Parameter, torch.Tensor | None]] = field(default_factory=list)
     training: list[tuple[torch.nn.Module, bool]] = field(default_factory=list)
     hooks: list[tuple[dict, OrderedDict]] = field(default_factory=list)
     attrs: list[tuple[Any, str, Any]] = field(default_factory=list)
@@ -74,6 +75,8 @@ def capture_state(roots: Iterable[torch.nn.Module]) -> ModuleTreeState:
             if id(param) not in seen_params:
                 seen_params.add(id(param))
                 state.requires_grad.append((param, param.requires_grad))
+                # backward accumulates into .grad in place: keep a copy (host weights normally have none)
+                state.grads.append((param, None if param.grad is None else param.grad.detach().clone()))
         for cls in type(module).__mro__:
             if cls is torch.nn.Module or cls is object:
                 break
@@ -87,6 +90,8 @@ def restore_state(state: ModuleTreeState) -> None:
     """Put back everything `capture_state` recorded, in place (hook dicts keep their identity)."""
     for param, flag in state.requires_grad:
         param.requires_grad_(flag)
+    for param, grad in state.grads:
+        param.grad = grad
     for module, flag in state.training:
         module.training = flag
     for hooks, saved in state.hooks:
