@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from host_checks import assert_same_state, snapshot_host
+
 from lib_lora.errors import ModelLoadError
 from lib_lora.hosts.base import Conditioning, GenerationRequest, Host
 from lib_lora.hosts.diffusers import DiffusersHost, load_diffusers_host

@@ -1,4 +1,4 @@
-"""The Host over AUTOMATIC1111 1.10's `shared.sd_model` (ldm `LatentDiffusion` for SD1/SD2, sgm `DiffusionEngine` for SDXL).
+"""The Host over AUTOMATIC1111 1.10's `shared.sd_model`: ldm `LatentDiffusion` (SD1/SD2), sgm `DiffusionEngine` (SDXL).
 
 Everything goes through the host's own code paths (`get_learned_conditioning`, `encode_first_stage`,
 `apply_model`, `processing.process_images`), so clip skip, emphasis and SDXL size conditioning match generation.
@@ -210,7 +210,7 @@ class A1111Host:
 
     @contextmanager
     def _text_grad(self, with_grad: bool) -> Iterator[None]:
-        """Grad on or off for the text path; with grad, sgm embedders marked `is_trainable` so none runs under no_grad."""
+        """Grad on or off for the text path; with grad, sgm embedders are marked `is_trainable` (else: no_grad)."""
         if not with_grad:
             with torch.no_grad():
                 yield

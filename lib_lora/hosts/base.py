@@ -168,5 +168,5 @@ class Host(Protocol):
         ...
 
     def training_mode(self) -> AbstractContextManager[None]:
-        """Freeze the base model for training; on exit (also on exceptions) restore every flag it or the body changed."""
+        """Freeze the base model for training; on exit (even on exceptions) restore all that it or the body changed."""
         ...

@@ -207,9 +207,11 @@ def _load_folder(path: Path) -> Any:
     if not model_index.is_file():
         raise ModelLoadError(f"{path}: not a diffusers folder (no model_index.json)")
     cls = _pipeline_class(model_index)
+    # SD1/SD2 folders may name a safety checker we neither ship nor want; SDXL pipelines have none.
+    no_checker = {"safety_checker": None, "requires_safety_checker": False}
+    extra = no_checker if cls.__name__ == "StableDiffusionPipeline" else {}
     try:
-        pipeline = cls.from_pretrained(path, local_files_only=True, safety_checker=None, requires_safety_checker=False) \
-            if cls.__name__ == "StableDiffusionPipeline" else cls.from_pretrained(path, local_files_only=True)
+        pipeline = cls.from_pretrained(path, local_files_only=True, **extra)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{path}: could not load the diffusers pipeline: {error}") from error
     pipeline.set_progress_bar_config(disable=True)
@@ -217,8 +219,8 @@ def _load_folder(path: Path) -> Any:
 
 
 def _load_single_file(path: Path) -> Any:
-    config = next((c for c in (path.with_suffix(""), path.with_suffix(".config")) if (c / "model_index.json").is_file()),
-                  None)
+    candidates = (path.with_suffix(""), path.with_suffix(".config"))
+    config = next((c for c in candidates if (c / "model_index.json").is_file()), None)
     if config is None:
         raise ModelLoadError(
             f"{path}: a single-file checkpoint needs a local diffusers config folder beside it "

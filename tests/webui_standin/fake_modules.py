@@ -48,7 +48,7 @@ def make_opts(**overrides: Any) -> SimpleNamespace:
 def install_fake_modules(
     monkeypatch: pytest.MonkeyPatch, sd_model: Any, opts: SimpleNamespace, *, lowvram: bool = False
 ) -> SimpleNamespace:
-    """Put `modules`, `modules.shared`, `modules.devices`, `modules.prompt_parser` into sys.modules (undone by monkeypatch)."""
+    """Put `modules` and its `shared`, `devices`, `prompt_parser` into sys.modules (undone by monkeypatch)."""
     package = ModuleType("modules")
     package.__path__ = []  # a package with no submodules on disk: `from modules import processing` fails
     shared = ModuleType("modules.shared")
