@@ -19,7 +19,7 @@ import torch
 
 from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
-from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType
+from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, host_info
 from .state import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
@@ -183,16 +183,7 @@ class A1111Host:
             ),
             "unknown",
         )
-        return HostInfo(
-            kind=self.kind,
-            model_name=str(name),
-            arch=self._arch.name,
-            layout=self.layout,
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            prediction_type=self.prediction_type,
-            unet_parameters=sum(p.numel() for p in self.unet.parameters()),
-        )
+        return host_info(self, str(name))
 
     # --- encoding and denoising with the host's own code -----------------------------------------------------------
 

@@ -170,3 +170,17 @@ class Host(Protocol):
     def training_mode(self) -> AbstractContextManager[None]:
         """Freeze the base model for training; on exit (even on exceptions) restore all that it or the body changed."""
         ...
+
+
+def host_info(host: Host, model_name: str) -> HostInfo:
+    """The HostInfo of any Host: its kind, family, layout, device, dtype, prediction and UNet size."""
+    return HostInfo(
+        kind=host.kind,
+        model_name=model_name,
+        arch=host.arch.name,
+        layout=host.layout,
+        device=str(host.device),
+        dtype=str(host.dtype).removeprefix("torch."),
+        prediction_type=host.prediction_type,
+        unet_parameters=sum(p.numel() for p in host.unet.parameters()),
+    )

@@ -11,7 +11,7 @@ import torch
 
 from ..arch import SD1, SD2, SDXL, Arch
 from ..errors import ModelLoadError
-from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType
+from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, host_info
 from .state import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
@@ -82,16 +82,7 @@ class DiffusersHost:
         return self.pipeline.scheduler.alphas_cumprod.detach().to("cpu", torch.float32).clone()
 
     def info(self) -> HostInfo:
-        return HostInfo(
-            kind=self.kind,
-            model_name=self.model_name,
-            arch=self.arch.name,
-            layout=self.layout,
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            prediction_type=self.prediction_type,
-            unet_parameters=sum(p.numel() for p in self.unet.parameters()),
-        )
+        return host_info(self, self.model_name)
 
     # --- encoding and denoising ----------------------------------------------------------------------------
     def encode_prompts(

@@ -48,23 +48,6 @@ SDXL_UNET_CONFIG: dict[str, Any] = {
 }
 """stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (as above)."""
 
-SD15_LDM_UNET_CONFIG: dict[str, Any] = {
-    "image_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
-    "attention_resolutions": [4, 2, 1],
-    "num_res_blocks": 2,
-    "channel_mult": [1, 2, 4, 4],
-    "num_heads": 8,
-    "use_spatial_transformer": True,
-    "transformer_depth": 1,
-    "context_dim": 768,
-    "use_checkpoint": True,
-    "legacy": False,
-}
-"""unet_config.params of v1-inference.yaml (A1111's SD1.5 config)."""
-
 CLIP_L_CONFIG: dict[str, Any] = {
     "vocab_size": 49408,
     "hidden_size": 768,
@@ -119,7 +102,7 @@ def build_full_unet(
             raise ValueError("layout='ldm' is available for sd1 only: the ldm package cannot build SDXL")
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-        from .ldm_models import quiet_ldm_construction
+        from .ldm_models import SD15_LDM_UNET_CONFIG, quiet_ldm_construction
 
         def construct() -> nn.Module:
             with quiet_ldm_construction():

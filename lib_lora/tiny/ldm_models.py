@@ -33,6 +33,24 @@ _SDXL_ADM_IN_CHANNELS = 80  # pooled text embedding (32) + 6 size values × 8-wi
 _SDXL_CONTEXT_DIM = 64  # CLIP-L (32) ++ bigG stand-in (32)
 
 
+SD15_LDM_UNET_CONFIG: dict[str, object] = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "attention_resolutions": [4, 2, 1],
+    "num_res_blocks": 2,
+    "channel_mult": [1, 2, 4, 4],
+    "num_heads": 8,
+    "use_spatial_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 768,
+    "use_checkpoint": True,
+    "legacy": False,
+}
+"""unet_config.params of v1-inference.yaml (A1111's SD1.5 config)."""
+
+
 @contextlib.contextmanager
 def quiet_ldm_construction() -> Iterator[None]:
     """Build ldm modules without their construction-time prints (ldm reports each attention it sets up)."""
@@ -49,21 +67,9 @@ def _reinit_zeroed_(module: nn.Module) -> None:
 
 
 def _sd1_kwargs() -> dict:
-    return {
-        "image_size": 32,
-        "in_channels": 4,
-        "out_channels": 4,
-        "model_channels": 32,
-        "attention_resolutions": [4, 2, 1],
-        "num_res_blocks": 2,
-        "channel_mult": [1, 1, 2, 2],
-        "num_heads": 2,
-        "use_spatial_transformer": True,
-        "transformer_depth": 1,
-        "context_dim": 32,
-        "use_checkpoint": True,
-        "legacy": False,
-    }
+    """SD1.5's real config with tiny widths: same levels, blocks and attention placement."""
+    return {**SD15_LDM_UNET_CONFIG, "model_channels": 32, "channel_mult": [1, 1, 2, 2], "num_heads": 2,
+            "context_dim": 32}
 
 
 def _sd2_kwargs() -> dict:

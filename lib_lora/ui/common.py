@@ -75,3 +75,10 @@ def build_model_panel(host_provider: HostProvider) -> ModelPanel:
     panel = ModelPanel(markdown=markdown, refresh_button=button, describe=describe)
     panel.refresh_on(button.click)
     return panel
+
+
+def build_status_tab(title: str, key: str, status: str) -> gr.Tab:
+    """A sub-tab `lora_studio_<key>` that shows one status line; returned for its `select` event."""
+    with gr.Tab(title, id=f"lora_studio_{key}", elem_id=f"lora_studio_{key}_tab") as tab:
+        gr.Markdown(status, elem_id=f"lora_studio_{key}_status", elem_classes=["lora-studio-status"])
+    return tab

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .common import build_status_tab
+
 STATUS = (
     "**Not here yet — issue #5:** tag a folder of images with a WD14 tagger and edit the tags in the browser "
     "(add, remove, replace, frequencies, consolidation into a trigger word). "
     "This tab has no controls until then."
 )
 
-TAB_ID = "lora_studio_dataset"
+TAB_ID = "lora_studio_dataset"  # the id build_status_tab gives it
 
 
 def build_dataset_tab() -> gr.Tab:
     """Add the Dataset tab to the current `gr.Tabs` and return it (for its `select` event)."""
-    with gr.Tab("Dataset", id=TAB_ID, elem_id="lora_studio_dataset_tab") as tab:
-        gr.Markdown(STATUS, elem_id="lora_studio_dataset_status", elem_classes=["lora-studio-status"])
-    return tab
+    return build_status_tab("Dataset", "dataset", STATUS)
