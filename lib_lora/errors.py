@@ -17,3 +17,18 @@ class HostError(LoraStudioError):
 
 class UnsupportedArchError(HostError):
     """The loaded model belongs to a family this code does not handle (e.g. SD3, Flux)."""
+
+
+class LoraFormatError(LoraStudioError):
+    """A LoRA file or one of its modules is unreadable, hostile or inconsistent; names the file and the key."""
+
+    def __init__(self, reason: str, *, path: object = None, key: str | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        self.key = key
+        where = ", ".join(part for part in (str(path) if path else "", f"key {key!r}" if key else "") if part)
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class LoraShapeError(LoraFormatError):
+    """A module's delta weight does not fit the host module it maps to."""

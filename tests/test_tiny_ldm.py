@@ -114,7 +114,7 @@ def test_sdxl_per_level_depth_and_heads() -> None:
         "output_blocks.4.1": 1,
         "output_blocks.5.1": 1,
     }
-    assert modules["input_blocks.7.1.transformer_blocks.1.attn1"].heads == 4
+    assert modules["input_blocks.7.1.transformer_blocks.1.attn1"].heads == 8  # 128 channels, 16-wide heads
     assert modules["input_blocks.7.1.transformer_blocks.1.attn2"].to_k.in_features == 64
 
 
@@ -144,7 +144,7 @@ def test_sdxl_label_emb_is_used() -> None:
 def test_sd2_uses_linear_projections() -> None:
     modules = dict(build_tiny_ldm_unet("sd2").named_modules())
     assert type(modules["input_blocks.4.1.proj_in"]).__name__ == "Linear"
-    assert modules["input_blocks.7.1.transformer_blocks.0.attn1"].heads == 4  # 64 channels / 16 per head
+    assert modules["input_blocks.7.1.transformer_blocks.0.attn1"].heads == 8  # 128 channels / 16 per head
 
 
 def test_unknown_arch_is_refused() -> None:

@@ -14,12 +14,13 @@ import torch
 
 from .clip import build_tiny_text_encoder, build_tiny_tokenizer
 
-# Real SD1.5: block_out_channels (320, 640, 1280, 1280), 8 heads, cross-attention 768.
+# Real SD1.5: block_out_channels (320, 640, 1280, 1280), 8 heads, cross-attention 768. Tiny keeps the
+# ×1,2,4,4 widths, so every level change that has a conv_shortcut in SD1.5 has one here.
 TINY_SD1_UNET: dict[str, Any] = dict(
     sample_size=8,
     in_channels=4,
     out_channels=4,
-    block_out_channels=(32, 32, 64, 64),
+    block_out_channels=(32, 64, 128, 128),
     layers_per_block=2,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -29,17 +30,17 @@ TINY_SD1_UNET: dict[str, Any] = dict(
 )
 
 # Real SDXL: block_out_channels (320, 640, 1280), transformer depth (1, 2, 10), cross-attention 2048,
-# text-time embedding of 6 sizes × 256 + pooled 1280 = 2816.
+# text-time embedding of 6 sizes × 256 + pooled 1280 = 2816. Tiny keeps the ×1,2,4 widths and 16-wide heads.
 TINY_SDXL_UNET: dict[str, Any] = dict(
     sample_size=8,
     in_channels=4,
     out_channels=4,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(32, 64, 128),
     layers_per_block=2,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     transformer_layers_per_block=(1, 1, 2),
-    attention_head_dim=(2, 4, 4),
+    attention_head_dim=(2, 4, 8),
     cross_attention_dim=64,
     use_linear_projection=True,
     addition_embed_type="text_time",

@@ -68,8 +68,7 @@ def _reinit_zeroed_(module: nn.Module) -> None:
 
 def _sd1_kwargs() -> dict:
     """SD1.5's real config with tiny widths: same levels, blocks and attention placement."""
-    return {**SD15_LDM_UNET_CONFIG, "model_channels": 32, "channel_mult": [1, 1, 2, 2], "num_heads": 2,
-            "context_dim": 32}
+    return {**SD15_LDM_UNET_CONFIG, "model_channels": 32, "num_heads": 2, "context_dim": 32}
 
 
 def _sd2_kwargs() -> dict:
@@ -157,7 +156,7 @@ def _sdxl_kwargs() -> dict:
         "model_channels": 32,
         "attention_resolutions": [2, 4],  # levels 1 and 2 (ds 2, 4); level 0 has ResBlocks only, as in SDXL
         "num_res_blocks": 2,
-        "channel_mult": [1, 2, 2],
+        "channel_mult": [1, 2, 4],
         "num_head_channels": 16,
         "use_spatial_transformer": True,
         "use_linear_in_transformer": True,

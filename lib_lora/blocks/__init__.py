@@ -1,0 +1,1 @@
+"""Block weights: block ids of modules (mapping.py), presets, and the prompt syntax."""

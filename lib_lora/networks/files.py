@@ -1,0 +1,444 @@
+"""LoRA files on disk: validated reading (safetensors, weights-only pickles), atomic kohya-format writing, hashes.
+
+Nothing here knows module types: reading returns the flat tensor dict, writing takes one. The metadata builder and
+parser live in `metadata.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import torch
+
+from ..errors import LoraFormatError
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024  # LoRA headers are kilobytes; embedded cover images stay well under this
+MAX_LORA_BYTES = 2 * 1024**3
+SAFETENSORS_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin")
+SHORT_HASH_LENGTH = 12  # A1111's shorthash, as shown in infotext "Lora hashes"
+MODEL_HASH_KEY = "sshs_model_hash"
+LEGACY_HASH_KEY = "sshs_legacy_hash"
+
+_HASH_BLOCK = 1024 * 1024
+_LEGACY_START, _LEGACY_STOP = 0x100000, 0x110000  # the 64 KiB at 1 MiB that the old additional-networks hash reads
+
+# safetensors dtype name -> torch dtype, in safetensors' own enum order: the writer lays tensors out by descending
+# rank, then by name, as safetensors does, so our data section is byte-identical to `safetensors.torch.save`'s.
+_DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "I16": torch.int16,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I32": torch.int32,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "I64": torch.int64,
+}
+_DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in _DTYPES.items()}
+_DTYPE_RANK: dict[str, int] = {name: rank for rank, name in enumerate(_DTYPES)}
+
+
+class TensorInfo(NamedTuple):
+    """One header entry: safetensors dtype name, shape, and [begin, end) byte offsets into the data section."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offsets: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated safetensors header; `header_size` is the JSON length, the data section follows at 8 + it."""
+
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    header_size: int
+    data_size: int
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_size
+
+
+@dataclass
+class LoraStateDict:
+    """A LoRA file as loaded: the flat tensor dict and its `__metadata__` strings (empty for pickles)."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Parse and validate a safetensors header without reading the data; raises LoraFormatError naming the file."""
+    path = Path(path)
+    size = _regular_file_size(path)
+    with _open_for_reading(path) as f:
+        return _parse_header(f, size, path)
+
+
+def load_lora_file(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_LORA_BYTES, device: str | torch.device = "cpu"
+) -> LoraStateDict:
+    """Load a .safetensors (header checked first) or a weights-only .pt/.ckpt/.bin; every float must be finite."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+        expected = ", ".join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)
+        raise LoraFormatError(f"unsupported file type {path.suffix or '(none)'!r}; expected {expected}", path=path)
+    size = _regular_file_size(path)
+    if size == 0:
+        raise LoraFormatError("the file is empty (0 bytes)", path=path)
+    if size > max_bytes:
+        raise LoraFormatError(f"the file is {size} bytes, more than the {max_bytes} allowed", path=path)
+    if suffix in SAFETENSORS_SUFFIXES:
+        tensors, metadata = _load_safetensors(path)
+    else:
+        tensors, metadata = _load_weights_only_pickle(path), {}
+    if not tensors:
+        raise LoraFormatError("the file holds no tensors", path=path)
+    for key, tensor in tensors.items():
+        _check_tensor(tensor, path, key)
+    if torch.device(device).type != "cpu":
+        tensors = {key: tensor.to(device) for key, tensor in tensors.items()}
+    return LoraStateDict(path=path, tensors=tensors, metadata=metadata)
+
+
+def _regular_file_size(path: Path) -> int:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise LoraFormatError("no such file", path=path) from None
+    except OSError as error:
+        raise LoraFormatError(f"cannot read the file: {error.strerror or error}", path=path) from error
+    if stat.S_ISDIR(status.st_mode):
+        raise LoraFormatError("is a directory, not a file", path=path)
+    if not stat.S_ISREG(status.st_mode):
+        raise LoraFormatError("is not a regular file", path=path)
+    return status.st_size
+
+
+@contextlib.contextmanager
+def _open_for_reading(path: Path) -> Iterator[BinaryIO]:
+    try:
+        handle = open(path, "rb")
+    except OSError as error:
+        raise LoraFormatError(f"cannot open the file: {error.strerror or error}", path=path) from error
+    with handle:
+        yield handle
+
+
+def _parse_header(f: BinaryIO, file_size: int, path: Path) -> SafetensorsHeader:
+    prefix = f.read(8)
+    if file_size < 8 or len(prefix) < 8:
+        raise LoraFormatError(
+            f"the file is {file_size} bytes; a safetensors file starts with 8 length bytes", path=path
+        )
+    n = int.from_bytes(prefix, "little")
+    if n > MAX_HEADER_BYTES:
+        raise LoraFormatError(f"header length {n} is over the {MAX_HEADER_BYTES}-byte limit", path=path)
+    if n > file_size - 8:
+        raise LoraFormatError(f"header length {n} is larger than the {file_size - 8} bytes after it", path=path)
+    raw = f.read(n)
+    if len(raw) != n:
+        raise LoraFormatError(f"the header is cut short: read {len(raw)} of {n} bytes", path=path)
+    try:
+        parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+    except UnicodeDecodeError as error:
+        raise LoraFormatError(f"the header is not UTF-8 ({error.reason} at byte {error.start})", path=path) from None
+    except (ValueError, RecursionError) as error:
+        raise LoraFormatError(f"the header is not valid JSON: {error}", path=path) from None
+    if not isinstance(parsed, dict):
+        raise LoraFormatError(f"the header is a JSON {type(parsed).__name__}, not an object", path=path)
+    metadata = _header_metadata(parsed.pop("__metadata__", None), path)
+    data_size = file_size - 8 - n
+    tensors = {name: _tensor_info(name, entry, path) for name, entry in parsed.items()}
+    _check_layout(tensors, data_size, path)
+    return SafetensorsHeader(tensors=tensors, metadata=metadata, header_size=n, data_size=data_size)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _header_metadata(raw: object, path: Path) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LoraFormatError(f"__metadata__ is a JSON {type(raw).__name__}, not an object", path=path)
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise LoraFormatError(f"metadata value is a JSON {type(value).__name__}, not a string", path=path, key=key)
+    return dict(raw)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _tensor_info(name: str, entry: object, path: Path) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise LoraFormatError(f"header entry is a JSON {type(entry).__name__}, not an object", path=path, key=name)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise LoraFormatError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}", path=path, key=name)
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise LoraFormatError(f"shape must be a list of non-negative integers, got {shape!r}", path=path, key=name)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise LoraFormatError(f"data_offsets must be two integers, got {offsets!r}", path=path, key=name)
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise LoraFormatError(f"data_offsets [{begin}, {end}] are not an ordered pair from 0", path=path, key=name)
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    expected = numel * _DTYPES[dtype].itemsize
+    if expected != end - begin:
+        raise LoraFormatError(
+            f"shape {shape} of {dtype} needs {expected} bytes but data_offsets span {end - begin}", path=path, key=name
+        )
+    return TensorInfo(dtype, tuple(shape), (begin, end))
+
+
+def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int, path: Path) -> None:
+    """Tensors must tile the data section exactly, as safetensors requires: no overlap, no gap, nothing after."""
+    position, previous = 0, None
+    for name, info in sorted(tensors.items(), key=lambda item: item[1].offsets):
+        begin, end = info.offsets
+        if end > data_size:
+            raise LoraFormatError(
+                f"data ends at byte {end} but the data section has only {data_size} bytes (truncated file?)",
+                path=path,
+                key=name,
+            )
+        if begin < position:
+            raise LoraFormatError(f"data_offsets overlap those of {previous!r}", path=path, key=name)
+        if begin > position:
+            raise LoraFormatError(f"{begin - position} unused bytes before this tensor's data", path=path, key=name)
+        position, previous = end, name
+    if position != data_size:
+        raise LoraFormatError(f"{data_size - position} bytes after the last tensor belong to none", path=path)
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    header = read_header(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {name: f.get_tensor(name) for name in header.tensors}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise LoraFormatError(f"safetensors could not load the file: {error}", path=path) from error
+    return tensors, header.metadata
+
+
+def _load_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise LoraFormatError(
+                "refused: the pickle holds code or objects other than tensors, and pickled code is never run "
+                "(only weights-only loading is allowed; convert the file to .safetensors)",
+                path=path,
+            ) from None
+        raise LoraFormatError(f"not a readable PyTorch file: {error}", path=path) from None
+    except Exception as error:  # torch.load raises RuntimeError, EOFError, zip and pickle errors for broken files
+        raise LoraFormatError(f"not a readable PyTorch file: {type(error).__name__}: {error}", path=path) from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping):
+        raise LoraFormatError(f"expected a dict of tensors, got {type(loaded).__name__}", path=path)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in loaded.items():
+        if not isinstance(key, str):
+            raise LoraFormatError(f"keys must be strings, got {type(key).__name__} {key!r}", path=path)
+        if not isinstance(value, torch.Tensor):
+            raise LoraFormatError(f"value is {type(value).__name__}, not a tensor", path=path, key=key)
+        tensors[key] = value
+    return tensors
+
+
+def _check_tensor(tensor: torch.Tensor, path: Path, key: str) -> None:
+    if tensor.layout != torch.strided:
+        raise LoraFormatError(f"{tensor.layout} tensors are not supported", path=path, key=key)
+    if tensor.dtype not in _DTYPE_NAMES:
+        raise LoraFormatError(f"unsupported dtype {tensor.dtype}", path=path, key=key)
+    if tensor.dtype.is_floating_point and tensor.numel():
+        values = tensor if tensor.dtype.itemsize > 1 else tensor.float()  # fp8: isfinite wants a wider type
+        if not bool(torch.isfinite(values).all()):
+            bad = "NaN" if bool(torch.isnan(values).any()) else "infinite"
+            raise LoraFormatError(f"holds {bad} values", path=path, key=key)
+
+
+# --- hashes -----------------------------------------------------------------------------------------------------
+
+
+def addnet_hash(path: str | os.PathLike[str]) -> str:
+    """A1111's hash of a safetensors file: sha256 (hex) of every byte after the header."""
+    path = Path(path)
+    size = _regular_file_size(path)
+    with _open_for_reading(path) as f:
+        prefix = f.read(8)
+        n = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or n > size - 8:
+            raise LoraFormatError("not a safetensors file: the header length does not fit the file", path=path)
+        f.seek(8 + n)
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def short_hash(full_hash: str) -> str:
+    """The first 12 hex digits, as A1111 shows a LoRA's hash in infotext."""
+    return full_hash[:SHORT_HASH_LENGTH]
+
+
+def _legacy_hash(chunks: Iterable[bytes | memoryview]) -> str:
+    """First 8 hex of sha256 over bytes [1 MiB, 1 MiB + 64 KiB) of the concatenated chunks (fewer if shorter)."""
+    digest, position = hashlib.sha256(), 0
+    for chunk in chunks:
+        end = position + len(chunk)
+        if end > _LEGACY_START:
+            digest.update(chunk[max(_LEGACY_START - position, 0) : min(_LEGACY_STOP, end) - position])
+        position = end
+        if position >= _LEGACY_STOP:
+            break
+    return digest.hexdigest()[:8]
+
+
+# --- writing ----------------------------------------------------------------------------------------------------
+
+
+def save_lora_file(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> str:
+    """Write a kohya-format .safetensors atomically, adding sshs_model_hash/sshs_legacy_hash; returns the model hash.
+
+    sshs_model_hash is A1111's hash of this file (sha256 of the data section, which no metadata changes).
+    sshs_legacy_hash follows sd-scripts: 8 hex of sha256 over the 64 KiB at 1 MiB of the same tensors serialised with
+    only the ss_* metadata. Refuses what `load_lora_file` would refuse (non-finite values, unknown dtypes).
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise LoraFormatError("LoRA files are written as .safetensors", path=path)
+    strings = _checked_metadata(metadata, path)
+    names, buffers, entries = _prepare_tensors(tensors, path)
+    data_hash = hashlib.sha256()
+    for buffer in buffers:
+        data_hash.update(buffer)
+    model_hash = data_hash.hexdigest()
+    training_only = {key: value for key, value in strings.items() if key.startswith("ss_")}
+    strings[MODEL_HASH_KEY] = model_hash
+    strings[LEGACY_HASH_KEY] = _legacy_hash([_encode_header(names, entries, training_only, path), *buffers])
+    _write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
+    return model_hash
+
+
+def _checked_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, str]:
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise LoraFormatError(f"metadata names must be non-empty strings, got {key!r}", path=path)
+        if not isinstance(value, str):
+            raise LoraFormatError(f"metadata value is {type(value).__name__}, not a string", path=path, key=key)
+    return dict(metadata)
+
+
+def _prepare_tensors(
+    tensors: Mapping[str, torch.Tensor], path: Path
+) -> tuple[list[str], list[memoryview], list[tuple[str, list[int]]]]:
+    """Tensors in safetensors' order (dtype rank descending, then name), as CPU bytes, with (dtype, shape)."""
+    if not tensors:
+        raise LoraFormatError("nothing to save: no tensors", path=path)
+    prepared: list[tuple[str, torch.Tensor]] = []
+    for key, tensor in tensors.items():
+        if not isinstance(key, str) or not key or key == "__metadata__":
+            raise LoraFormatError(
+                f"tensor names must be non-empty strings other than __metadata__, got {key!r}", path=path
+            )
+        if not isinstance(tensor, torch.Tensor):
+            raise LoraFormatError(f"value is {type(tensor).__name__}, not a tensor", path=path, key=key)
+        cpu = tensor.detach().to("cpu").resolve_conj().resolve_neg().contiguous()
+        _check_tensor(cpu, path, key)
+        prepared.append((key, cpu))
+    prepared.sort(key=lambda item: (-_DTYPE_RANK[_DTYPE_NAMES[item[1].dtype]], item[0]))
+    names = [key for key, _ in prepared]
+    # safetensors is little-endian, like every platform torch ships wheels for
+    buffers = [memoryview(t.reshape(-1).view(torch.uint8).numpy()) for _, t in prepared]
+    entries = [(_DTYPE_NAMES[t.dtype], list(t.shape)) for _, t in prepared]
+    return names, buffers, entries
+
+
+def _encode_header(
+    names: list[str], entries: list[tuple[str, list[int]]], metadata: Mapping[str, str], path: Path
+) -> bytes:
+    """8 length bytes + the JSON header, laid out as safetensors writes it (sorted metadata, space-padded to 8)."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    position = 0
+    for name, (dtype, shape) in zip(names, entries):
+        size = _DTYPES[dtype].itemsize
+        for dim in shape:
+            size *= dim
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [position, position + size]}
+        position += size
+    try:
+        encoded = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise LoraFormatError(f"metadata or a tensor name is not encodable as UTF-8: {error}", path=path) from None
+    encoded += b" " * (-len(encoded) % 8)
+    if len(encoded) > MAX_HEADER_BYTES:
+        raise LoraFormatError(f"the header would be {len(encoded)} bytes, over {MAX_HEADER_BYTES}", path=path)
+    return len(encoded).to_bytes(8, "little") + encoded
+
+
+def _write_atomically(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write a hidden temp file beside `path`, fsync, os.replace it in; the temp file never outlives a failure."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename durable where the platform allows it (not on Windows)."""
+    with contextlib.suppress(OSError, AttributeError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
