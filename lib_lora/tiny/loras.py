@@ -2,7 +2,7 @@
 
 Targets follow kohya's defaults: "lora" and the LyCORIS types train the attention blocks of the UNet (every
 module under a transformer, plus proj_in/proj_out) and the text encoders' attention and MLP linears; "locon"
-adds the ResBlock and sampler convolutions. Factors are random with small outputs so a LoRA visibly changes a
+adds the ResBlock and sampler convolutions (not conv_in or the output conv). Factors are random with small outputs so a LoRA visibly changes a
 model without blowing it up.
 """
 
@@ -28,13 +28,18 @@ def kohya_default_targets(index: TargetIndex, *, kind: str = "lora", roots: Iter
         if target.root != "unet":
             if "_self_attn_" in target.key or "_mlp_" in target.key:
                 chosen.append(target)
-        elif _in_attention_block(target.key) or (kind == "locon" and len(target.shape) == 4):
+        elif _in_attention_block(target.key) or (kind == "locon" and _in_conv_block(target)):
             chosen.append(target)
     return chosen
 
 
 def _in_attention_block(key: str) -> bool:
     return "transformer_blocks" in key or key.endswith(("proj_in", "proj_out"))
+
+
+def _in_conv_block(target: Target) -> bool:
+    """ResBlock and down/upsampler convolutions (kohya's LoCon), not conv_in (IN00) or the output conv."""
+    return len(target.shape) == 4 and target.block not in (None, "IN00", "time_embed", "label_emb", "out")
 
 
 def random_lora_state_dict(
