@@ -2,8 +2,8 @@
 
 Targets follow kohya's defaults: "lora" and the LyCORIS types train the attention blocks of the UNet (every
 module under a transformer, plus proj_in/proj_out) and the text encoders' attention and MLP linears; "locon"
-adds the ResBlock and sampler convolutions (not conv_in or the output conv). Factors are random with small outputs so a LoRA visibly changes a
-model without blowing it up.
+adds the ResBlock and sampler convolutions (not conv_in or the output conv). Factors are random with small
+outputs so a LoRA visibly changes a model without blowing it up.
 """
 
 from __future__ import annotations
