@@ -41,6 +41,9 @@ class Model:
         return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(self.modules()) for k, v in
                 m.state_dict().items()}
 
+    def storages(self) -> dict[str, int]:
+        return {f"{i}.{k}": p.data_ptr() for i, m in enumerate(self.modules()) for k, p in m.named_parameters()}
+
     def versions(self) -> dict[str, int]:
         return {f"{i}.{k}": p._version for i, m in enumerate(self.modules()) for k, p in m.named_parameters()}
 
@@ -71,7 +74,7 @@ def assert_equal_states(before: dict[str, torch.Tensor], after: dict[str, torch.
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_merge_changes_output_and_restore_is_bit_identical(model, kind):
-    before, output = model.state(), model.output()
+    before, output, storages = model.state(), model.output(), model.storages()
     merger = WeightMerger(model.index)
     loras = [lora(model, kind, seed) for seed in range(3)]
     report = merger.apply(loras)
@@ -80,6 +83,7 @@ def test_merge_changes_output_and_restore_is_bit_identical(model, kind):
     merger.restore()
     assert_equal_states(before, model.state())
     assert torch.equal(model.output(), output)
+    assert model.storages() == storages, "restore hands back the original tensors"
 
 
 def test_three_formats_at_once_restore_exactly(model):

@@ -404,3 +404,20 @@ def test_integer_alpha_is_accepted():
     sd = {**_lora_sd(torch.randn(3, 2), torch.randn(2, 3)), f"{KEY}.alpha": torch.tensor(4)}
     module = parse_modules(sd)[KEY]
     assert module.alpha == 4.0 and module.scale == 2.0
+
+
+@pytest.mark.parametrize("down_shape, up_shape, target_shape", [
+    ((3, 8), (5, 3), (5, 8)),
+    ((3, 8, 1, 1), (5, 3, 1, 1), (5, 8, 1, 1)),
+    ((3, 8, 3, 3), (5, 3, 1, 1), (5, 8, 3, 3)),
+])
+def test_low_rank_factors_reproduce_the_delta(down_shape, up_shape, target_shape):
+    tensors = {"lora_down.weight": torch.randn(down_shape), "lora_up.weight": torch.randn(up_shape),
+               "alpha": torch.tensor(1.5)}
+    module = parse_modules({f"lora_unet_x.{k}": v for k, v in tensors.items()})["lora_unet_x"]
+    up, down = module.low_rank_factors()
+    base = torch.randn(target_shape)
+    assert torch.allclose((up @ down).reshape(target_shape), module.delta_weight(base), atol=1e-5)
+    tensors["dora_scale"] = torch.rand(target_shape[0], *[1] * (len(target_shape) - 1))
+    with_dora = parse_modules({f"lora_unet_x.{k}": v for k, v in tensors.items()})["lora_unet_x"]
+    assert with_dora.low_rank_factors() is None

@@ -1,7 +1,9 @@
 """Put LoRAs on a host: merged into the weights for generation, or attached with hooks for training/step gating.
 
-Merging keeps an exact copy of every weight before its first change and always rebuilds from that copy
-(backup + Σ deltas), never by subtracting, so `restore()` gives bit-identical weights. What is merged is
+Merging keeps every weight's original values before its first change and always rebuilds from them
+(backup + Σ deltas), never by subtracting, so `restore()` gives bit-identical weights. The backup is a copy on
+`backup_device` (CPU by default, saving GPU memory); when the weight already lives there, the original tensor
+itself is kept and the merged values get new storage, so nothing is copied and restoring is a swap. What is merged is
 remembered per weight as a signature (which modules, which multipliers), so applying the same set again
 touches nothing and a changed set rebuilds only the weights whose contributions changed.
 """
@@ -59,9 +61,13 @@ Contribution = tuple[str, str, float]  # (lora identity, module key, multiplier)
 
 @dataclass
 class _Slot:
+    """One weight or bias a set changes. `swapped`: the original tensor is the backup and the parameter was given
+    new storage for the merged values (no copy); otherwise `backup` is a copy and merges write in place."""
+
     target: Target
     param_name: str
     backup: torch.Tensor
+    swapped: bool
     signature: tuple[Contribution, ...] = ()
 
 
@@ -153,34 +159,70 @@ class WeightMerger:
         return {sid: (t, p, tuple(c)) for sid, (t, p, c) in wanted.items()}
 
     def _new_slot(self, slot_id: SlotId, target: Target, param_name: str) -> _Slot:
-        current = _parameter(target, param_name)
-        slot = _Slot(target, param_name, current.detach().to(self.backup_device, copy=True))
+        param = getattr(target.module, param_name)
+        if target.rows is None and param.device == self.backup_device:
+            # The weight already lives where its backup would: keep the original tensor as the backup and give
+            # the parameter fresh storage, so backing up copies nothing and restoring is a swap.
+            original = param.data
+            param.data = torch.empty_like(original)
+            slot = _Slot(target, param_name, original, swapped=True)
+        else:
+            current = _parameter(target, param_name)
+            slot = _Slot(target, param_name, current.detach().to(self.backup_device, copy=True), swapped=False)
         self._slots[slot_id] = slot
         return slot
 
     def _rebuild(self, slot: _Slot, contributions: tuple[Contribution, ...], loras: Sequence[AppliedLora]) -> None:
-        """Write backup + Σ deltas into the slot's tensor (computed in float32, cast once)."""
+        """Write backup + Σ deltas into the slot's tensor (in float32, cast once), then check it is finite."""
         by_identity = {lora.identity: lora for lora in loras}
+        modules = [(by_identity[identity].modules[key], multiplier) for identity, key, multiplier in contributions]
         param = _parameter(slot.target, slot.param_name)
         base = slot.backup.to(param.device, torch.float32)
-        total = base.clone()
-        for identity, key, multiplier in contributions:
-            module = by_identity[identity].modules[key]
-            if slot.param_name == "bias":
-                total += module.bias_delta(multiplier).to(total.device).reshape(total.shape)
-            else:
-                total += module.delta_weight(base, multiplier).to(total.device)
-        if not torch.isfinite(total).all():
-            raise LoraFormatError("merging gives non-finite weights", key=contributions[0][1])
         with torch.no_grad():
-            param.copy_(total.to(param.dtype))
+            if slot.param_name == "bias":
+                total = base.clone()
+                for module, multiplier in modules:
+                    total += module.bias_delta(multiplier).to(total.device).reshape(total.shape)
+                param.copy_(total)
+            elif param.dtype == torch.float32 and param.is_contiguous():
+                _merge_weight_into(param, base, modules)
+            else:
+                total = torch.empty_like(base)
+                _merge_weight_into(total, base, modules)
+                param.copy_(total)
+            # NaN/Inf anywhere (including an fp16 overflow after the cast) makes the float32 sum non-finite
+            if not torch.isfinite(param.sum(dtype=torch.float32)):
+                raise LoraFormatError("merging gives non-finite weights", key=contributions[0][1])
         slot.signature = contributions
 
     def _restore_slot(self, slot: _Slot) -> None:
         with torch.no_grad():
-            param = _parameter(slot.target, slot.param_name)
-            param.copy_(slot.backup.to(param.device))
+            if slot.swapped:
+                getattr(slot.target.module, slot.param_name).data = slot.backup
+            else:
+                param = _parameter(slot.target, slot.param_name)
+                param.copy_(slot.backup.to(param.device))
         slot.signature = ()
+
+
+def _merge_weight_into(out: torch.Tensor, base: torch.Tensor, modules: Sequence[tuple[NetworkModule, float]]) -> None:
+    """out = base + Σ multiplier·ΔW (float32): plain low-rank modules in one matrix product, the others one by one."""
+    rows = base.shape[0]
+    flat = base.reshape(rows, -1)
+    ups, downs, others = [], [], []
+    for module, multiplier in modules:
+        factors = module.low_rank_factors(base.device)
+        if factors is not None and factors[0].shape[0] == rows and factors[1].shape[1] == flat.shape[1]:
+            ups.append(factors[0] * multiplier)
+            downs.append(factors[1])
+        else:
+            others.append((module, multiplier))  # delta_weight reshapes or raises LoraShapeError
+    if ups:
+        torch.addmm(flat, torch.cat(ups, 1), torch.cat(downs, 0), out=out.view(rows, -1))
+    else:
+        out.copy_(base)
+    for module, multiplier in others:
+        out += module.delta_weight(base, multiplier)
 
 
 # --- hooks: training and step-gated application --------------------------------------------------------------

@@ -94,6 +94,14 @@ class NetworkModule(ABC):
             return delta * multiplier
         return self._decompose(base, delta, self.dora_scale.to(base.device, torch.float32), multiplier)
 
+    def low_rank_factors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor] | None:
+        """(up·scale [out,r], down [r,in·kh·kw]) in float32 when ΔW·scale is exactly up @ down, else None.
+
+        Lets a merge fold several LoRAs on one weight into a single matrix product; types that are no plain
+        low-rank product (LoHa, LoKr, full, Tucker, DoRA, a weight-shaped bias) return None.
+        """
+        return None
+
     def bias_delta(self, multiplier: float = 1.0) -> Tensor | None:
         """What to add to the layer's bias (LyCORIS `diff_b`, or a 1-D `bias`), float32; None when there is none."""
         bias = self.tensors.get("diff_b")

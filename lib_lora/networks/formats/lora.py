@@ -53,6 +53,14 @@ class LoraModule(NetworkModule):
             return torch.einsum("ij...,oi,jn->on...", self._t(MID, device), up2, down2)
         return (up2 @ down2).reshape(up.shape[0], *down.shape[1:])
 
+    def low_rank_factors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor] | None:
+        weight_bias = self.tensors.get("bias")
+        if MID in self.tensors or self.dora_scale is not None or (weight_bias is not None and weight_bias.dim() >= 2):
+            return None
+        up = self.up.to(device=device, dtype=torch.float32)
+        down = self.down.to(device=device, dtype=torch.float32)
+        return up.reshape(up.shape[0], -1) * self.scale, down.reshape(down.shape[0], -1)
+
     def _check_shapes(self) -> None:
         up, down, mid = self.up, self.down, self.tensors.get(MID)
         if up.dim() < 2 or down.dim() < 2 or any(k != 1 for k in up.shape[2:]):
