@@ -1,4 +1,4 @@
-"""The command line: `python -m lib_lora [serve|demo] [options]`; core errors: one line, exit 2."""
+"""The command line: `python -m lib_lora [serve|demo|lora] [options]`; core errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence, TextIO
 
+from .cli_lora import add_lora_parser, run_lora_command
 from .errors import LoraStudioError
 
 if TYPE_CHECKING:
     from .hosts.base import Host
 
 PROG = "python -m lib_lora"
-COMMANDS = ("serve", "demo")
+COMMANDS = ("serve", "demo", "lora")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
 EPILOG = (
     "With no command, `serve` runs. "
-    "The commands lora, tag, train, generate and blocks arrive with later issues."
+    "The commands tag, train, generate and blocks arrive with later issues."
 )
 
 
@@ -28,13 +29,13 @@ class ServeError(LoraStudioError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with its `serve` and `demo` subcommands."""
+    """The parser with its `serve`, `demo` and `lora` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="LoRA Studio: tag, train and apply LoRAs with per-block strengths, standalone.",
         epilog=EPILOG,
     )
-    commands = parser.add_subparsers(title="commands", dest="command", metavar="{serve,demo}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     model = _model_options()
     server = _server_options()
     commands.add_parser(
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"where the demo writes its dataset and sample (default: {DEFAULT_DEMO_DIR})",
     )
     demo.add_argument("--no-ui", action="store_true", help="exit after the demo instead of serving the UI")
+    add_lora_parser(commands)
     return parser
 
 
@@ -99,6 +101,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     try:
         if args.command == "demo":
             run_demo_command(args, out)
+        elif args.command == "lora":
+            run_lora_command(args, out)
         else:
             serve(_load_host(args, out), port=args.port, listen=args.listen, out=out)
     except LoraStudioError as error:

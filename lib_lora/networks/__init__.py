@@ -6,5 +6,5 @@ formats/    one module per network type (lora/locon, loha, lokr, full) behind on
 files.py    safetensors/pickle reading with validation, kohya-format writing with ss_*/modelspec metadata,
             A1111's hash, atomic writes
 attach.py   merge into host weights with exact backup (bit-identical unmerge), and hook-based attach
-tools.py    resize (SVD), merge, bake into a checkpoint, extract from two checkpoints
+tools/      info, resize (SVD), merge, bake into a checkpoint, extract from two checkpoints (pure, no diffusers)
 """

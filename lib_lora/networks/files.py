@@ -360,6 +360,21 @@ def save_lora_file(
     return model_hash
 
 
+def save_safetensors_file(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Write any tensors (a whole checkpoint too) and string metadata as .safetensors atomically, nothing added.
+
+    Same layout, checks and temp-file-then-rename as `save_lora_file`, without the LoRA hashes.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        raise LoraFormatError("only .safetensors files are written", path=path)
+    strings = _checked_metadata(metadata, path)
+    names, buffers, entries = _prepare_tensors(tensors, path)
+    _write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
+
+
 def _checked_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, str]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:

@@ -1,0 +1,200 @@
+"""What a LoRA file holds, from the file alone (no model): format, family, modules per block, keys no model has.
+
+Family: the metadata's (ss_base_model_version, modelspec.architecture, ss_v2), else inferred from the keys by
+`infer_arch_from_keys`. Unmatched keys, without a model to match against, are those that are no module of any
+model of that family: `block_of_key` places them in no block of the family (e.g. `input_blocks_10` on SDXL, a
+text-encoder prefix the family lacks such as `lora_te2_` on SD1) or their name is no module name kohya or
+LyCORIS give a UNet or CLIP text encoder (`KNOWN_UNET_KEY`, `KNOWN_TE_KEY`). A key can pass both and still be
+missing from a particular model (a deeper transformer than it has); only matching against a model tells that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...arch import ARCHS, SD1
+from ...blocks.mapping import BASE, block_of_key
+from ..formats.base import NetworkModule
+from ..metadata import arch_from_metadata, parse_metadata
+from ..network import load_network
+
+TOP_TAGS = 20
+
+_ATTENTION = (r"(?:norm|proj_in|proj_out|transformer_blocks_\d+_(?:attn[12]_(?:to_q|to_k|to_v|to_out_0)"
+              r"|ff_net_0_proj|ff_net_2|norm[123]))")
+_UNET_NAMES = (
+    rf"(?:down_blocks_\d+|up_blocks_\d+|mid_block)_attentions_\d+_{_ATTENTION}",
+    r"(?:down_blocks_\d+|up_blocks_\d+|mid_block)_resnets_\d+_(?:norm[12]|conv[12]|time_emb_proj|conv_shortcut)",
+    r"down_blocks_\d+_downsamplers_0_conv|up_blocks_\d+_upsamplers_0_conv",
+    r"conv_in|conv_out|conv_norm_out|time_embedding_linear_[12]|add_embedding_linear_[12]",
+    rf"(?:input_blocks_\d+_1|middle_block_1|output_blocks_\d+_1)_{_ATTENTION}",
+    r"(?:input_blocks_\d+_0|middle_block_[02]|output_blocks_\d+_0)_(?:in_layers_[02]|out_layers_[03]|emb_layers_1"
+    r"|skip_connection)",
+    r"input_blocks_\d+_0_op|output_blocks_\d+_[12]_conv|input_blocks_0_0|time_embed_[02]|label_emb_0_[02]|out_[02]",
+)
+KNOWN_UNET_KEY = re.compile(rf"lora_unet_(?:{'|'.join(_UNET_NAMES)})")
+"""Every UNet module name kohya/LyCORIS write, in the diffusers and the LDM spelling."""
+KNOWN_TE_KEY = re.compile(r"(?P<prefix>lora_te[12]?)_(?:text_model_(?:encoder_layers_\d+_(?:self_attn_[qkv]_proj"
+                          r"|self_attn_out_proj|mlp_fc[12]|layer_norm[12])|embeddings_(?:token|position)_embedding"
+                          r"|final_layer_norm)|text_projection)")
+"""Every text-encoder module name (HF CLIP spelling, which kohya also uses for open_clip encoders)."""
+
+_TRANSFORMER_INDEX = re.compile(r"_transformer_blocks_(\d+)_")
+_TE_LAYER = re.compile(r"lora_te_text_model_encoder_layers_(\d+)_")
+_SD12_ONLY = re.compile(r"lora_unet_(?:input_blocks_[12]_1_|(?:input|output)_blocks_(?:9|1[01])_|down_blocks_3_"
+                        r"|up_blocks_3_|down_blocks_0_attentions_|up_blocks_3_attentions_)")
+_SDXL_ONLY = re.compile(r"lora_te[12]_|lora_unet_(?:label_emb|add_embedding)")
+_LDM_SPELLED = re.compile(r"lora_unet_(?:input_blocks|middle_block|output_blocks)_")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One module: kohya name, block id (None: no block of the family), type, rank and alpha as stored."""
+
+    key: str
+    block: str | None
+    kind: str
+    rank: int | None
+    alpha: float | None
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """What `network_info` read; `to_json()` is the `lora info --json` object, `to_text()` the human summary."""
+
+    path: Path
+    format: str
+    arch: str | None
+    arch_source: str | None  # "metadata", "keys" or None
+    modules: tuple[ModuleInfo, ...]
+    unmatched: tuple[str, ...]
+    metadata: dict[str, object]
+
+    def to_json(self) -> dict[str, object]:
+        """{"format", "arch", "modules": [{"key", "block", "rank", "alpha"}], "unmatched", "metadata"}."""
+        return {
+            "format": self.format,
+            "arch": self.arch,
+            "modules": [{"key": m.key, "block": m.block, "rank": m.rank, "alpha": m.alpha} for m in self.modules],
+            "unmatched": list(self.unmatched),
+            "metadata": self.metadata,
+        }
+
+    def top_tags(self, count: int = TOP_TAGS) -> list[tuple[str, int]]:
+        """The most frequent training tags (ss_tag_frequency summed over folders), most frequent first."""
+        frequency = self.metadata.get("ss_tag_frequency")
+        totals: Counter[str] = Counter()
+        if isinstance(frequency, dict):
+            for tags in frequency.values():
+                if isinstance(tags, dict):
+                    totals.update({str(t): n for t, n in tags.items() if type(n) is int})
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+    def to_text(self) -> str:
+        """Several lines: format, family, modules per block, rank/alpha summary, unmatched keys, top tags."""
+        arch = f"{self.arch} (from {self.arch_source})" if self.arch else "unknown"
+        lines = [f"file: {self.path}", f"format: {self.format}", f"arch: {arch}", f"modules: {len(self.modules)}"]
+        blocks = Counter(m.block or "(none)" for m in self.modules)
+        lines.append("per block: " + ", ".join(f"{block} {n}" for block, n in blocks.items()))
+        lines.append(f"rank: {_summary([m.rank for m in self.modules])}")
+        lines.append(f"alpha: {_summary([m.alpha for m in self.modules])}")
+        kinds = Counter(m.kind for m in self.modules)
+        if len(kinds) > 1:
+            lines.append("types: " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()))
+        shown = ", ".join(self.unmatched[:10]) + (" …" if len(self.unmatched) > 10 else "")
+        lines.append(f"unmatched: {len(self.unmatched)}" + (f" ({shown})" if self.unmatched else ""))
+        for key in ("ss_output_name", "ss_sd_model_name", "ss_network_module", "ss_network_dim", "ss_network_alpha",
+                    "ss_steps", "ss_training_comment", "lora_studio_operation"):
+            if key in self.metadata:
+                lines.append(f"{key}: {self.metadata[key]}")
+        tags = self.top_tags()
+        lines.append("top tags: " + (", ".join(f"{tag} ({n})" for tag, n in tags) if tags else "(none)"))
+        return "\n".join(lines)
+
+
+def _summary(values: list[int | float | None]) -> str:
+    """"8", "4–32 (most often 8)" or "none" for a list of per-module values."""
+    known = [v for v in values if v is not None]
+    missing = len(values) - len(known)
+    if not known:
+        return "none stored"
+    counts = Counter(known)
+    text = (f"{_number(known[0])}" if len(counts) == 1 else
+            f"{_number(min(known))}–{_number(max(known))} (most often {_number(counts.most_common(1)[0][0])})")
+    return text + (f"; {missing} modules have none" if missing else "")
+
+
+def _number(value: int | float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def infer_arch_from_keys(modules: Mapping[str, NetworkModule]) -> str | None:
+    """sd1/sd2/sdxl from module names alone; None when no key is a UNet or text-encoder key.
+
+    SDXL: a `lora_te1_`/`lora_te2_` key, `label_emb`/`add_embedding`, or a transformer_blocks index >= 1 (SD1/SD2
+    transformers have one block). SD1/SD2: an attention at input block 1/2 (down level 0) or a block index
+    SDXL lacks (input/output 9–11, down/up level 3). Else the spelling decides as kohya writes it: LDM names
+    -> SDXL, diffusers names -> SD1/SD2. SD2 over SD1: a `lora_te_` layer index >= 12, or a linear proj_in.
+    """
+    keys = [key for key in modules if key.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_"))]
+    if not keys:
+        return None
+    sdxl = any(_SDXL_ONLY.match(k) or any(int(i) >= 1 for i in _TRANSFORMER_INDEX.findall(k)) for k in keys)
+    if sdxl:
+        return "sdxl"
+    if not any(_SD12_ONLY.match(k) for k in keys) and any(_LDM_SPELLED.match(k) for k in keys):
+        return "sdxl"
+    deep_te = any(int(m.group(1)) >= 12 for k in keys if (m := _TE_LAYER.match(k)))
+    linear_proj = any(k.endswith(("_proj_in", "_proj_out")) and _is_linear(modules[k]) for k in keys)
+    return "sd2" if deep_te or linear_proj else "sd1"
+
+
+def _is_linear(module: NetworkModule) -> bool:
+    """Whether a LoRA/full module's factors are 2-D (a linear layer); LoHa/LoKr store convs flattened, so False."""
+    factor = module.tensors.get("lora_down.weight", module.tensors.get("lora_A.weight", module.tensors.get("diff")))
+    return factor is not None and factor.dim() == 2
+
+
+def arch_of(modules: Mapping[str, NetworkModule], metadata: Mapping[str, object]) -> str | None:
+    """The family the metadata names, else the one the keys suggest (`infer_arch_from_keys`)."""
+    return arch_from_metadata(metadata) or infer_arch_from_keys(modules)
+
+
+def unmatched_keys(modules: Mapping[str, NetworkModule], arch: str | None) -> list[str]:
+    """Keys that are no module of any model of `arch` (see the module docstring); any family when None."""
+    family = ARCHS.get(arch or "", SD1)
+    unmatched = []
+    for key in modules:
+        te = KNOWN_TE_KEY.fullmatch(key)
+        if te is not None:
+            if arch is not None and te["prefix"] not in family.te_prefixes:
+                unmatched.append(key)
+        elif block_of_key(key, family) in (None, BASE) or not KNOWN_UNET_KEY.fullmatch(key):
+            unmatched.append(key)
+    return unmatched
+
+
+def network_info(path: str | os.PathLike[str]) -> NetworkInfo:
+    """Read a LoRA file (validated, no model) and describe it; LoraFormatError names the file and key if broken."""
+    network = load_network(path)
+    from_metadata = arch_from_metadata(network.metadata)
+    arch = from_metadata or infer_arch_from_keys(network.modules)
+    family = ARCHS.get(arch or "", SD1)
+    modules = tuple(
+        ModuleInfo(key, block_of_key(key, family), module.kind, module.rank, module.alpha)
+        for key, module in network.modules.items()
+    )
+    return NetworkInfo(
+        path=Path(path),
+        format=network.format,
+        arch=arch,
+        arch_source="metadata" if from_metadata else ("keys" if arch else None),
+        modules=modules,
+        unmatched=tuple(unmatched_keys(network.modules, arch)),
+        metadata=parse_metadata(network.metadata),
+    )
