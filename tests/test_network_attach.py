@@ -72,14 +72,16 @@ def assert_equal_states(before: dict[str, torch.Tensor], after: dict[str, torch.
     assert not changed, f"not bit-identical: {changed[:5]}"
 
 
+@pytest.mark.parametrize("swap_storage", [False, True], ids=["in-place", "swap"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_merge_changes_output_and_restore_is_bit_identical(model, kind):
+def test_merge_changes_output_and_restore_is_bit_identical(model, kind, swap_storage):
     before, output, storages = model.state(), model.output(), model.storages()
-    merger = WeightMerger(model.index)
+    merger = WeightMerger(model.index, swap_storage=swap_storage)
     loras = [lora(model, kind, seed) for seed in range(3)]
     report = merger.apply(loras)
     assert report.rebuilt > 0 and not report.unmatched
     assert not torch.allclose(model.output(), output, atol=1e-4)
+    assert (model.storages() == storages) != swap_storage, "in place keeps storage, swap gives new storage"
     merger.restore()
     assert_equal_states(before, model.state())
     assert torch.equal(model.output(), output)

@@ -1,9 +1,11 @@
 """Put LoRAs on a host: merged into the weights for generation, or attached with hooks for training/step gating.
 
 Merging keeps every weight's original values before its first change and always rebuilds from them
-(backup + Σ deltas), never by subtracting, so `restore()` gives bit-identical weights. The backup is a copy on
-`backup_device` (CPU by default, saving GPU memory); when the weight already lives there, the original tensor
-itself is kept and the merged values get new storage, so nothing is copied and restoring is a swap. What is merged is
+(backup + Σ deltas), never by subtracting, so `restore()` gives bit-identical weights. By default the backup is
+a copy on `backup_device` (CPU, saving GPU memory) and merged values are written into the weight's own storage,
+so code holding the parameter's storage keeps seeing it and steps run on the same memory as before. With
+`swap_storage=True`, a weight already on `backup_device` keeps its original tensor as the backup and the
+merged values get new storage: nothing is copied and restoring is a swap (faster apply; new memory). What is merged is
 remembered per weight as a signature (which modules, which multipliers), so applying the same set again
 touches nothing and a changed set rebuilds only the weights whose contributions changed.
 """
@@ -86,9 +88,11 @@ def _parameter(target: Target, param_name: str) -> torch.Tensor:
 class WeightMerger:
     """Merges sets of LoRAs into the modules of one TargetIndex, with exact backups (see module docstring)."""
 
-    def __init__(self, index: TargetIndex, *, backup_device: torch.device | str = "cpu") -> None:
+    def __init__(self, index: TargetIndex, *, backup_device: torch.device | str = "cpu",
+                 swap_storage: bool = False) -> None:
         self.index = index
         self.backup_device = torch.device(backup_device)
+        self.swap_storage = swap_storage
         self._slots: dict[SlotId, _Slot] = {}
 
     @property
@@ -160,7 +164,7 @@ class WeightMerger:
 
     def _new_slot(self, slot_id: SlotId, target: Target, param_name: str) -> _Slot:
         param = getattr(target.module, param_name)
-        if target.rows is None and param.device == self.backup_device:
+        if self.swap_storage and target.rows is None and param.device == self.backup_device:
             # The weight already lives where its backup would: keep the original tensor as the backup and give
             # the parameter fresh storage, so backing up copies nothing and restoring is a swap.
             original = param.data
