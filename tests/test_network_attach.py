@@ -157,17 +157,32 @@ def test_block_weight_zero_leaves_that_block_at_base(model):
     merger.restore()
 
 
-def test_a_failed_apply_leaves_the_base_weights(model):
+def test_a_refused_set_keeps_the_previous_one(model):
+    merger = WeightMerger(model.index)
+    merger.apply([lora(model, seed=0)])
+    merged_state, slots = model.state(), merger.merged_slots
+    state_dict = random_lora_state_dict(model.index, seed=1)
+    key = sorted(k for k in state_dict if k.endswith("lora_up.weight"))[-1]
+    up = state_dict[key]
+    state_dict[key] = torch.randn(up.shape[0] + 1, *up.shape[1:])  # consistent with lora_down, not with the target
+    with pytest.raises(LoraShapeError, match=key.split(".")[0]):
+        merger.apply([lora(model, seed=2), as_applied(network_from_state_dict(state_dict, name="bad"))])
+    assert merger.merged_slots == slots
+    assert_equal_states(merged_state, model.state())
+    merger.restore()
+
+
+def test_a_merge_that_fails_midway_restores_the_base_weights(model):
     before = model.state()
     merger = WeightMerger(model.index)
     merger.apply([lora(model, seed=0)])
     state_dict = random_lora_state_dict(model.index, seed=1)
-    key = sorted(k for k in state_dict if k.endswith("lora_up.weight"))[-1]  # late in the merge order
-    up = state_dict[key]
-    state_dict[key] = torch.randn(up.shape[0] + 1, *up.shape[1:])  # consistent with lora_down, not with the target
-    bad = as_applied(network_from_state_dict(state_dict, name="bad"))
-    with pytest.raises(LoraShapeError, match=key.split(".")[0]):
-        merger.apply([lora(model, seed=0), bad])
+    key = sorted(k for k in state_dict if k.endswith("lora_up.weight"))[-1]
+    state_dict[key] = torch.full_like(state_dict[key], 1e30)  # finite factors whose product overflows
+    state_dict[key.replace("lora_up", "lora_down")] = torch.full_like(state_dict[key.replace("lora_up", "lora_down")],
+                                                                      1e30)
+    with pytest.raises(LoraFormatError, match="non-finite"):
+        merger.apply([lora(model, seed=0), as_applied(network_from_state_dict(state_dict, name="overflow"))])
     assert merger.merged_slots == 0
     assert_equal_states(before, model.state())
 
@@ -286,3 +301,16 @@ def test_open_clip_fused_attention_merges_like_hf_names():
 
 def test_target_index_type():
     assert isinstance(Model("sd1").index, TargetIndex)
+
+
+def test_a_module_that_does_not_fit_is_refused_before_any_weight_is_written(model):
+    merger = WeightMerger(model.index)
+    state_dict = random_lora_state_dict(model.index, seed=6)
+    key = sorted(k for k in state_dict if k.endswith("lora_up.weight"))[-1]
+    up = state_dict[key]
+    state_dict[key] = torch.randn(up.shape[0] + 1, *up.shape[1:])
+    bad = as_applied(network_from_state_dict(state_dict, name="bad"))
+    versions = model.versions()
+    with pytest.raises(LoraShapeError, match="does not fit"):
+        merger.apply([lora(model, seed=0), bad])
+    assert model.versions() == versions, "no weight may be written before the set is validated"

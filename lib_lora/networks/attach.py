@@ -101,7 +101,11 @@ class WeightMerger:
         return sum(1 for slot in self._slots.values() if slot.signature)
 
     def apply(self, loras: Sequence[AppliedLora]) -> ApplyReport:
-        """Make the merged state equal `loras`; on any error the base weights are restored and the error raised."""
+        """Make the merged state equal `loras`.
+
+        Every module is checked against its target before anything is written (LoraShapeError names the key); if
+        merging still fails, the base weights are restored and the error raised.
+        """
         report = ApplyReport()
         wanted = self._wanted(loras, report)
         try:
@@ -151,6 +155,7 @@ class WeightMerger:
                 if multiplier == 0.0:
                     continue
                 module = lora.modules[key]
+                module.check_fits(target.shape)  # before any weight is written
                 names = [target.param_name]
                 if module.bias_delta(1.0) is not None:
                     if getattr(target.module, "bias", None) is None or target.rows is not None:

@@ -94,6 +94,19 @@ class NetworkModule(ABC):
             return delta * multiplier
         return self._decompose(base, delta, self.dora_scale.to(base.device, torch.float32), multiplier)
 
+    def check_fits(self, target_shape: tuple[int, ...] | torch.Size) -> None:
+        """Raise LoraShapeError unless ΔW (and dora_scale) fit a weight of `target_shape`; computes nothing."""
+        shape = tuple(target_shape)
+        self._fit(self.raw_delta("meta"), shape)
+        dora = self.dora_scale
+        if dora is not None:
+            n = dora.numel()
+            fits_rows = dora.shape[0] == n == shape[0]
+            fits_columns = len(shape) >= 2 and dora.dim() >= 2 and dora.shape[1] == n == shape[1]
+            if not (fits_rows or fits_columns):
+                raise LoraShapeError(f"dora_scale {list(dora.shape)} fits neither the rows nor the columns of the "
+                                     f"target weight {list(shape)}", key=self.key)
+
     def low_rank_factors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor] | None:
         """(up·scale [out,r], down [r,in·kh·kw]) in float32 when ΔW·scale is exactly up @ down, else None.
 
