@@ -16,13 +16,18 @@ from PIL import Image
 
 from .hosts.base import GenerationRequest, Host
 from .hosts.diffusers import load_diffusers_host
-from .tiny.images import generate_dataset
+from .networks.attach import WeightMerger
+from .networks.files import save_lora_file, short_hash
+from .networks.keys import build_target_index
+from .networks.metadata import LoraMetadata
+from .networks.network import as_applied, load_network
+from .tiny.images import GeneratedDataset, generate_dataset
+from .tiny.loras import random_lora_state_dict
 
 # What the full loop has that this build does not do yet, with the issue that brings it.
 NOT_YET: tuple[str, ...] = (
     "tag the dataset with a WD14 ONNX tagger and edit tags (issue #5)",
     "train a LoRA on the cached latents and conditionings (issue #6)",
-    "write and apply LoRA files in every common format (issue #3)",
     "apply LoRAs with per-block strengths, e.g. <lora:name:0.8:NCNF> (issue #4)",
 )
 
@@ -53,7 +58,7 @@ def load_pixels(path: Path, size: int) -> torch.Tensor:
 
 def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None] = lambda _: None,
              host: Host | None = None) -> DemoReport:
-    """Load the model, generate a dataset, cache its latents and conditionings, render a sample image."""
+    """Load the model, generate a dataset, cache latents and conditionings, render samples without and with a LoRA."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(model=model, output_dir=output_dir)
@@ -93,6 +98,45 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
     report.sample.parent.mkdir(parents=True, exist_ok=True)
     image.save(report.sample)
     step(f"generated a {image.width}x{image.height} sample for {request.prompt!r} -> {report.sample}")
+
+    lora_path = write_demo_lora(host, dataset, output_dir / "loras" / f"{dataset.trigger}_demo.safetensors")
+    step(f"wrote a kohya-format LoRA with ss_*/modelspec metadata -> {lora_path} (random weights stand in for "
+         f"a trained LoRA until issue #6)")
+    network = load_network(lora_path)
+    step(f"read it back: {network.format}, {len(network.modules)} modules, family {network.arch}, "
+         f"A1111 hash {short_hash(network.identity)} (details: python -m lib_lora lora info {lora_path})")
+    merger = WeightMerger(build_target_index(host))
+    before = {k: v.clone() for k, v in host.unet.state_dict().items()}
+    with merger.applied([as_applied(network, unet_multiplier=0.8, te_multiplier=0.8)]) as applied:
+        with_lora = host.generate(request)
+    with_lora.save(report.sample.with_name("sample_lora.png"))
+    exact = all(torch.equal(v, host.unet.state_dict()[k]) for k, v in before.items())
+    step(f"merged it at 0.8 into {applied.rebuilt} weights, rendered {report.sample.with_name('sample_lora.png')}, "
+         f"unmerged: weights {'bit-identical' if exact else 'CHANGED'} to before")
     for item in report.not_yet:
         log(f"not yet: {item}")
     return report
+
+
+def write_demo_lora(host: Host, dataset: GeneratedDataset, path: Path) -> Path:
+    """A random rank-4 LoRA for `host`, saved with the metadata a trained one would carry (tags of `dataset`)."""
+    rank = 4
+    tensors = random_lora_state_dict(build_target_index(host), rank=rank, alpha=rank / 2, seed=0)
+    tags: dict[str, int] = {}
+    for caption in dataset.captions:
+        for tag in (t.strip() for t in caption.split(",")):
+            tags[tag] = tags.get(tag, 0) + 1
+    folder = dataset.folder.name
+    metadata = LoraMetadata(
+        arch=host.arch.name,
+        network_dim=rank,
+        network_alpha=rank / 2,
+        output_name=path.stem,
+        resolution=(64, 64),
+        dataset_dirs={folder: {"n_repeats": dataset.repeats, "img_count": len(dataset.images)}},
+        tag_frequency={folder: tags},
+        training_comment="LoRA Studio demo: random weights, not trained",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_lora_file(path, tensors, metadata.to_metadata())
+    return path

@@ -48,6 +48,9 @@ def test_demo_without_ui_says_what_it_did(tmp_path):
     assert "not yet:" in result.stdout and "issue #6" in result.stdout
     assert "Running on" not in result.stdout and "serving on" not in result.stdout
     assert (tmp_path / "out" / "samples" / "sample.png").is_file()
+    assert (tmp_path / "out" / "samples" / "sample_lora.png").is_file()
+    assert (tmp_path / "out" / "loras" / "tinychar_demo.safetensors").is_file()
+    assert "weights bit-identical to before" in result.stdout
 
 
 def test_missing_model_is_one_line_and_exit_code_2():
