@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `lora info x | head`: the reader left; say nothing more (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
