@@ -32,3 +32,16 @@ class LoraFormatError(LoraStudioError):
 
 class LoraShapeError(LoraFormatError):
     """A module's delta weight does not fit the host module it maps to."""
+
+
+class BlockWeightError(LoraStudioError):
+    """A block-weight vector, preset or preset file is invalid; says what was expected and what was received."""
+
+
+class PromptSyntaxError(LoraStudioError):
+    """A `<lora:…>` tag is malformed; names the tag text and the problem."""
+
+    def __init__(self, reason: str, *, tag: str | None = None) -> None:
+        self.reason = reason
+        self.tag = tag
+        super().__init__(f"{tag}: {reason}" if tag else reason)
