@@ -1,4 +1,4 @@
-"""The command line: `python -m lib_lora [serve|demo|lora|blocks] [options]`; core errors: one line, exit 2."""
+"""The command line: `python -m lib_lora [serve|demo|lora|blocks|generate] [options]`; core errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence, TextIO
 
 from .cli_blocks import add_blocks_parser, run_blocks_command
+from .cli_generate import add_generate_parser, run_generate_command
 from .cli_lora import add_lora_parser, run_lora_command
 from .errors import LoraStudioError
 
@@ -16,12 +17,12 @@ if TYPE_CHECKING:
     from .hosts.base import Host
 
 PROG = "python -m lib_lora"
-COMMANDS = ("serve", "demo", "lora", "blocks")
+COMMANDS = ("serve", "demo", "lora", "blocks", "generate")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
 EPILOG = (
     "With no command, `serve` runs. "
-    "The commands tag, train and generate arrive with later issues."
+    "The commands tag and train arrive with later issues."
 )
 
 
@@ -30,7 +31,7 @@ class ServeError(LoraStudioError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with its `serve`, `demo`, `lora` and `blocks` subcommands."""
+    """The parser with its `serve`, `demo`, `lora`, `blocks` and `generate` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="LoRA Studio: tag, train and apply LoRAs with per-block strengths, standalone.",
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-ui", action="store_true", help="exit after the demo instead of serving the UI")
     add_lora_parser(commands)
     add_blocks_parser(commands)
+    add_generate_parser(commands, parents=[model])
     return parser
 
 
@@ -107,6 +109,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             run_lora_command(args, out)
         elif args.command == "blocks":
             run_blocks_command(args, out)
+        elif args.command == "generate":
+            run_generate_command(args, out)
         else:
             serve(_load_host(args, out), port=args.port, listen=args.listen, out=out)
     except LoraStudioError as error:
