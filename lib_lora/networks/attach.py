@@ -103,19 +103,26 @@ class WeightMerger:
     def apply(self, loras: Sequence[AppliedLora]) -> ApplyReport:
         """Make the merged state equal `loras`.
 
-        Every module is checked against its target before anything is written (LoraShapeError names the key); if
-        merging still fails, the base weights are restored and the error raised.
+        Every module of a weight that will be rebuilt is checked against it before anything is written
+        (LoraShapeError names the key; unchanged weights were checked when merged); if merging still fails, the
+        base weights are restored and the error raised.
         """
         report = ApplyReport()
         wanted = self._wanted(loras, report)
+        by_identity = {lora.identity: lora for lora in loras}
+        changed = {
+            slot_id: entry for slot_id, entry in wanted.items()
+            if (slot := self._slots.get(slot_id)) is None or slot.signature != entry[2]
+        }
+        for target, param_name, contributions in changed.values():
+            if param_name != "bias":
+                for identity, key, _ in contributions:
+                    by_identity[identity].modules[key].check_fits(target.shape)
+        report.unchanged = len(wanted) - len(changed)
         try:
-            for slot_id, (target, param_name, contributions) in wanted.items():
-                slot = self._slots.get(slot_id)
-                if slot is not None and slot.signature == contributions:
-                    report.unchanged += 1
-                    continue
-                slot = slot or self._new_slot(slot_id, target, param_name)
-                self._rebuild(slot, contributions, loras)
+            for slot_id, (target, param_name, contributions) in changed.items():
+                slot = self._slots.get(slot_id) or self._new_slot(slot_id, target, param_name)
+                self._rebuild(slot, contributions, by_identity)
                 report.rebuilt += 1
             for slot_id in [s for s in self._slots if s not in wanted]:
                 self._restore_slot(self._slots.pop(slot_id))
@@ -155,7 +162,6 @@ class WeightMerger:
                 if multiplier == 0.0:
                     continue
                 module = lora.modules[key]
-                module.check_fits(target.shape)  # before any weight is written
                 names = [target.param_name]
                 if module.bias_delta(1.0) is not None:
                     if getattr(target.module, "bias", None) is None or target.rows is not None:
@@ -181,9 +187,9 @@ class WeightMerger:
         self._slots[slot_id] = slot
         return slot
 
-    def _rebuild(self, slot: _Slot, contributions: tuple[Contribution, ...], loras: Sequence[AppliedLora]) -> None:
+    def _rebuild(self, slot: _Slot, contributions: tuple[Contribution, ...],
+                 by_identity: Mapping[str, AppliedLora]) -> None:
         """Write backup + Σ deltas into the slot's tensor (in float32, cast once), then check it is finite."""
-        by_identity = {lora.identity: lora for lora in loras}
         modules = [(by_identity[identity].modules[key], multiplier) for identity, key, multiplier in contributions]
         param = _parameter(slot.target, slot.param_name)
         base = slot.backup.to(param.device, torch.float32)
