@@ -7,12 +7,12 @@ one line. Core errors reach cli.main, which prints them as one line and exits wi
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from .atomic import write_atomically
 from .errors import LoraStudioError
 
 if TYPE_CHECKING:
@@ -111,20 +111,10 @@ def save_png(image: Image.Image, path: Path, parameters: str) -> None:
 
     info = PngInfo()
     info.add_text("parameters", parameters)
-    folder = path.parent if str(path.parent) else Path(".")
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG", pnginfo=info)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, [encoded.getbuffer()])
     except OSError as error:
-        raise GenerateError(f"cannot write into {folder}: {error.strerror or error}") from error
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG", pnginfo=info)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise GenerateError(f"cannot write {path}: {error.strerror or error}") from error
-        raise
+        raise GenerateError(f"cannot write {path}: {error.strerror or error}") from error

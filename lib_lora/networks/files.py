@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import BinaryIO, NamedTuple
 
 import torch
 
+from ..atomic import write_atomically
 from ..errors import LoraFormatError
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # LoRA headers are kilobytes; embedded cover images stay well under this
@@ -356,7 +356,7 @@ def save_lora_file(
     training_only = {key: value for key, value in strings.items() if key.startswith("ss_")}
     strings[MODEL_HASH_KEY] = model_hash
     strings[LEGACY_HASH_KEY] = _legacy_hash([_encode_header(names, entries, training_only, path), *buffers])
-    _write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
+    write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
     return model_hash
 
 
@@ -372,7 +372,7 @@ def save_safetensors_file(
         raise LoraFormatError("only .safetensors files are written", path=path)
     strings = _checked_metadata(metadata, path)
     names, buffers, entries = _prepare_tensors(tensors, path)
-    _write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
+    write_atomically(path, [_encode_header(names, entries, strings, path), *buffers])
 
 
 def _checked_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, str]:
@@ -429,31 +429,3 @@ def _encode_header(
     if len(encoded) > MAX_HEADER_BYTES:
         raise LoraFormatError(f"the header would be {len(encoded)} bytes, over {MAX_HEADER_BYTES}", path=path)
     return len(encoded).to_bytes(8, "little") + encoded
-
-
-def _write_atomically(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write a hidden temp file beside `path`, fsync, os.replace it in; the temp file never outlives a failure."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the rename durable where the platform allows it (not on Windows)."""
-    with contextlib.suppress(OSError, AttributeError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
