@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from ..blocks.mapping import is_weighted_block
 from ..networks.keys import Target, TargetIndex
 
 KINDS = ("lora", "locon", "loha", "lokr", "full", "dora")
@@ -39,7 +40,7 @@ def _in_attention_block(key: str) -> bool:
 
 def _in_conv_block(target: Target) -> bool:
     """ResBlock and down/upsampler convolutions (kohya's LoCon), not conv_in (IN00) or the output conv."""
-    return len(target.shape) == 4 and target.block not in (None, "IN00", "time_embed", "label_emb", "out")
+    return len(target.shape) == 4 and is_weighted_block(target.block) and target.block != "IN00"
 
 
 def random_lora_state_dict(
