@@ -82,14 +82,18 @@ class NetworkModule(ABC):
         rank = self.rank
         return self.alpha / rank if self.alpha is not None and rank else 1.0
 
+    def unscaled_delta(self, device: torch.device | str | None = None) -> Tensor:
+        """`raw_delta` plus A1111's weight-shaped `bias` term (added before scaling); float32, natural shape."""
+        raw = self.raw_delta(device)
+        weight_bias = self.tensors.get("bias")
+        if weight_bias is not None and weight_bias.dim() >= 2:
+            raw = raw + self._fit(weight_bias.to(raw.device, torch.float32), tuple(raw.shape), "bias")
+        return raw
+
     def delta_weight(self, base_weight: Tensor, multiplier: float = 1.0) -> Tensor:
         """What to add to `base_weight` (float32, its exact shape) for this module at `multiplier`."""
         base = base_weight.detach().to(torch.float32)
-        raw = self.raw_delta(base.device)
-        weight_bias = self.tensors.get("bias")
-        if weight_bias is not None and weight_bias.dim() >= 2:  # A1111: a weight-shaped term added before scaling
-            raw = raw + self._fit(weight_bias.to(base.device, torch.float32), tuple(raw.shape), "bias")
-        delta = self._fit(raw, tuple(base.shape)) * self.scale
+        delta = self._fit(self.unscaled_delta(base.device), tuple(base.shape)) * self.scale
         if self.dora_scale is None:
             return delta * multiplier
         return self._decompose(base, delta, self.dora_scale.to(base.device, torch.float32), multiplier)

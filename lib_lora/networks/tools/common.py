@@ -148,14 +148,8 @@ def natural_shape(key: str, shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def module_delta(module: NetworkModule, device: torch.device | str | None = None) -> Tensor:
-    """A module's unscaled ΔW (float32, its natural shape), with a weight-shaped `bias` term added as A1111 does."""
-    raw = module.raw_delta(device)
-    weight_bias = module.tensors.get("bias")
-    if weight_bias is not None and weight_bias.dim() >= 2:
-        if weight_bias.numel() != raw.numel():
-            raise NetworkToolError(f"module {module.key!r}: its weight-shaped bias {list(weight_bias.shape)} does "
-                                   f"not fit its delta {list(raw.shape)}")
-        raw = raw + weight_bias.to(raw.device, torch.float32).reshape(raw.shape)
+    """A module's unscaled ΔW (float32) in its natural shape, a flattened conv given its kernel back."""
+    raw = module.unscaled_delta(device)
     return raw.reshape(natural_shape(module.key, raw.shape))
 
 
