@@ -20,6 +20,7 @@ PROG = "python -m lib_lora"
 COMMANDS = ("serve", "demo", "lora", "blocks", "generate")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
+DEFAULT_WORKSPACE = Path("lora_studio_workspace")
 EPILOG = (
     "With no command, `serve` runs. "
     "The commands tag and train arrive with later issues."
@@ -82,6 +83,17 @@ def _server_options() -> argparse.ArgumentParser:
         "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default: {DEFAULT_PORT})"
     )
     group.add_argument(
+        "--workspace",
+        type=Path,
+        default=DEFAULT_WORKSPACE,
+        help=f"the app's folder: LoRAs in Lora/, datasets in datasets/, tagger models in tagger/, presets and "
+        f"grids in lora_studio/ (default: {DEFAULT_WORKSPACE}; the demo uses its --output-dir)",
+    )
+    group.add_argument("--lora-dir", dest="extra_lora_dirs", action="append", default=[], type=Path,
+                       metavar="DIR", help="another folder of LoRAs (repeatable)")
+    group.add_argument("--data-root", action="append", default=[], type=Path, metavar="DIR",
+                       help="another folder the Dataset tab may open (repeatable)")
+    group.add_argument(
         "--listen",
         action="store_true",
         help="serve on all interfaces (0.0.0.0); by default only on 127.0.0.1",
@@ -112,7 +124,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         elif args.command == "generate":
             run_generate_command(args, out)
         else:
-            serve(_load_host(args, out), port=args.port, listen=args.listen, out=out)
+            serve(_load_host(args, out), args, out=out)
     except LoraStudioError as error:
         print(f"lora-studio: error: {error}", file=sys.stderr)
         return 2
@@ -132,15 +144,20 @@ def run_demo_command(args: argparse.Namespace, out: TextIO) -> None:
     report = run_demo(args.output_dir, model=args.model, host=host, log=_printer("demo", out))
     print(f"demo: finished; everything it wrote is in {report.output_dir.resolve()}", file=out, flush=True)
     if not args.no_ui:
-        serve(host, port=args.port, listen=args.listen, out=out)
+        if args.workspace == DEFAULT_WORKSPACE:
+            args.workspace = report.output_dir
+        serve(host, args, out=out)
 
 
-def serve(host: Host, *, port: int, listen: bool, out: TextIO) -> None:
-    """Serve the UI for `host` until interrupted; raises ServeError when the server cannot start."""
-    from .ui import build_studio
+def serve(host: Host, args: argparse.Namespace, *, out: TextIO) -> None:
+    """Serve the UI for `host` on `args.workspace` until interrupted; ServeError when the server cannot start."""
+    from .ui import StudioContext, build_studio
 
+    port, listen = args.port, args.listen
     address = "0.0.0.0" if listen else "127.0.0.1"
-    blocks = build_studio(lambda: host, standalone=True)
+    context = StudioContext.for_folder(lambda: host, args.workspace, lora_dirs=args.extra_lora_dirs,
+                                       data_roots=args.data_root)
+    blocks = build_studio(context)
     try:
         blocks.queue().launch(
             server_name=address,
@@ -155,7 +172,8 @@ def serve(host: Host, *, port: int, listen: bool, out: TextIO) -> None:
         raise ServeError(
             f"cannot serve on {address}:{port}: {reason} (choose another port with --port)"
         ) from error
-    print(f"LoRA Studio: serving on http://{address}:{port} (Ctrl+C stops)", file=out, flush=True)
+    print(f"LoRA Studio: serving on http://{address}:{port} from {Path(args.workspace).resolve()} (Ctrl+C stops)",
+          file=out, flush=True)
     blocks.block_thread()
 
 

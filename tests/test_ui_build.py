@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import pytest
 
 from lib_lora.errors import ModelLoadError
-from lib_lora.ui import build_studio, describe_host
+from lib_lora.ui import StudioContext, build_studio, describe_host
 from lib_lora.ui.compat import event_functions
 
 pytestmark = pytest.mark.hostcompat
@@ -29,6 +29,22 @@ class CountingProvider:
         return self.result
 
 
+def studio(provider: Any, *, standalone: bool) -> Any:
+    """build_studio on a context whose folders must not be touched while building."""
+
+    def untouched() -> Any:
+        raise AssertionError("a folder was read while building the UI")
+
+    context = StudioContext(host_provider=provider, lora_dirs=untouched, trained_dir=untouched,
+                            data_roots=untouched, tagger_dir=untouched, work_dir=untouched, standalone=standalone)
+    return build_studio(context)
+
+
+def panel_refreshers(blocks: Any) -> list[Any]:
+    """The model panel's callbacks (refresh button, sub-tab selects, standalone page load)."""
+    return [fn for fn in event_functions(blocks) if fn.__name__ == "describe"]
+
+
 def elem_ids(blocks: Any) -> Iterator[str]:
     for component in blocks.config["components"]:
         elem_id = component.get("props", {}).get("elem_id")
@@ -39,7 +55,7 @@ def elem_ids(blocks: Any) -> Iterator[str]:
 @pytest.mark.parametrize("standalone", [False, True])
 def test_builds_without_calling_the_provider(standalone):
     provider = CountingProvider()
-    blocks = build_studio(provider, standalone=standalone)
+    blocks = studio(provider, standalone=standalone)
     assert provider.calls == 0
     ids = list(elem_ids(blocks))
     assert set(TAB_IDS) <= set(ids)
@@ -49,7 +65,7 @@ def test_builds_without_calling_the_provider(standalone):
 
 @pytest.mark.parametrize("standalone", [False, True])
 def test_every_elem_id_is_prefixed(standalone):
-    ids = list(elem_ids(build_studio(CountingProvider(), standalone=standalone)))
+    ids = list(elem_ids(studio(CountingProvider(), standalone=standalone)))
     assert ids and all(elem_id.startswith("lora_studio") for elem_id in ids), ids
     assert len(ids) == len(set(ids))
 
@@ -64,8 +80,8 @@ def test_tabs_say_which_issue_brings_them():
 
 def test_events_call_the_provider_and_show_its_errors_as_a_message():
     provider = CountingProvider(ModelLoadError("cannot read /models/my_model.safetensors"))
-    blocks = build_studio(provider, standalone=False)
-    functions = event_functions(blocks)
+    blocks = studio(provider, standalone=False)
+    functions = panel_refreshers(blocks)
     assert len(functions) == 4  # the refresh button and the three sub-tabs' select
     text = functions[0]()
     assert provider.calls == 1
@@ -88,9 +104,9 @@ def test_standalone_shows_the_tiny_model_on_page_load():
 
     host = load_diffusers_host("tiny")
     provider = CountingProvider(host)
-    blocks = build_studio(provider, standalone=True)
+    blocks = studio(provider, standalone=True)
     assert provider.calls == 0
-    texts = [fn() for fn in event_functions(blocks)]
+    texts = [fn() for fn in panel_refreshers(blocks)]
     assert len(texts) == 5  # refresh, three sub-tab selects, page load
     assert all(text == host.info().as_markdown() for text in texts)
     assert "tiny" in texts[0] and "sd1" in texts[0]

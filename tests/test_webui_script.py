@@ -66,7 +66,7 @@ def test_refresh_in_the_webui_describes_the_loaded_model(webui, script):
 
     ((_, on_ui_tabs),) = webui.callbacks["ui_tabs"]
     blocks = on_ui_tabs()[0][0]
-    refresh = event_functions(blocks)[0]
+    (refresh, *_) = [fn for fn in event_functions(blocks) if fn.__name__ == "describe"]
     webui.allow_sd_model()
     assert (
         "no model is loaded" in refresh().lower()
@@ -79,7 +79,7 @@ def test_refresh_in_the_webui_describes_the_loaded_model(webui, script):
 def test_settings_are_registered_headless_with_webui_paths(webui, script, tmp_path):
     templates = webui.shared.options_templates
     ours = {key: info for key, info in templates.items() if info.section == SECTION}
-    assert set(ours) == {"lora_studio_output_dir", "lora_studio_tagger_dir"}
+    assert set(ours) == {"lora_studio_output_dir", "lora_studio_tagger_dir", "lora_studio_dataset_roots"}
     assert ours["lora_studio_output_dir"].default == str(tmp_path / "my_loras")
     assert ours["lora_studio_tagger_dir"].default == str(tmp_path / "models" / "lora_studio" / "tagger")
     assert all(isinstance(info, OptionInfo) and info.label for info in ours.values())
@@ -90,6 +90,9 @@ def test_settings_are_registered_headless_with_webui_paths(webui, script, tmp_pa
     webui.shared.opts.lora_studio_output_dir = str(tmp_path / "elsewhere")
     assert settings.trained_lora_dir() == tmp_path / "elsewhere"
     assert settings.tagger_model_dir() == tmp_path / "models" / "lora_studio" / "tagger"
+    assert settings.dataset_roots() == [tmp_path]  # the WebUI's data folder
+    webui.shared.opts.lora_studio_dataset_roots = f"{tmp_path / 'a'}; {tmp_path / 'b'}\n\n~/c"
+    assert settings.dataset_roots() == [tmp_path, tmp_path / "a", tmp_path / "b", Path("~/c").expanduser()]
 
 
 def test_lora_dir_defaults_to_models_lora_without_the_builtin_flag(monkeypatch, tmp_path):
@@ -109,7 +112,7 @@ def test_on_ui_settings_adds_missing_options_once(webui, script):
     on_ui_settings()
     on_ui_settings()
     assert webui.shared.opts.data_labels["lora_studio_tagger_dir"].section == SECTION
-    assert sum(key.startswith("lora_studio_") for key in webui.shared.opts.data_labels) == 2
+    assert sum(key.startswith("lora_studio_") for key in webui.shared.opts.data_labels) == 3
 
 
 # --- install.py ------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .common import HostProvider, describe_host
+from .context import StudioContext
 from .studio import APP_TITLE, build_studio
 
-__all__ = ["APP_TITLE", "HostProvider", "build_studio", "describe_host"]
+__all__ = ["APP_TITLE", "HostProvider", "StudioContext", "build_studio", "describe_host"]

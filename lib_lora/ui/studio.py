@@ -8,8 +8,9 @@ from typing import Any
 import gradio as gr
 
 from .blocks_tab import build_blocks_tab
-from .common import HostProvider, build_model_panel
+from .common import build_model_panel
 from .compat import blocks_kwargs, offline_theme
+from .context import StudioContext
 from .dataset_tab import TAB_ID as FIRST_TAB_ID
 from .dataset_tab import build_dataset_tab
 from .train_tab import build_train_tab
@@ -19,20 +20,21 @@ APP_TITLE = "LoRA Studio"
 EXTENSION_ROOT = Path(__file__).resolve().parents[2]
 
 
-def build_studio(host_provider: HostProvider, *, standalone: bool) -> gr.Blocks:
-    """Build the UI without calling `host_provider`; events call it (refresh, tab select, page load).
+def build_studio(context: StudioContext) -> gr.Blocks:
+    """Build the UI without calling the host provider or the folders; events call them.
 
     In the WebUI the result is rendered inside the host's `#tab_lora_studio`; standalone it is the whole page,
     wrapped in `#lora_studio_app`, with our CSS and JavaScript inlined and system fonts (no network).
     """
+    standalone = context.standalone
     page = _standalone_page() if standalone else {}
     with gr.Blocks(**blocks_kwargs(analytics_enabled=False, **page)) as blocks:
         with gr.Column(elem_id="lora_studio_app" if standalone else "lora_studio_root"):
             if standalone:
                 gr.Markdown(f"# {APP_TITLE}", elem_id="lora_studio_title")
-            panel = build_model_panel(host_provider)
+            panel = build_model_panel(context.host_provider)
             with gr.Tabs(selected=FIRST_TAB_ID, elem_id="lora_studio_tabs"):
-                tabs = [build_dataset_tab(), build_train_tab(), build_blocks_tab()]
+                tabs = [build_dataset_tab(context), build_train_tab(context), build_blocks_tab(context)]
         for tab in tabs:
             panel.refresh_on(tab.select)
         if standalone:
@@ -50,5 +52,6 @@ def _read(relative: str) -> str | None:
 
 
 def _script_tag() -> str | None:
-    script = _read("javascript/lora_studio.js")
-    return f"<script>\n{script}\n</script>" if script else None
+    """Every `javascript/*.js`, in name order (the order the WebUI loads them in)."""
+    scripts = [path.read_text(encoding="utf-8") for path in sorted((EXTENSION_ROOT / "javascript").glob("*.js"))]
+    return "".join(f"<script>\n{script}\n</script>\n" for script in scripts) or None

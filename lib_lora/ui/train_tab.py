@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from .common import build_status_tab
+from .context import StudioContext
 
 STATUS = (
     "**Not here yet — issue #6:** train a LoRA in-process on the model shown above, with no second "
@@ -14,6 +15,6 @@ STATUS = (
 TAB_ID = "lora_studio_train"  # the id build_status_tab gives it
 
 
-def build_train_tab() -> gr.Tab:
+def build_train_tab(context: StudioContext) -> gr.Tab:
     """Add the Train tab to the current `gr.Tabs` and return it (for its `select` event)."""
     return build_status_tab("Train", "train", STATUS)

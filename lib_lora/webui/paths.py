@@ -14,6 +14,13 @@ def models_dir() -> Path:
     return Path(paths.models_path)
 
 
+def data_dir() -> Path:
+    """The WebUI's data folder (`modules.paths.data_path`, `--data-dir`): models, outputs, extensions."""
+    from modules import paths  # type: ignore[import-not-found]
+
+    return Path(paths.data_path)
+
+
 def lora_dir() -> Path:
     """Where the WebUI's built-in Lora looks for LoRAs: `--lora-dir`, else `<models>/Lora`.
 

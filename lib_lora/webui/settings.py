@@ -10,6 +10,7 @@ from . import paths
 SECTION = ("lora_studio", "LoRA Studio")
 OUTPUT_DIR_KEY = "lora_studio_output_dir"
 TAGGER_DIR_KEY = "lora_studio_tagger_dir"
+DATASET_ROOTS_KEY = "lora_studio_dataset_roots"
 
 
 def option_templates() -> dict[str, Any]:
@@ -23,6 +24,9 @@ def option_templates() -> dict[str, Any]:
         TAGGER_DIR_KEY: shared.OptionInfo(
             str(paths.extension_data_dir() / "tagger"), "Folder for WD14 tagger models"
         ).info("each model in its own subfolder: model.onnx and selected_tags.csv"),
+        DATASET_ROOTS_KEY: shared.OptionInfo("", "Extra folders the Dataset tab may open").info(
+            "one per line or separated by ';'; the WebUI's data folder is always allowed"
+        ),
     }
     return shared.options_section(SECTION, options)
 
@@ -55,3 +59,12 @@ def tagger_model_dir() -> Path:
     from modules import shared  # type: ignore[import-not-found]
 
     return Path(getattr(shared.opts, TAGGER_DIR_KEY, "") or paths.extension_data_dir() / "tagger")
+
+
+def dataset_roots() -> list[Path]:
+    """The folders the Dataset tab may open: the WebUI's data folder, then the setting's folders."""
+    from modules import shared  # type: ignore[import-not-found]
+
+    extra = str(getattr(shared.opts, DATASET_ROOTS_KEY, "") or "")
+    folders = [part.strip() for line in extra.splitlines() for part in line.split(";")]
+    return [paths.data_dir(), *(Path(folder).expanduser() for folder in folders if folder)]

@@ -5,7 +5,7 @@
 - `modules.shared`: `OptionInfo` (+ `.info()`), `options_section`, `options_templates` and `opts`, whose
   `data_labels` is that same dict, as in A1111 1.10 / Forge; `opts.add_option`; reading `opts.<key>` falls
   back to the option's default. `cmd_opts.lora_dir` exists only when given (the built-in Lora adds the flag).
-- `modules.paths`: `models_path`.
+- `modules.paths`: `models_path`, `data_path` (its parent, as in a default A1111 install).
 - `shared.sd_model` is guarded: every read is recorded in `sd_model_reads` and raises until
   `allow_sd_model()` (reading it in the WebUI loads a checkpoint, so building the UI must never do it).
 """
@@ -110,6 +110,7 @@ def install_extension_api(
         setattr(script_callbacks, f"on_{category}", _recorder(state.callbacks[category]))
     paths = ModuleType("modules.paths")
     paths.models_path = str(models_path)
+    paths.data_path = str(Path(models_path).parent)
     for name, module in (("script_callbacks", script_callbacks), ("paths", paths)):
         monkeypatch.setattr(fake.modules, name, module, raising=False)
         monkeypatch.setitem(sys.modules, f"modules.{name}", module)

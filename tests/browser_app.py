@@ -1,0 +1,137 @@
+"""Drive the standalone app in a real headless Chromium: start the server, open a page that records errors.
+
+Used by every `test_browser*.py`: `chromium_path()` (skip locally, fail in CI when Debian chromium is missing),
+`serve_app(args, log_dir)` (`python -m lib_lora serve …` on a free port, always terminated) and `open_page(...)`
+(a page whose console errors and outside requests are collected in `PageWatch`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# gradio 4.40's page template loads this script (iframe auto-resizing when embedded) from a CDN. Offline it
+# fails with a console error that no app setting avoids, so the page is answered with an empty script. It is
+# the only request allowed to leave 127.0.0.1; any other is recorded and fails the test.
+GRADIO_TEMPLATE_CDN_SCRIPT = re.compile(
+    r"^https://cdnjs\.cloudflare\.com/ajax/libs/iframe-resizer/[\d.]+/"
+    r"iframeResizer\.contentWindow\.min\.js$"
+)
+
+
+def chromium_path() -> str:
+    """Debian's chromium; skips the test locally and fails it in CI when it is missing."""
+    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+        reason = "Debian chromium is not installed (make browser, or apt-get install chromium)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM if os.path.exists(CHROMIUM) else str(shutil.which("chromium"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serve_app(args: Sequence[str], log_dir: Path, *, timeout: float = 180) -> Iterator[str]:
+    """`python -m lib_lora serve --port P *args` until it answers; yields its URL, always terminated."""
+    pytest.importorskip("diffusers")
+    port = free_port()
+    log_path = Path(log_dir) / "server.log"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lib_lora", "serve", "--port", str(port), *args],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_serving(url, process, log_path, timeout)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the app did not answer on {url} within {timeout:.0f}s:\n{log_path.read_text()}")
+
+
+@dataclass
+class PageWatch:
+    """Console errors, page errors and outside requests seen by a page; `assert_clean()` at the end."""
+
+    errors: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+
+    def assert_clean(self) -> None:
+        assert self.errors == []
+        assert self.external == []
+
+
+@contextmanager
+def open_page(url: str, *, width: int = 1280, height: int = 900) -> Iterator[tuple[Any, PageWatch]]:
+    """A Chromium page on `url` (loaded to DOMContentLoaded) and its PageWatch; the browser is always closed."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    watch = PageWatch()
+
+    def answer_external(route: Any) -> None:
+        if GRADIO_TEMPLATE_CDN_SCRIPT.match(route.request.url):
+            route.fulfill(status=200, content_type="application/javascript", body="")
+        else:
+            watch.external.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("console", lambda message: watch.errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: watch.errors.append(f"page error: {error}"))
+            page.route(re.compile(r"^(?!https?://127\.0\.0\.1[:/])[a-z]+://"), answer_external)
+            page.goto(url, wait_until="domcontentloaded")
+            yield page, watch
+        finally:
+            browser.close()
