@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 
     from ..ui.context import StudioContext
 
+from ..jobs import GpuGate
+
 TAB_TITLE = "LoRA Studio"
 TAB_ID = "lora_studio"
+WEBUI_GPU = GpuGate()
+"""The one gate on the WebUI's loaded model: training holds it; generation (ours and the WebUI's) is refused."""
 
 
 def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
@@ -40,4 +44,5 @@ def webui_context() -> StudioContext:
         tagger_dir=lambda: ensure(settings.tagger_model_dir()),
         work_dir=lambda: ensure(paths.extension_data_dir()),
         standalone=False,
+        gpu=WEBUI_GPU,
     )
