@@ -1,0 +1,1 @@
+"""Training LoRAs on the host's loaded model: data, network, optimizer and the training loop."""
