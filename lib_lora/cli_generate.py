@@ -7,18 +7,12 @@ one line. Core errors reach cli.main, which prints them as one line and exits wi
 from __future__ import annotations
 
 import argparse
-import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-from .atomic import write_atomically
 from .errors import LoraStudioError
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from .hosts.base import GenerationRequest
+from .pnginfo import save_png
 
 
 class GenerateError(LoraStudioError):
@@ -51,9 +45,10 @@ def add_generate_parser(commands: argparse._SubParsersAction, *, parents: Sequen
 
 
 def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
-    """Check inputs, load the model, merge the LoRAs for one generation (restored after), write the PNG."""
-    from .blocks.apply import LoraLibrary, format_block_weights, resolve_calls
+    """Check inputs, load the model, render with the prompt's LoRAs merged (restored after), write the PNG."""
+    from .blocks.apply import LoraLibrary
     from .blocks.presets import PresetBook
+    from .blocks.session import LoraSession
     from .blocks.syntax import parse_prompt
     from .hosts.base import GenerationRequest
 
@@ -62,7 +57,7 @@ def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
         raise GenerateError(f"--out {target} must end in .png")
     if target.exists() and not args.force:
         raise GenerateError(f"{target} exists; pass --force to overwrite it")
-    clean, calls = parse_prompt(args.prompt)
+    _, calls = parse_prompt(args.prompt)
     if calls and not args.lora_dir:
         raise GenerateError("the prompt has <lora:…> tags but no --lora-dir was given")
     library = LoraLibrary(args.lora_dir)
@@ -72,49 +67,20 @@ def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
     if args.presets:
         presets = presets.merge(PresetBook.from_file(args.presets))
     try:
-        request = GenerationRequest(prompt=clean, negative_prompt=args.negative, steps=args.steps,
+        request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
                                     cfg_scale=args.cfg, width=args.width, height=args.height, seed=args.seed)
     except ValueError as error:
         raise GenerateError(str(error)) from error
 
     from .hosts.diffusers import load_diffusers_host
-    from .networks.attach import WeightMerger
-    from .networks.keys import build_target_index
 
     host = load_diffusers_host(args.model, device=args.device, dtype=args.dtype)
-    applied = resolve_calls(calls, library, presets, host.arch)
-    merger = WeightMerger(build_target_index(host))
-    with merger.applied(applied):
-        image = host.generate(request)
-    text = parameters_text(args.prompt, request, model=args.model, block_weights=format_block_weights(calls))
-    save_png(image, target, text)
+    session = LoraSession(host, library, presets, model_name=args.model)
+    try:
+        generated = session.generate(request)
+    finally:
+        session.unmerge()
+    save_png(generated.image, target, generated.parameters)
+    image = generated.image
     loras = f"{len(calls)} LoRA(s): {', '.join(c.name for c in calls)}" if calls else "no LoRA"
     print(f"generate: wrote {target} ({image.width}x{image.height}, seed {request.seed}, {loras})", file=out)
-
-
-def parameters_text(prompt: str, request: GenerationRequest, *, model: str, block_weights: str) -> str:
-    """A1111's infotext: the prompt as typed (tags kept), the negative prompt, then one line of fields."""
-    fields = [f"Steps: {request.steps}", f"CFG scale: {request.cfg_scale:g}", f"Seed: {request.seed}",
-              f"Size: {request.width}x{request.height}", f"Model: {model}"]
-    if block_weights:
-        fields.append(block_weights)
-    lines = [prompt]
-    if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}")
-    lines.append(", ".join(fields))
-    return "\n".join(lines)
-
-
-def save_png(image: Image.Image, path: Path, parameters: str) -> None:
-    """Write `image` as a PNG with a `parameters` text chunk, atomically (temp file in the folder, then rename)."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    encoded = io.BytesIO()
-    image.save(encoded, format="PNG", pnginfo=info)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, [encoded.getbuffer()])
-    except OSError as error:
-        raise GenerateError(f"cannot write {path}: {error.strerror or error}") from error

@@ -249,10 +249,13 @@ def test_bad_preset_name_suggests(tmp_path, sd1):
 
 
 @pytest.mark.parametrize("tag", ["<lora:a:1:start=3>", "<lora:a:1:stop=0.5>", "<lora:a:1:NCNF:start=2:stop=9>"])
-def test_step_window_is_not_applied_yet(tmp_path, sd1, tag):
+def test_step_window_needs_a_caller_that_gates_steps(tmp_path, sd1, tag):
     write_lora(tmp_path / "a.safetensors", sd1)
-    with pytest.raises(NotSupportedYetError, match="start=/stop=.*not applied in standalone"):
-        resolve_calls(parse_prompt(tag)[1], LoraLibrary([tmp_path]), BOOK, "sd1")
+    calls = parse_prompt(tag)[1]
+    with pytest.raises(NotSupportedYetError, match="start=/stop=.*switches weights between steps"):
+        resolve_calls(calls, LoraLibrary([tmp_path]), BOOK, "sd1")
+    (applied,) = resolve_calls(calls, LoraLibrary([tmp_path]), BOOK, "sd1", step_windows=True)
+    assert applied.unet_multiplier == 1.0
 
 
 def test_sdxl_lora_on_sd1_model_is_an_error(tmp_path, sd1, sdxl):
@@ -280,4 +283,6 @@ def test_format_block_weights_records_what_was_applied():
     line = format_block_weights(calls)
     assert line == ('Lora block weights: "a: te=0.8, unet=0.8, blocks=NCNF; b: te=0.5, unet=0.25; '
                     'c: te=1, unet=1, blocks=1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1"')
+    windows = parse_prompt("<lora:a:1:start=1> <lora:b:1:start=0.5:stop=1.0>")[1]
+    assert format_block_weights(windows) == 'Lora block weights: "a: te=1, unet=1, start=1; b: te=1, unet=1, start=0.5, stop=1.0"'
     assert format_block_weights([]) == ""

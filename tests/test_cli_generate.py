@@ -93,7 +93,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("a cat <lora:tinychar:0.8:NCNG>", "unknown block-weight preset 'NCNG'"),
         ("a cat <lora:../x:1>", "never as paths"),
         ("a cat <lora:tinychr:1>", "did you mean tinychar"),
-        ("a cat <lora:tinychar:1:start=2>", "start=/stop="),
+        ("a cat <lora:tinychar:1:dyn=8>", "dyn"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path, lora_dir, prompt, expected):

@@ -29,6 +29,7 @@ __all__ = [
     "LoraLibraryError",
     "LoraNotFoundError",
     "NotSupportedYetError",
+    "block_weights_value",
     "format_block_weights",
     "resolve_calls",
 ]
@@ -114,17 +115,18 @@ def resolve_calls(
     arch: Arch | str,
     *,
     loader: Callable[[Path], LoraNetwork] = load_network,
+    step_windows: bool = False,
 ) -> list[AppliedLora]:
     """One AppliedLora per call: te × BASE on the text encoders, unet × block weight on each UNet block.
 
-    Each file is loaded once; a call without blocks uses no block weights. Raises for step windows and dyn
-    (not applied in standalone yet), and for a LoRA whose metadata names another family than `arch`.
+    Each file is loaded once; a call without blocks uses no block weights. Raises for dyn, for step windows
+    unless the caller gates steps (`step_windows`), and for a LoRA whose metadata names another family.
     """
     resolved = arch if isinstance(arch, Arch) else get_arch(arch)
     networks: dict[Path, LoraNetwork] = {}
     applied: list[AppliedLora] = []
     for call in calls:
-        _check_supported(call)
+        _check_supported(call, step_windows=step_windows)
         path = library.resolve(call.name)
         network = networks.get(path)
         if network is None:
@@ -142,11 +144,11 @@ def resolve_calls(
     return applied
 
 
-def _check_supported(call: LoraCall) -> None:
+def _check_supported(call: LoraCall, *, step_windows: bool) -> None:
     tag = call.raw or f"<lora:{call.name}:…>"
-    if call.start is not None or call.stop is not None:
+    if not step_windows and (call.start is not None or call.stop is not None):
         raise NotSupportedYetError(
-            f"{tag}: start=/stop= (the UNet step window) are not applied in standalone generation yet; "
+            f"{tag}: start=/stop= (the UNet step window) need a generation that switches weights between steps; "
             "remove them to apply the LoRA at every step"
         )
     if call.dyn is not None:
@@ -157,13 +159,22 @@ def format_block_weights(calls: Sequence[LoraCall]) -> str:
     """`Lora block weights: "name: te=…, unet=…, blocks=…; …"` for the calls, or "" when there are none."""
     if not calls:
         return ""
+    return f'{BLOCK_WEIGHTS_FIELD}: "{block_weights_value(calls)}"'
+
+
+def block_weights_value(calls: Sequence[LoraCall]) -> str:
+    """The field's value without quotes: `name: te=…, unet=…[, blocks=…][, start=…][, stop=…]; …`."""
     parts = []
     for call in calls:
         items = [f"te={_number(call.te)}", f"unet={_number(call.unet)}"]
         if call.blocks is not None:
             items.append(f"blocks={call.blocks}")
+        for key in ("start", "stop"):
+            value = getattr(call, key)
+            if value is not None:  # as parsed: an int is a step, a float a fraction (1 ≠ 1.0)
+                items.append(f"{key}={value}")
         parts.append(f"{call.name}: {', '.join(items)}")
-    return f'{BLOCK_WEIGHTS_FIELD}: "{"; ".join(parts)}"'
+    return "; ".join(parts)
 
 
 def _number(value: float) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
-from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, host_info
+from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
@@ -84,6 +84,8 @@ class A1111Host:
     """
 
     kind = "a1111"
+    handles_lora_tags = True
+    """generate() reads `<lora:…>` tags itself (the built-in Lora + our always-on script)."""
 
     def __init__(
         self,
@@ -252,7 +254,11 @@ class A1111Host:
 
     # --- generation and training -----------------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest) -> Image.Image:
+    def generate(self, request: GenerationRequest, *, on_step: StepCallback | None = None) -> Image.Image:
+        """One txt2img image through the WebUI's own processing: its Lora and our block-weight script read the
+        prompt's `<lora:…>` tags (`on_step` is not supported here: the script gates steps itself)."""
+        if on_step is not None:
+            raise HostError("A1111Host.generate does not take on_step; the block-weight script gates steps")
         try:
             from modules import processing  # type: ignore[import-not-found]
         except ImportError as error:

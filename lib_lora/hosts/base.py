@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from ..arch import Arch
 
 PredictionType = Literal["epsilon", "v_prediction"]
+StepCallback = Callable[[int], None]
+"""Called with the 0-based sampling step before that step's denoiser call (after the prompts were encoded)."""
 Layout = Literal["diffusers", "ldm"]
 
 
@@ -163,8 +165,8 @@ class Host(Protocol):
         """The denoiser's raw output (ε or v, per `prediction_type`) for discrete timesteps in 0..999."""
         ...
 
-    def generate(self, request: GenerationRequest) -> Image.Image:
-        """One image through the host's own sampling pipeline."""
+    def generate(self, request: GenerationRequest, *, on_step: StepCallback | None = None) -> Image.Image:
+        """One image through the host's own sampling pipeline; `on_step` where the host supports it (diffusers)."""
         ...
 
     def training_mode(self) -> AbstractContextManager[None]:

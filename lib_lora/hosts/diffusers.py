@@ -11,7 +11,7 @@ import torch
 
 from ..arch import SD1, SD2, SDXL, Arch
 from ..errors import ModelLoadError
-from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, host_info
+from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
@@ -115,18 +115,31 @@ class DiffusersHost:
         added = dict(cond.extra) if cond.extra else None
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond.context, added_cond_kwargs=added).sample
 
-    def generate(self, request: GenerationRequest) -> Image.Image:
+    def generate(self, request: GenerationRequest, *, on_step: StepCallback | None = None) -> Image.Image:
+        """One image; `on_step(i)` runs before denoising step i (0-based), after the prompts were encoded."""
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
-        result = self.pipeline(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg_scale,
-            width=request.width,
-            height=request.height,
-            generator=generator,
-            clip_skip=self.clip_skip - 1 or None,
-        )
+        extra: dict[str, Any] = {}
+        if on_step is not None:
+            # diffusers calls back after each step: step i's end is where step i+1's weights are set. The text
+            # encoders already ran when the first callback could fire, so step 0 is set by wrapping the UNet call.
+            def step_end(pipeline: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+                if step + 1 < request.steps:
+                    on_step(step + 1)
+                return kwargs
+
+            extra["callback_on_step_end"] = step_end
+        with _before_first_unet_call(self.unet, on_step):
+            result = self.pipeline(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg_scale,
+                width=request.width,
+                height=request.height,
+                generator=generator,
+                clip_skip=self.clip_skip - 1 or None,
+                **extra,
+            )
         return result.images[0]
 
     @contextmanager
@@ -136,6 +149,27 @@ class DiffusersHost:
         with preserved_state(roots):
             freeze_for_training(roots)
             yield
+
+
+@contextmanager
+def _before_first_unet_call(unet: torch.nn.Module, on_step: StepCallback | None) -> Iterator[None]:
+    """Call `on_step(0)` once, just before the UNet's first forward in this block; the hook is always removed."""
+    if on_step is None:
+        yield
+        return
+    fired = False
+
+    def first_call(module: torch.nn.Module, args: Any) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            on_step(0)
+
+    handle = unet.register_forward_pre_hook(first_call, prepend=True)  # before anyone else looks at the weights
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _detect_arch(pipeline: Any) -> Arch:
