@@ -43,6 +43,9 @@ class DatasetProblem:
     paths: tuple[Path, ...]
     message: str
 
+    def __str__(self) -> str:
+        return f"{self.paths[0]}: {self.message}" if self.paths else self.message
+
 
 @dataclass(frozen=True)
 class DatasetItem:
