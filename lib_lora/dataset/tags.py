@@ -75,7 +75,7 @@ def tag_frequency(captions: Mapping[object, str] | Iterable[str]) -> list[tuple[
     return sorted(counts.items(), key=lambda item: (-item[1], item[0].casefold(), item[0]))
 
 
-def _tag_tuple(value: str | Iterable[str], what: str) -> tuple[str, ...]:
+def normalise_tag_list(value: str | Iterable[str], what: str) -> tuple[str, ...]:
     """Tags given as a caption-like string or an iterable, each normalised; TagOperationError for a bad one."""
     raw = [value] if isinstance(value, str) else list(value)
     tags: list[str] = []
@@ -91,7 +91,8 @@ def _tag_tuple(value: str | Iterable[str], what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
-def _single_tag(value: str, what: str) -> str:
+def require_single_tag(value: str, what: str) -> str:
+    """`value` as one normalised tag; TagOperationError if it is empty or holds a comma or line break."""
     tag = normalise_tag(value) if isinstance(value, str) else ""
     if not tag or "," in tag or "\n" in value:
         raise TagOperationError(f"{what}: expected one non-empty tag without commas, got {value!r}")
@@ -124,7 +125,7 @@ class AddTags(TagEdit):
     position: Literal["front", "back"] | int = "back"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _tag_tuple(self.tags, "add"))
+        object.__setattr__(self, "tags", normalise_tag_list(self.tags, "add"))
         valid_index = isinstance(self.position, int) and not isinstance(self.position, bool) and self.position >= 0
         if self.position not in ("front", "back") and not valid_index:
             raise TagOperationError(f"add: position must be 'front', 'back' or an index >= 0, got {self.position!r}")
@@ -148,7 +149,7 @@ class RemoveTags(TagEdit):
     tags: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _tag_tuple(self.tags, "remove"))
+        object.__setattr__(self, "tags", normalise_tag_list(self.tags, "remove"))
 
     def apply(self, tags: list[str]) -> list[str]:
         unwanted = set(self.tags)
@@ -180,8 +181,8 @@ class RenameTag(TagEdit):
     new: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "old", _single_tag(self.old, "rename: old tag"))
-        object.__setattr__(self, "new", _single_tag(self.new, "rename: new tag"))
+        object.__setattr__(self, "old", require_single_tag(self.old, "rename: old tag"))
+        object.__setattr__(self, "new", require_single_tag(self.new, "rename: new tag"))
 
     def apply(self, tags: list[str]) -> list[str]:
         if self.old not in tags:
@@ -311,7 +312,7 @@ class MoveToFront(TagEdit):
     tags: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _tag_tuple(self.tags, "move to front"))
+        object.__setattr__(self, "tags", normalise_tag_list(self.tags, "move to front"))
 
     def apply(self, tags: list[str]) -> list[str]:
         front = [tag for tag in self.tags if tag in tags]
@@ -345,7 +346,7 @@ class TagFilter:
                 raise TagOperationError(f"filter: {name} must be 'all' or 'any', got {getattr(self, name)!r}")
         for name in ("include", "exclude"):
             value = getattr(self, name)
-            object.__setattr__(self, name, _tag_tuple(value, f"filter {name}") if value else ())
+            object.__setattr__(self, name, normalise_tag_list(value, f"filter {name}") if value else ())
 
     def matches(self, tags: Iterable[str]) -> bool:
         present = set(tags)
