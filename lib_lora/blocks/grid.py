@@ -1,0 +1,364 @@
+"""XY comparison grids of one LoRA over two axes of {preset, strength, lora, seed} (one may be absent: one row).
+
+Pure core (PIL, no gradio): `GridSpec` (what the user asked, validated) -> `plan_grid` (one `GridCell` per image:
+the prompt with a `<lora:…>` tag built by `format_call`, and the seed) -> `check_plan` (every axis value resolved
+through the session before anything is generated) -> `run_grid` (cells rendered through a LoraSession, progress
+per cell, cancel between cells; a labelled grid image, saved with the settings in its PNG text).
+
+Axis values are separated by commas, or by `|` when the text has one (so a preset axis can hold literal vectors:
+`preset: ALL | 1,0,0,1,1,1,0,0,1,1,1,1,0,0,0,0,0`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import LoraStudioError
+from ..hosts.base import GenerationRequest
+from .grid_image import compose_grid
+from .syntax import LoraCall, format_call
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..jobs import JobControl
+    from .session import Generated
+
+__all__ = [
+    "AXIS_KINDS",
+    "Axis",
+    "GridCell",
+    "GridError",
+    "GridPlan",
+    "GridResult",
+    "GridSpec",
+    "LoraRenderer",
+    "check_plan",
+    "new_output_path",
+    "plan_grid",
+    "run_grid",
+]
+
+AXIS_KINDS: tuple[str, ...] = ("preset", "strength", "lora", "seed")
+MAX_AXIS_VALUES = 16
+GRID_SETTINGS_KEY = "lora_studio_grid"
+"""The PNG text chunk holding the grid's settings as JSON (beside A1111's `parameters`)."""
+
+AXIS_HELP = (
+    "kind: values — kind is preset, strength, lora or seed; values are separated by commas "
+    "(or by | when a value is a literal block vector), e.g. `preset: NONE, ALL, CHAR` or `strength: 0.5, 1`"
+)
+
+
+class GridError(LoraStudioError):
+    """A grid's axes or values are invalid; the message names the axis and the value."""
+
+
+class LoraRenderer(Protocol):
+    """What grids and the analyzer need from a LoraSession."""
+
+    def check(self, prompt: str) -> list[LoraCall]: ...
+
+    def generate(self, request: GenerationRequest) -> Generated: ...
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis: a kind from AXIS_KINDS and its values as typed (strengths must be numbers, seeds integers)."""
+
+    kind: str
+    values: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in AXIS_KINDS:
+            raise GridError(f"unknown axis kind {self.kind!r}; expected one of {', '.join(AXIS_KINDS)}")
+        values = tuple(str(value).strip() for value in self.values)
+        if not values or any(not value for value in values):
+            raise GridError(f"{self.kind} axis: empty value in {', '.join(self.values) or '(nothing)'}")
+        if len(values) > MAX_AXIS_VALUES:
+            raise GridError(f"{self.kind} axis: {len(values)} values; at most {MAX_AXIS_VALUES} are allowed")
+        for value in values:
+            if self.kind == "strength":
+                _strength(value)
+            elif self.kind == "seed":
+                _seed(value)
+        object.__setattr__(self, "values", values)
+
+    @classmethod
+    def parse(cls, text: str) -> Axis:
+        """`kind: v1, v2, …` (or `kind: v1 | v2` for values with commas); GridError names what is wrong."""
+        kind, colon, rest = text.partition(":")
+        if not colon:
+            raise GridError(f"axis {text.strip()!r} has no ':'; write {AXIS_HELP}")
+        separator = "|" if "|" in rest else ","
+        return cls(kind.strip().lower(), tuple(rest.split(separator)))
+
+    def text(self) -> str:
+        """The axis as `parse` reads it back."""
+        separator = " | " if any("," in value for value in self.values) else ", "
+        return f"{self.kind}: {separator.join(self.values)}"
+
+    def label(self, value: str) -> str:
+        return f"{self.kind}: {value}"
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise GridError(f"strength axis: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise GridError(f"strength axis: {text!r} is not a finite number")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise GridError(f"seed axis: {text!r} is not a whole number") from None
+    if value < 0:
+        raise GridError(f"seed axis: {text!r} is negative; seeds are 0 or more")
+    return value
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A grid: base prompt and generation settings, the LoRA's default name/strength/preset, and the axes.
+
+    `lora` may be omitted only when an axis is `lora`; `preset` None applies the LoRA without block weights.
+    """
+
+    prompt: str
+    x: Axis | None
+    y: Axis | None = None
+    lora: str | None = None
+    strength: float = 1.0
+    preset: str | None = None
+    seed: int = 0
+    negative_prompt: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+
+    def __post_init__(self) -> None:
+        if self.x is None and self.y is None:
+            raise GridError("a grid needs at least one axis")
+        if self.x is not None and self.y is not None and self.x.kind == self.y.kind:
+            raise GridError(f"both axes are {self.x.kind}; choose two different kinds")
+        if not self.lora and "lora" not in self.kinds:
+            raise GridError("choose a LoRA (or make one axis `lora`)")
+        if not math.isfinite(self.strength):
+            raise GridError(f"strength {self.strength!r} is not a finite number")
+        if self.seed < 0:
+            raise GridError(f"seed {self.seed} is negative; seeds are 0 or more")
+        try:
+            self.request(self.prompt, self.seed)
+        except ValueError as error:
+            raise GridError(str(error)) from None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(axis.kind for axis in (self.x, self.y) if axis is not None)
+
+    def request(self, prompt: str, seed: int) -> GenerationRequest:
+        return GenerationRequest(prompt=prompt, negative_prompt=self.negative_prompt, steps=self.steps,
+                                 cfg_scale=self.cfg_scale, width=self.width, height=self.height, seed=seed)
+
+    def settings(self) -> dict[str, object]:
+        """The spec as JSON-ready data (stored in the grid PNG)."""
+        return {
+            "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+            "x": self.x.text() if self.x else None, "y": self.y.text() if self.y else None,
+            "lora": self.lora, "strength": self.strength, "preset": self.preset, "seed": self.seed,
+            "steps": self.steps, "cfg_scale": self.cfg_scale, "width": self.width, "height": self.height,
+        }
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One image of the grid: its column and row, the LoRA call and the generation request (prompt with the tag)."""
+
+    column: int
+    row: int
+    call: LoraCall
+    request: GenerationRequest
+    axis_values: tuple[tuple[str, str], ...] = field(default=())  # ((kind, value), …): X first
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """Every cell, row by row; `column_labels`/`row_labels` are empty for an absent axis."""
+
+    spec: GridSpec
+    cells: tuple[GridCell, ...]
+    columns: int
+    rows: int
+    column_labels: tuple[str, ...]
+    row_labels: tuple[str, ...]
+
+
+def _cell_call(spec: GridSpec, values: dict[str, str]) -> tuple[LoraCall, int]:
+    name = values.get("lora", spec.lora or "")
+    strength = _strength(values["strength"]) if "strength" in values else spec.strength
+    blocks = values.get("preset", spec.preset)
+    seed = _seed(values["seed"]) if "seed" in values else spec.seed
+    return LoraCall(name=name, te=strength, unet=strength, blocks=blocks), seed
+
+
+def plan_grid(spec: GridSpec) -> GridPlan:
+    """The cells of `spec`, row by row, each prompt = base prompt + the cell's tag (built with `format_call`)."""
+    x_values = spec.x.values if spec.x else ("",)
+    y_values = spec.y.values if spec.y else ("",)
+    cells = []
+    for row, y_value in enumerate(y_values):
+        for column, x_value in enumerate(x_values):
+            pairs = tuple((axis.kind, value) for axis, value in ((spec.x, x_value), (spec.y, y_value)) if axis)
+            call, seed = _cell_call(spec, dict(pairs))
+            try:
+                tag = format_call(call)
+            except LoraStudioError as error:
+                where = ", ".join(f"{kind} {value!r}" for kind, value in pairs)
+                raise GridError(f"{where}: {error}") from error
+            prompt = f"{spec.prompt.rstrip()} {tag}".strip()
+            cells.append(GridCell(column, row, call, spec.request(prompt, seed), pairs))
+    return GridPlan(
+        spec=spec,
+        cells=tuple(cells),
+        columns=len(x_values),
+        rows=len(y_values),
+        column_labels=tuple(spec.x.label(v) for v in spec.x.values) if spec.x else (),
+        row_labels=tuple(spec.y.label(v) for v in spec.y.values) if spec.y else (),
+    )
+
+
+def check_plan(plan: GridPlan, renderer: LoraRenderer) -> None:
+    """Resolve every axis value (LoRA names, presets for the model's family) before generating anything.
+
+    Raises GridError naming the axis and value, with the resolver's message (close names included).
+    """
+    checked: set[str] = set()
+    names = {0: "X", 1: "Y"} if plan.spec.x else {0: "Y"}
+    for cell in plan.cells:
+        if cell.request.prompt in checked:
+            continue
+        checked.add(cell.request.prompt)
+        try:
+            renderer.check(cell.request.prompt)
+        except LoraStudioError as error:
+            axes = ", ".join(f"{names[i]} axis {kind} {value!r}" for i, (kind, value) in enumerate(cell.axis_values))
+            raise GridError(f"{axes}: {error}") from error
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """The rendered cells (plan order; each keeps its own infotext), the grid image, its text and where it went."""
+
+    plan: GridPlan
+    cells: tuple[Generated, ...]
+    image: Image.Image
+    parameters: str
+    settings: dict[str, object]
+    path: Path | None = None
+
+
+def new_output_path(folder: Path, kind: str) -> Path:
+    """`folder/<YYYYmmdd-HHMMSS>-<kind>.png`, with `-2`, `-3`… added when that name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(folder) / f"{stamp}-{kind}.png"
+    number = 2
+    while path.exists():
+        path = Path(folder) / f"{stamp}-{kind}-{number}.png"
+        number += 1
+    return path
+
+
+def grid_parameters(spec: GridSpec, model_name: str) -> str:
+    """The grid's infotext: base prompt, negative prompt, then the shared fields and the axes."""
+    from ..pnginfo import parameters_text
+
+    fields = {"XY grid": json.dumps("; ".join(f"{n}: {a.text()}" for n, a in (("X", spec.x), ("Y", spec.y)) if a))}
+    if spec.lora:
+        fields["LoRA"] = spec.lora
+    fields["Strength"] = _number_text(spec.strength)
+    if spec.preset:
+        fields["Blocks"] = json.dumps(spec.preset)
+    return parameters_text(spec.prompt, spec.request(spec.prompt, spec.seed), model=model_name, extra_fields=fields)
+
+
+def run_grid(
+    plan: GridPlan,
+    renderer: LoraRenderer,
+    control: JobControl,
+    *,
+    model_name: str,
+    save_to: Path | None = None,
+    on_cell: Callable[[int, GridCell, Generated], None] | None = None,
+) -> GridResult:
+    """Check the plan, render each cell (progress per cell, `control.check()` before each), compose and save.
+
+    The grid is written to `save_to` when given (see `new_output_path`), with the base prompt, axes, values,
+    seed and model in its `parameters` text and the settings and each cell's infotext as JSON in
+    `lora_studio_grid`. A cancel
+    raises JobCancelled before the next cell; `on_cell(index, cell, generated)` runs after each cell.
+    """
+    from ..pnginfo import save_png
+
+    total = len(plan.cells)
+    control.progress(0, total, "checking the axes")
+    check_plan(plan, renderer)
+    rendered: list[Generated] = []
+    for index, cell in enumerate(plan.cells):
+        control.check()
+        control.progress(index, total, f"cell {index + 1}/{total}: {_cell_title(cell)}")
+        generated = renderer.generate(cell.request)
+        rendered.append(generated)
+        control.progress(index + 1, total, f"cell {index + 1}/{total} done")
+        if on_cell is not None:
+            on_cell(index, cell, generated)
+    image = draw_grid(plan, [g.image for g in rendered])
+    parameters = grid_parameters(plan.spec, model_name)
+    settings = {**plan.spec.settings(), "model": model_name,
+                "cells": [{"column": c.column, "row": c.row, "parameters": g.parameters}
+                          for c, g in zip(plan.cells, rendered)]}
+    path = None
+    if save_to is not None:
+        path = save_png(image, save_to, parameters, extra_text={GRID_SETTINGS_KEY: json.dumps(settings)})
+    control.progress(total, total, f"saved {path}" if path else "done")
+    return GridResult(plan, tuple(rendered), image, parameters, settings, path)
+
+
+def _cell_title(cell: GridCell) -> str:
+    return ", ".join(f"{kind} {value}" for kind, value in cell.axis_values)
+
+
+def draw_grid(plan: GridPlan, images: Sequence[Image.Image]) -> Image.Image:
+    """The cells' images in the plan's rows and columns, axis values as labels, the LoRA and prompt as title."""
+    if len(images) != len(plan.cells):
+        raise GridError(f"{len(images)} images for {len(plan.cells)} cells")
+    tiles: list[list[Image.Image | None]] = [[None] * plan.columns for _ in range(plan.rows)]
+    for cell, image in zip(plan.cells, images):
+        tiles[cell.row][cell.column] = image
+    spec = plan.spec
+    title = []
+    if spec.lora and "lora" not in spec.kinds:
+        title.append(f"LoRA {spec.lora}")
+    if "strength" not in spec.kinds:
+        title.append(f"strength {_number_text(spec.strength)}")
+    if spec.preset and "preset" not in spec.kinds:
+        title.append(f"blocks {spec.preset}")
+    if "seed" not in spec.kinds:
+        title.append(f"seed {spec.seed}")
+    return compose_grid(tiles, column_labels=plan.column_labels, row_labels=plan.row_labels,
+                        title=", ".join(title) + (f"\n{spec.prompt}" if spec.prompt else ""))

@@ -1,0 +1,149 @@
+"""Labelled image grids drawn with PIL's default font (no font files, no downloads): XY grids and the analyzer.
+
+`compose_grid` lays tiles out in rows and columns, with optional column labels above, row labels to the left,
+a label band above each tile and a title on top; long labels wrap (at spaces and commas) to their space.
+Pillow 9.5 (A1111) has a bitmap default font that covers Latin-1 only: other characters are drawn as `?`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont
+
+MARGIN = 6
+GAP = 4
+LINE_GAP = 2
+TEXT_COLOR = (20, 20, 20)
+BACKGROUND = (255, 255, 255)
+MIN_LABEL_WIDTH = 96
+MAX_ROW_LABEL_WIDTH = 240
+
+
+@lru_cache(maxsize=1)
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's built-in default font (Pillow ≥ 10.1: a small TrueType font; 9.5: a bitmap font)."""
+    return ImageFont.load_default()
+
+
+def _drawable(text: str, font: object) -> str:
+    """`text` limited to what `font` can draw: the bitmap font knows Latin-1 only."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def text_width(text: str, font: object | None = None) -> int:
+    """The drawn width of one line of `text` in pixels."""
+    font = font or label_font()
+    left, _, right, _ = font.getbbox(_drawable(text, font))  # type: ignore[attr-defined]
+    return int(right - left)
+
+
+def line_height(font: object | None = None) -> int:
+    """The height of one line of labels, gap included."""
+    font = font or label_font()
+    _, top, _, bottom = font.getbbox("Agjy|")  # type: ignore[attr-defined]
+    return int(bottom - min(top, 0)) + LINE_GAP
+
+
+def wrap_text(text: str, width: int, font: object | None = None) -> list[str]:
+    """`text` broken into lines no wider than `width` pixels: after spaces and commas, else mid-word.
+
+    Explicit newlines are kept; a line never comes out empty unless the text is.
+    """
+    font = font or label_font()
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        current = ""
+        for char in paragraph:
+            candidate = current + char
+            if current and text_width(candidate.rstrip(), font) > width:
+                cut = max(current.rfind(" "), current.rfind(","))
+                if 0 <= cut < len(current) - 1:
+                    lines.append(current[: cut + 1].rstrip())
+                    current = current[cut + 1 :].lstrip() + char
+                else:
+                    lines.append(current.rstrip())
+                    current = char.lstrip()
+            else:
+                current = candidate
+        lines.append(current)
+    return lines
+
+
+def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], x: int, y: int, width: int, *,
+                center: bool, font: object) -> None:
+    step = line_height(font)
+    for index, line in enumerate(lines):
+        shown = _drawable(line, font)
+        offset = max(0, (width - text_width(line, font)) // 2) if center else 0
+        draw.text((x + offset, y + index * step), shown, fill=TEXT_COLOR, font=font)  # type: ignore[arg-type]
+
+
+def compose_grid(
+    tiles: Sequence[Sequence[Image.Image | None]],
+    *,
+    column_labels: Sequence[str] = (),
+    row_labels: Sequence[str] = (),
+    tile_labels: Sequence[Sequence[str]] | None = None,
+    title: str = "",
+) -> Image.Image:
+    """One RGB image of `tiles[row][column]` (None leaves a blank), labelled; every tile gets the largest size.
+
+    `column_labels`/`row_labels` are drawn centred above the columns / left of the rows when given;
+    `tile_labels[row][column]` above each tile.
+    """
+    font = label_font()
+    rows = len(tiles)
+    columns = max((len(row) for row in tiles), default=0)
+    present = [tile for row in tiles for tile in row if tile is not None]
+    tile_w = max((tile.width for tile in present), default=64)
+    tile_h = max((tile.height for tile in present), default=64)
+    step = line_height(font)
+    label_w = max(tile_w, MIN_LABEL_WIDTH)
+    cell_w = label_w if (column_labels or tile_labels) else tile_w
+
+    row_label_w = 0
+    if row_labels:
+        widest = max(text_width(line, font) for label in row_labels for line in label.split("\n"))
+        row_label_w = min(max(widest, 24), MAX_ROW_LABEL_WIDTH) + GAP
+    column_lines = [wrap_text(label, cell_w, font) for label in column_labels]
+    header_h = (max(len(lines) for lines in column_lines) * step + GAP) if column_lines else 0
+    tile_lines = [[wrap_text(label, cell_w, font) for label in row] for row in (tile_labels or [])]
+    band_h = [
+        (max((len(lines) for lines in tile_lines[r]), default=0) * step + (GAP if tile_lines[r] else 0))
+        if r < len(tile_lines) else 0
+        for r in range(rows)
+    ]
+    row_label_lines = [wrap_text(label, max(row_label_w - GAP, 1), font) for label in row_labels]
+
+    body_w = row_label_w + columns * cell_w + max(columns - 1, 0) * GAP
+    title_lines = wrap_text(title, body_w, font) if title else []
+    title_h = len(title_lines) * step + GAP if title_lines else 0
+    width = body_w + 2 * MARGIN
+    height = 2 * MARGIN + title_h + header_h + sum(band_h) + rows * tile_h + max(rows - 1, 0) * GAP
+
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    _draw_lines(draw, title_lines, MARGIN, MARGIN, body_w, center=False, font=font)
+    top = MARGIN + title_h
+    left = MARGIN + row_label_w
+    for column, lines in enumerate(column_lines):
+        _draw_lines(draw, lines, left + column * (cell_w + GAP), top, cell_w, center=True, font=font)
+    y = top + header_h
+    for r, row in enumerate(tiles):
+        if r < len(tile_lines):
+            for column, lines in enumerate(tile_lines[r]):
+                _draw_lines(draw, lines, left + column * (cell_w + GAP), y, cell_w, center=True, font=font)
+        y += band_h[r]
+        if r < len(row_label_lines):
+            label_y = y + max(0, (tile_h - len(row_label_lines[r]) * step) // 2)
+            _draw_lines(draw, row_label_lines[r], MARGIN, label_y, row_label_w - GAP, center=False, font=font)
+        for column, tile in enumerate(row):
+            if tile is not None:
+                x = left + column * (cell_w + GAP) + (cell_w - tile.width) // 2
+                canvas.paste(tile.convert("RGB"), (x, y + (tile_h - tile.height) // 2))
+        y += tile_h + GAP
+    return canvas
