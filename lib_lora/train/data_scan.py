@@ -1,0 +1,134 @@
+"""The images a training run uses: sd-scripts' folder rules over the Dataset tab's scan, and regularisation balance.
+
+`train_data_dir` holds `<repeats>_<name>` subfolders; as in sd-scripts, images in other folders are ignored
+(listed in `ScannedImages.ignored`). A folder with images directly in it and no numbered subfolder is accepted
+too, each image used once per epoch (1 repeat). An image without a caption (or with an empty one) is captioned
+with its folder's name part (`10_mychar` → "mychar"). Unreadable images or captions, and two images sharing one
+caption file, stop the run with a TrainingError listing them, rather than training on part of the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..dataset.folder import ROOT_SUBSET, DatasetProblem, ProblemKind, parse_repeats_folder, scan_dataset
+from ..dataset.images import image_size
+from .errors import ConfigError, TrainingError
+
+_BLOCKING_PROBLEMS = {ProblemKind.UNREADABLE_IMAGE, ProblemKind.UNREADABLE_CAPTION, ProblemKind.SAME_STEM}
+_ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image as training sees it: where it is, its stable key, raw caption and folder repeats."""
+
+    path: Path
+    key: str
+    """Path relative to its data folder ("10_mychar/a.png"); regularisation keys start with "reg:"."""
+    caption: str
+    subset: str
+    """The folder name ("10_mychar"), or the data folder's own name for a flat folder."""
+    repeats: int
+    is_reg: bool
+    size: tuple[int, int]
+    """(width, height) as the image is shown (EXIF rotation applied)."""
+
+
+@dataclass
+class ScannedImages:
+    """The images of one data folder, and what was left out of it and why."""
+
+    items: list[ImageItem]
+    ignored: list[str] = field(default_factory=list)
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, swapped when the EXIF orientation rotates the image (as open_image does)."""
+    width, height = image_size(path)
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        orientation = 1
+    return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line, stripped (sd-scripts trains on the first line of a caption file)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> ScannedImages:
+    """The images of a train or regularisation folder under sd-scripts' `<repeats>_<name>` rules."""
+    key_name = "reg_data_dir" if is_reg else "train_data_dir"
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(key_name, str(folder), "no such folder" if not root.exists() else "not a folder")
+    dataset = scan_dataset(root, caption_ext=caption_extension, recursive=True)
+    numbered = [item for item in dataset.items if _is_numbered(item.subset, item.repeats)]
+    chosen = numbered or [item for item in dataset.items if item.subset == ROOT_SUBSET]
+    used_folders = {item.image.parent for item in chosen} | (
+        {p for p in dataset.root.iterdir() if p.is_dir() and parse_repeats_folder(p.name)[0] is not None}
+        if numbered else {dataset.root})
+    _raise_blocking_problems(dataset.problems, used_folders, key_name)
+    items = [
+        ImageItem(
+            path=item.image,
+            key=f"reg:{dataset.key(item)}" if is_reg else dataset.key(item),
+            caption=first_line(item.text) or item.name,
+            subset=item.subset if item.subset != ROOT_SUBSET else dataset.root.name,
+            repeats=item.repeats if numbered and item.repeats else 1,
+            is_reg=is_reg,
+            size=oriented_size(item.image),
+        )
+        for item in chosen
+    ]
+    chosen_subsets = {item.subset for item in chosen}
+    ignored = sorted({item.subset for item in dataset.items} - chosen_subsets)
+    notes = [f"{name}/: only <repeats>_<name> folders directly inside are used" if name != ROOT_SUBSET
+             else "images directly in the folder: the numbered subfolders are used instead" for name in ignored]
+    return ScannedImages(items, notes)
+
+
+def _is_numbered(subset: str, repeats: int | None) -> bool:
+    """A `<repeats>_<name>` folder directly inside the data folder."""
+    return subset != ROOT_SUBSET and "/" not in subset and repeats is not None
+
+
+def _raise_blocking_problems(problems: Sequence[DatasetProblem], used_folders: set[Path], key_name: str) -> None:
+    """TrainingError listing unreadable files and caption clashes in the folders training uses."""
+    blocking = [p for p in problems if p.kind in _BLOCKING_PROBLEMS and p.paths[0].parent in used_folders]
+    if not blocking:
+        return
+    lines = [f"{', '.join(str(path) for path in p.paths)}: {p.message}" for p in blocking[:5]]
+    more = f" (and {len(blocking) - 5} more)" if len(blocking) > 5 else ""
+    raise TrainingError(f"{key_name} has files training cannot use{more}; fix or remove them:\n  "
+                        + "\n  ".join(lines))
+
+
+def balance_reg_repeats(reg_repeats: Sequence[int], num_train_images: int) -> list[int]:
+    """sd-scripts' balance: how often each regularisation image is used per epoch, totalling ≈ num_train_images.
+
+    The images are taken in order with their own repeats until the total reaches the number of training
+    images (later ones get 0); if all are taken and it is still short, one more use each, in turn, until it
+    is reached. The total may overshoot by less than the last image's repeats.
+    """
+    uses = [0] * len(reg_repeats)
+    total = 0
+    for index, repeats in enumerate(reg_repeats):
+        if total >= num_train_images:
+            break
+        uses[index] = repeats
+        total += repeats
+    index = 0
+    while uses and total < num_train_images:
+        uses[index % len(uses)] += 1
+        total += 1
+        index += 1
+    return uses
