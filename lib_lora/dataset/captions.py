@@ -9,7 +9,9 @@ final line break; the file's style (CRLF or LF, BOM, final line break) is kept i
 
 Saving (`save_caption`, `save_captions`):
 - Text equal to what is on disk writes nothing, so an unchanged caption stays byte-for-byte as it was.
-- A changed caption keeps the file's line-break style, BOM and final line break; it is always written as
+- A changed caption keeps the file's line-break style, BOM and final line break (text passed to save is
+  taken as Caption.text is: a final line break is added when the file had one, unless the text ends with one);
+  it is always written as
   UTF-8 (a legacy-encoded file is converted on its first save; `SaveResult.converted_from` says so, and the
   backup keeps the original bytes). A new file is UTF-8 without BOM, LF, ending with a line break.
 - The save is refused with CaptionConflictError when the file on disk is not what `expected` describes (its
@@ -147,8 +149,8 @@ def parse_caption(data: bytes, *, mtime_ns: int = 0) -> Caption:
     """The Caption for file content `data` (style detected, one final line break moved into final_newline)."""
     raw, encoding, bom = decode_caption_bytes(data)
     crlf = raw.count("\r\n")
-    newline = "\r\n" if crlf and crlf == raw.count("\n") else "\n"
-    text = raw.replace("\r\n", "\n")
+    newline = "\r\n" if crlf and crlf == raw.count("\n") == raw.count("\r") else "\n"
+    text = raw.replace("\r\n", "\n").replace("\r", "\n")
     final_newline = text.endswith("\n")
     if final_newline:
         text = text[:-1]
@@ -159,9 +161,12 @@ def parse_caption(data: bytes, *, mtime_ns: int = 0) -> Caption:
 
 
 def encode_caption(text: str, style: Caption | None) -> bytes:
-    """The UTF-8 bytes that store `text` in the style of `style` (None: LF, no BOM, final line break)."""
-    body = normalise_text(text)
-    if style is None or style.final_newline:
+    """The UTF-8 bytes that store `text` in the style of `style` (None: LF, no BOM, final line break).
+
+    A final line break is added when the style has one, unless `text` already ends with a line break.
+    """
+    body = normalise_line_breaks(text)
+    if (style is None or style.final_newline) and not body.endswith("\n"):
         body += "\n"
     if style is not None and style.newline != "\n":
         body = body.replace("\n", style.newline)
@@ -169,9 +174,14 @@ def encode_caption(text: str, style: Caption | None) -> bytes:
     return prefix + body.encode("utf-8")
 
 
+def normalise_line_breaks(text: str) -> str:
+    """`text` with CRLF and lone CR line breaks made "\\n"."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def normalise_text(text: str) -> str:
-    """Caption text as a Caption holds it: "\\n" line breaks and no final line break."""
-    text = text.replace("\r\n", "\n")
+    """Caption text as reading its file back gives it: "\\n" line breaks and no final line break."""
+    text = normalise_line_breaks(text)
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -251,11 +261,13 @@ def _save(
     if not force:
         _check_unchanged(path, current_bytes, expected)
     current = _parse_or_none(current_bytes)
-    text = normalise_text(text)
+    text = normalise_line_breaks(text)
     if current is not None and current.text == text:
         return SaveResult(path=path, status="unchanged", caption=_restat(path, current))
     style = current or expected
-    new_bytes = encode_caption(text, style)
+    new_bytes = _encode_for_save(path, text, style)
+    if current is not None and new_bytes == current_bytes:  # e.g. "a, b\n" for a file holding "a, b\n"
+        return SaveResult(path=path, status="unchanged", caption=_restat(path, current))
     backup = None
     if current_bytes is not None:
         backup = _write_backup(path, current_bytes, backup_dir, root, stamp)
@@ -271,6 +283,17 @@ def _save(
         path=path, status="created" if current_bytes is None else "written", caption=caption, backup=backup,
         converted_from=converted,
     )
+
+
+def _encode_for_save(path: Path, text: str, style: Caption | None) -> bytes:
+    """encode_caption, refusing text no caption file can hold (NUL characters, lone surrogates)."""
+    if "\x00" in text:
+        raise CaptionWriteError("the text contains NUL characters; nothing was written", path=path)
+    try:
+        return encode_caption(text, style)
+    except UnicodeEncodeError as error:
+        raise CaptionWriteError(f"the text cannot be stored as UTF-8 ({error.reason}); nothing was written",
+                                path=path) from error
 
 
 def _check_unchanged(path: Path, current: bytes | None, expected: Caption | None) -> None:
