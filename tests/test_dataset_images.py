@@ -196,3 +196,21 @@ def test_suffixes() -> None:
     assert {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"} <= IMAGE_SUFFIXES
     assert (".avif" in IMAGE_SUFFIXES) == (".avif" in Image.registered_extensions())
     assert is_image_file(Path("X.PNG")) and not is_image_file(Path("x.txt")) and not is_image_file(Path("x.png~"))
+
+
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda: Image.new("I;16B", (4, 4), 257 * 30), [30, 30, 30]),
+        (lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)), [128, 128, 128]),  # float 0..1 data
+        (lambda: Image.fromarray(np.full((4, 4), 40.0, np.float32)), [40, 40, 40]),  # float 0..255 data
+        (lambda: Image.new("LAB", (4, 4), (138, 208, 195)), [251, 9, 11]),  # L*54 a*80 b*67 = sRGB red
+        (lambda: Image.new("LAB", (4, 4), (128, 128, 128)), [119, 119, 119]),  # a, b stored offset by 128
+    ],
+    ids=["16-bit big-endian", "float 0-1", "float 0-255", "lab red", "lab grey"],
+)
+def test_tiff_modes(tmp_path: Path, make, expected: list[int]) -> None:
+    path = tmp_path / "image.tif"
+    make().save(path)
+    image = open_image(path)
+    assert image.mode == "RGB" and pixels(image)[2, 2].tolist() == expected

@@ -2,7 +2,9 @@
 
 Every failure is an `ImageReadError` naming the file and the reason: an empty file, a file that is not an
 image, a truncated file, an image larger than `max_pixels` (a decompression bomb: refused from the header,
-before any pixel is allocated) or a mode that cannot be turned into RGB. Pillow's global settings
+before any pixel is allocated) or a mode that cannot be turned into RGB. A `max_pixels` above Pillow's own
+limit (2 x `Image.MAX_IMAGE_PIXELS`) cannot lift that one, and Pillow warns above `Image.MAX_IMAGE_PIXELS`.
+Pillow's global settings
 (`Image.MAX_IMAGE_PIXELS`, `ImageFile.LOAD_TRUNCATED_IMAGES`, the warning filters) are never changed, so this
 is safe to call from several threads at once.
 """
@@ -34,6 +36,7 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 and it stays below Pillow's own bomb warning (about 89 Mpx), which therefore never fires for an image we accept."""
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 # Exceptions Pillow's decoders raise for damaged files: OSError ("image file is truncated", "broken data
 # stream"), SyntaxError (bad PNG chunks), ValueError/struct.error/EOFError/IndexError (short headers, bad tables).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, Image.DecompressionBombError)
@@ -133,8 +136,11 @@ def _normalise_mode(image: Image.Image, path: Path) -> Image.Image:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         return _sixteen_bit_to_rgb(image)
-    has_alpha = "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info
-    target = "RGBA" if has_alpha else "RGB"
+    if mode == "F":
+        return _float_to_rgb(image)
+    if mode == "LAB":
+        return _lab_to_rgb(image, path)
+    target = "RGBA" if mode in _ALPHA_MODES or "transparency" in image.info else "RGB"
     if mode == target:
         return image.copy()
     try:
@@ -152,3 +158,26 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     # (Pillow uses it for 16-bit PNG/TIFF greyscale), so values are clamped to 0..65535 and scaled.
     scaled = np.rint(np.clip(values, 0, 65535) / 257.0).astype(np.uint8)
     return Image.fromarray(scaled).convert("RGB")  # 2-D uint8 -> "L"
+
+
+def _float_to_rgb(image: Image.Image) -> Image.Image:
+    """32-bit float greyscale: 0..1 data scaled to 0..255 (any larger value means 0..255 data), as RGB."""
+    values = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if values.size and values.max() <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.rint(np.clip(values, 0, 255)).astype(np.uint8)).convert("RGB")
+
+
+def _lab_to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """CIE L*a*b* to sRGB through LittleCMS (Pillow's plain convert would read the channels as R, G, B)."""
+    try:
+        from PIL import ImageCms
+    except ImportError as error:
+        raise ImageReadError("cannot convert an L*a*b* image: Pillow was built without LittleCMS", path=path) from error
+    try:
+        transform = ImageCms.buildTransformFromOpenProfiles(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"
+        )
+        return ImageCms.applyTransform(image, transform)
+    except (OSError, ValueError, ImageCms.PyCMSError) as error:
+        raise ImageReadError(f"cannot convert the L*a*b* image to RGB: {error}", path=path) from error
