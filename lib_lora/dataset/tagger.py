@@ -1,0 +1,494 @@
+"""WD14 tagging: options, scores to tags, the onnxruntime session, and a pipelined run over a folder.
+
+`tags_from_scores` is pure (thresholds or MCut per category, rating, exclude, max tags, formatting), and
+`merge_caption` applies the existing-caption policy and the trigger words. `Tagger` wraps one
+`InferenceSession`, reading the input name, side and batch dimension from it and saying which execution
+provider really runs (a requested GPU provider that fell back to CPU is a warning, never silent).
+`tag_folder` decodes images in a small thread pool while the model runs batches, and writes each caption as
+soon as its image is tagged.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import LoraStudioError
+from ..jobs import JobControl
+from .captions import save_caption
+from .errors import DatasetError
+from .folder import Dataset, DatasetItem, scan_dataset, validate_caption_ext
+from .images import open_image
+from .preprocess import prepare_image
+from .tagger_models import TaggerFiles, TaggerModelError
+from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
+
+__all__ = [
+    "EXISTING_POLICIES",
+    "OPTION_HELP",
+    "ImageResult",
+    "RunPlan",
+    "TagLabels",
+    "TagReport",
+    "Tagger",
+    "TaggerOptionError",
+    "TaggerOptions",
+    "mcut_threshold",
+    "merge_caption",
+    "tag_folder",
+    "tags_from_scores",
+]
+
+RATING, GENERAL, CHARACTER = 9, 0, 4
+"""selected_tags.csv categories."""
+CHARACTER_MCUT_FLOOR = 0.15
+EXISTING_POLICIES = ("skip", "append", "prepend", "overwrite")
+ExistingPolicy = Literal["skip", "append", "prepend", "overwrite"]
+
+OPTION_HELP: dict[str, str] = {
+    "general_threshold": "keep a general tag when its score is above this (0-1; official default 0.35)",
+    "character_threshold": "keep a character tag when its score is above this (0-1; official default 0.85)",
+    "general_mcut": "choose the general threshold per image at the largest gap between scores (MCut)",
+    "character_mcut": "choose the character threshold per image by MCut (never below 0.15)",
+    "include_rating": "put the rating tag (general, sensitive, questionable, explicit) first",
+    "max_tags": "keep at most this many character + general tags, the highest scores first (0: no limit)",
+    "exclude": "tags never written, comma-separated (underscores or spaces, any case)",
+    "underscores_to_spaces": "write long_hair as long hair (emoticons such as ^_^ keep their underscore)",
+    "escape_brackets": r"write ( ) as \( \) so a prompt reads them literally (leave off for training captions)",
+    "trigger": "words put first in every caption, once, comma-separated (e.g. your LoRA's trigger word)",
+    "existing": "an image that already has a caption: skip it (default, not even decoded), append or prepend "
+    "the new tags (no duplicates), or overwrite it (the old caption is backed up)",
+    "caption_ext": "caption file extension (default .txt)",
+    "recursive": "also tag the images in subfolders",
+    "batch_size": "images per model run: auto (chosen per execution provider) or a number",
+}
+
+
+class TaggerOptionError(LoraStudioError):
+    """A tagging option has a bad value; the message names the option and the value."""
+
+
+@dataclass(frozen=True)
+class TaggerOptions:
+    """How scores become a caption and which captions are written; validates itself (OPTION_HELP explains)."""
+
+    general_threshold: float = 0.35
+    character_threshold: float = 0.85
+    general_mcut: bool = False
+    character_mcut: bool = False
+    include_rating: bool = False
+    max_tags: int = 0
+    exclude: tuple[str, ...] = ()
+    underscores_to_spaces: bool = True
+    escape_brackets: bool = False
+    trigger: tuple[str, ...] = ()
+    existing: ExistingPolicy = "skip"
+    caption_ext: str = ".txt"
+    recursive: bool = False
+    batch_size: int | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("exclude", "trigger"):  # a comma-separated text is accepted and split
+            value = getattr(self, name)
+            tags = split_tags(value) if isinstance(value, str) else [str(t).strip() for t in value]
+            object.__setattr__(self, name, tuple(t for t in tags if t))
+        for name in ("general_threshold", "character_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise TaggerOptionError(f"{name} must be a number from 0 to 1, got {value!r}")
+        if isinstance(self.max_tags, bool) or not isinstance(self.max_tags, int) or self.max_tags < 0:
+            raise TaggerOptionError(f"max_tags must be a whole number >= 0 (0: no limit), got {self.max_tags!r}")
+        if self.existing not in EXISTING_POLICIES:
+            raise TaggerOptionError(f"existing must be one of {', '.join(EXISTING_POLICIES)}, got {self.existing!r}")
+        try:
+            validate_caption_ext(self.caption_ext)
+        except DatasetError as error:
+            raise TaggerOptionError(f"caption_ext: {error}") from None
+        batch = self.batch_size
+        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise TaggerOptionError(f"batch_size must be 'auto' or a whole number >= 1, got {batch!r}")
+
+
+@dataclass(frozen=True)
+class TagLabels:
+    """The rows of selected_tags.csv: names[i] and categories[i] belong to output column i."""
+
+    names: tuple[str, ...]
+    categories: np.ndarray
+
+    @classmethod
+    def from_csv(cls, path: Path) -> TagLabels:
+        """Read `tag_id,name,category,count` rows; TaggerModelError when the file is not such a table."""
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise TaggerModelError(f"{path}: cannot read the tag list: {error}") from error
+        try:
+            names = tuple(row["name"] for row in rows)
+            categories = np.array([int(row["category"]) for row in rows], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as error:
+            raise TaggerModelError(f"{path}: not a WD14 tag list (needs name and category columns): {error}") from None
+        if not names or not (categories == GENERAL).any():
+            raise TaggerModelError(f"{path}: the tag list has no general tags")
+        return cls(names, categories)
+
+
+def mcut_threshold(probs: np.ndarray) -> float:
+    """MCut: the midpoint of the largest gap between neighbouring sorted scores (needs at least two)."""
+    ordered = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
+    if ordered.size < 2:
+        raise ValueError(f"MCut needs at least two scores, got {ordered.size}")
+    t = int(np.argmax(ordered[:-1] - ordered[1:]))
+    return float((ordered[t] + ordered[t + 1]) / 2)
+
+
+def _tag_key(tag: str) -> str:
+    """What makes two spellings the same tag: case, underscores vs spaces and bracket escapes do not count."""
+    return unescape_brackets(tag.strip().lower()).replace("_", " ")
+
+
+def _picked(scores: np.ndarray, labels: TagLabels, category: int, threshold: float, mcut: bool,
+            floor: float = 0.0) -> np.ndarray:
+    """Indices of one category kept by the threshold (or MCut), as the official tagger: score > threshold."""
+    index = np.flatnonzero(labels.categories == category)
+    probs = scores[index]
+    if mcut and index.size >= 2:
+        threshold = max(floor, mcut_threshold(probs))
+    return index[probs > threshold]
+
+
+def tags_from_scores(scores: np.ndarray, labels: TagLabels, options: TaggerOptions) -> list[str]:
+    """The caption tags one image's scores imply: [rating,] characters, then general tags, each by score."""
+    scores = np.asarray(scores)
+    if scores.shape != (len(labels.names),):
+        raise ValueError(f"expected {len(labels.names)} scores, got shape {scores.shape}")
+    excluded = {_tag_key(t) for t in options.exclude}
+    chosen = [
+        i for i in np.concatenate([
+            _picked(scores, labels, CHARACTER, options.character_threshold, options.character_mcut,
+                    CHARACTER_MCUT_FLOOR),
+            _picked(scores, labels, GENERAL, options.general_threshold, options.general_mcut),
+        ]).tolist()
+        if _tag_key(labels.names[i]) not in excluded
+    ]
+    chosen.sort(key=lambda i: -scores[i])  # stable: equal scores keep the tag list's order
+    if options.max_tags:
+        chosen = chosen[: options.max_tags]
+    chosen.sort(key=lambda i: labels.categories[i] != CHARACTER)  # characters first, by score within each
+    if options.include_rating:
+        ratings = np.flatnonzero(labels.categories == RATING)
+        if ratings.size:
+            best = int(ratings[np.argmax(scores[ratings])])
+            if _tag_key(labels.names[best]) not in excluded:
+                chosen.insert(0, best)
+    return [_format(labels.names[i], options) for i in chosen]
+
+
+def _format(tag: str, options: TaggerOptions) -> str:
+    if options.underscores_to_spaces:
+        tag = underscores_to_spaces(tag)
+    if options.escape_brackets:
+        tag = escape_brackets(tag)
+    return tag
+
+
+def merge_caption(new_tags: Sequence[str], existing: str | None, options: TaggerOptions) -> str:
+    """The caption to write: trigger words once, then new and existing tags per `options.existing`, no duplicates."""
+    old = split_tags(existing) if existing else []
+    if options.existing == "append":
+        body = [*old, *new_tags]
+    elif options.existing == "prepend":
+        body = [*new_tags, *old]
+    else:  # overwrite, or skip (called only for images without a caption)
+        body = list(new_tags)
+    seen: set[str] = set()
+    result: list[str] = []
+    for tag in (*options.trigger, *body):
+        key = _tag_key(tag)
+        if key and key not in seen:
+            seen.add(key)
+            result.append(tag)
+    return join_tags(result)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a folder is run: images per model call, decoding threads, onnxruntime intra-op threads."""
+
+    batch_size: int
+    decode_workers: int
+    intra_op_threads: int
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+_AUTO_GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
+
+
+class Tagger:
+    """One loaded WD14 model: `predict` on preprocessed NHWC batches, `tag_images` on PIL images."""
+
+    def __init__(self, session: object, labels: TagLabels, files: TaggerFiles, warnings: Sequence[str],
+                 threads: int) -> None:
+        self.session = session
+        self.labels = labels
+        self.files = files
+        self.warnings = tuple(warnings)
+        self.threads = threads
+        (inp,) = session.get_inputs()  # type: ignore[attr-defined]
+        self.input_name: str = inp.name
+        self.input_size: int = int(inp.shape[1])
+        self.fixed_batch: int | None = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        self.provider_in_use: str = session.get_providers()[0]  # type: ignore[attr-defined]
+
+    @classmethod
+    def load(cls, files: TaggerFiles, *, providers: Sequence[str] | None = None,
+             threads: int | None = None) -> Tagger:
+        """Open the model with the given execution providers (None: the best available GPU one, then CPU)."""
+        import onnxruntime as ort
+
+        labels = TagLabels.from_csv(files.tags_path)
+        available = ort.get_available_providers()
+        if providers is None:
+            requested = [p for p in _AUTO_GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        else:
+            requested = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers]
+        usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+        threads = threads or _cpu_count()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only; a provider that failed to start is reported below
+        # Idle intra-op threads sleep instead of spinning, so they leave the cores to the decoding threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(str(files.model_path), sess_options=options, providers=usable)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise TaggerModelError(f"{files.model_path}: onnxruntime {ort.__version__} cannot load it: "
+                                   f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r} "
+                                   "(WD14 v3 models need onnxruntime 1.17 or newer)") from error
+        in_use = session.get_providers()
+        running = in_use[0].removesuffix("ExecutionProvider")
+        warnings = [
+            f"{name} requested but "
+            f"{'failed to start' if name in available else 'not available in this onnxruntime'}: running on {running}"
+            for name in requested if name not in in_use and name != "CPUExecutionProvider"
+        ]
+        _check_contract(session, labels, files)
+        return cls(session, labels, files, warnings, threads)
+
+    @property
+    def gpu(self) -> bool:
+        return self.provider_in_use != "CPUExecutionProvider"
+
+    def plan(self, batch_size: int | Literal["auto"] = "auto") -> RunPlan:
+        """Batch and threads for this provider: on CPU one decoding thread beside the model's threads (the
+        model dominates and more decoders only steal its cores), on a GPU several decoders feed large batches."""
+        cpus = _cpu_count()
+        if batch_size == "auto":
+            batch_size = 16 if self.gpu else 4
+        if self.fixed_batch is not None:
+            batch_size = self.fixed_batch
+        workers = max(2, min(8, cpus - 1)) if self.gpu else 1
+        return RunPlan(batch_size=batch_size, decode_workers=workers, intra_op_threads=self.threads)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Scores [n, tags] for a float32 [n, S, S, 3] batch; split or padded to a fixed batch size as needed."""
+        n = len(batch)
+        step = self.fixed_batch or n or 1
+        out = []
+        for start in range(0, n, step):
+            chunk = batch[start:start + step]
+            if self.fixed_batch and len(chunk) < self.fixed_batch:  # pad the last chunk of a fixed-batch model
+                pad = np.zeros((self.fixed_batch - len(chunk), *chunk.shape[1:]), dtype=np.float32)
+                chunk = np.concatenate([chunk, pad])
+            scores = self.session.run(None, {self.input_name: chunk})[0]  # type: ignore[attr-defined]
+            out.append(scores[: min(step, n - start)])
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels.names)), np.float32)
+
+    def tag_images(self, images: Sequence[object], options: TaggerOptions) -> list[list[str]]:
+        """Tags for each PIL image, batched per the plan."""
+        step = self.plan(options.batch_size).batch_size
+        result: list[list[str]] = []
+        for start in range(0, len(images), step):
+            batch = np.stack([prepare_image(im, self.input_size) for im in images[start:start + step]])  # type: ignore[arg-type]
+            result.extend(tags_from_scores(row, self.labels, options) for row in self.predict(batch))
+        return result
+
+
+def _check_contract(session: object, labels: TagLabels, files: TaggerFiles) -> None:
+    """The WD14 I/O contract: one NHWC float input [batch, S, S, 3], one output [batch, len(tags)]."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()  # type: ignore[attr-defined]
+    shape = inputs[0].shape if len(inputs) == 1 else None
+    if (shape is None or len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int)
+            or shape[1] != shape[2] or inputs[0].type != "tensor(float)"):
+        raise TaggerModelError(f"{files.model_path}: not a WD14 tagger (expects one float input "
+                               f"[batch, S, S, 3], has {[(i.name, i.shape) for i in inputs]})")
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if isinstance(width, int) and width != len(labels.names):
+        raise TaggerModelError(f"{files.model_path}: the model has {width} outputs but {files.tags_path} lists "
+                               f"{len(labels.names)} tags; use the tag list that came with the model")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What happened to one image: tagged (caption written), skipped, unreadable, or not written (failed)."""
+
+    image: Path
+    caption_path: Path
+    status: Literal["tagged", "skipped", "unreadable", "failed"]
+    tags: tuple[str, ...] = ()
+    caption: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class TagReport:
+    """The results of a folder run, in folder order, plus the provider that ran and its warnings."""
+
+    provider: str
+    warnings: tuple[str, ...]
+    plan: RunPlan
+    results: list[ImageResult] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def of(self, status: str) -> list[ImageResult]:
+        return [r for r in self.results if r.status == status]
+
+    def summary(self) -> str:
+        """One line of counts, time, provider and batch (the warnings are shown apart)."""
+        counts = {s: len(self.of(s)) for s in ("tagged", "skipped", "unreadable", "failed")}
+        text = (f"tagged {counts['tagged']}, skipped {counts['skipped']} (existing caption), unreadable "
+                f"{counts['unreadable']}, not written {counts['failed']} in {self.seconds:.1f}s on "
+                f"{self.provider.removesuffix('ExecutionProvider')} (batch {self.plan.batch_size})")
+        return text
+
+
+def _existing_text(item: DatasetItem) -> str | None:
+    caption = item.caption
+    text = getattr(caption, "text", caption)
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    return prepare_image(open_image(path), size)
+
+
+def _batches(pool: ThreadPoolExecutor, items: Sequence[DatasetItem], size: int, batch_size: int
+             ) -> Iterator[list[tuple[DatasetItem, Future[np.ndarray]]]]:
+    """Batches of (item, decoding future), keeping the next batch decoding while the current one runs."""
+    pending: deque[tuple[DatasetItem, Future[np.ndarray]]] = deque()
+    queue = iter(items)
+    while True:
+        while len(pending) < 2 * batch_size:
+            item = next(queue, None)
+            if item is None:
+                break
+            pending.append((item, pool.submit(_decode, Path(item.image), size)))
+        if not pending:
+            return
+        yield [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+
+
+def tag_folder(
+    dataset_or_root: Dataset | Path | str,
+    tagger: Tagger,
+    options: TaggerOptions,
+    control: JobControl | None = None,
+    *,
+    on_image: Callable[[ImageResult], None] | None = None,
+    backup_dir: Path | None = None,
+) -> TagReport:
+    """Tag every image of a dataset (or folder) and write its caption as soon as it is tagged.
+
+    Images whose caption exists are skipped without decoding under `existing="skip"`; unreadable images and
+    captions that cannot be written are reported, not fatal. Cancel (JobCancelled) is checked between batches,
+    so the captions of finished batches stay written.
+    """
+    start = time.perf_counter()
+    if isinstance(dataset_or_root, Dataset):
+        dataset = dataset_or_root
+    else:
+        dataset = scan_dataset(Path(dataset_or_root), caption_ext=options.caption_ext, recursive=options.recursive)
+    plan = tagger.plan(options.batch_size)
+    report = TagReport(tagger.provider_in_use, tagger.warnings, plan, problems=[str(p) for p in dataset.problems])
+
+    def record(result: ImageResult) -> None:
+        report.results.append(result)
+        if on_image is not None:
+            on_image(result)
+
+    todo: list[DatasetItem] = []
+    for item in dataset.items:
+        if options.existing == "skip" and _existing_text(item) is not None:
+            record(ImageResult(Path(item.image), Path(item.caption_path), "skipped"))
+        else:
+            todo.append(item)
+    total = len(todo)
+    if control is not None:
+        control.progress(0, total, f"tagging {total} images with {tagger.files.name}")
+    done = 0
+    pool = ThreadPoolExecutor(plan.decode_workers, thread_name_prefix="lora-studio-decode")
+    try:
+        for batch in _batches(pool, todo, tagger.input_size, plan.batch_size):
+            if control is not None:
+                control.check()
+            decoded: list[tuple[DatasetItem, np.ndarray]] = []
+            for item, future in batch:
+                try:
+                    decoded.append((item, future.result()))
+                except DatasetError as error:
+                    record(ImageResult(Path(item.image), Path(item.caption_path), "unreadable", error=str(error)))
+            if decoded:
+                scores = tagger.predict(np.stack([array for _, array in decoded]))
+                for (item, _), row in zip(decoded, scores):
+                    tags = tags_from_scores(row, tagger.labels, options)
+                    record(_write(item, tags, options, dataset.root, backup_dir))
+            done += len(batch)
+            if control is not None:
+                control.progress(done, total, f"tagged {Path(batch[-1][0].image).name}")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        order = {Path(item.image): i for i, item in enumerate(dataset.items)}
+        report.results.sort(key=lambda result: order[result.image])  # skipped ones were recorded first
+        report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write(item: DatasetItem, tags: list[str], options: TaggerOptions, root: Path,
+           backup_dir: Path | None) -> ImageResult:
+    """Save one caption (atomic, the old one backed up under the dataset root); a write error becomes "failed"."""
+    existing = _existing_text(item)
+    caption = merge_caption(tags, existing, options)
+    image, caption_path = Path(item.image), Path(item.caption_path)
+    try:
+        save_caption(caption_path, caption, expected=item.caption, backup_dir=backup_dir, root=root)
+    except DatasetError as error:
+        return ImageResult(image, caption_path, "failed", tuple(tags), caption, str(error))
+    return ImageResult(image, caption_path, "tagged", tuple(tags), caption)
