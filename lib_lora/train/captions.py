@@ -92,9 +92,11 @@ def process_caption(caption: str, rules: CaptionRules, rng: random.Random, *, ep
     dropped = rules.dropout_rate > 0 and rng.random() < rules.dropout_rate
     if dropped or (rules.dropout_every_n_epochs > 0 and (epoch + 1) % rules.dropout_every_n_epochs == 0):
         return ""
-    if not (rules.shuffle or rules.tag_dropout_rate > 0):
-        # sd-scripts leaves an unused keep_tokens_separator in the text; it is a marker, not a word to learn.
-        return caption.replace(rules.keep_tokens_separator, "") if rules.keep_tokens_separator else caption
+    marked = bool(rules.keep_tokens_separator) and rules.keep_tokens_separator in caption
+    if not (rules.shuffle or rules.tag_dropout_rate > 0 or marked):
+        return caption
+    # sd-scripts leaves the marker in the text when nothing moves; it is a marker, not a word to learn, so a
+    # marked caption is always split and rejoined.
     head, flexible, tail = _fixed_and_flexible(caption, rules)
     if rules.shuffle:
         rng.shuffle(flexible)

@@ -55,6 +55,9 @@ class TrainBatch:
     keys: list[str]
     """Stable ids of the images (paths relative to their data folder; "reg:" for regularisation images)."""
 
+    def __len__(self) -> int:
+        return len(self.keys)
+
 
 @dataclass(frozen=True)
 class _Image:
