@@ -3,15 +3,19 @@ model is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import io
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from lib_lora.cli import main
+from lib_lora.dataset.tagger_models import REGISTRY
 from lib_lora.tiny.images import generate_dataset, make_corrupt_files
 from lib_lora.tiny.tagger import write_tiny_wd14_tagger
 
@@ -91,3 +95,70 @@ def test_runs_as_a_module(model: Path, tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "lib_lora", "tag", str(tmp_path / "nope"), "--model",
                               str(model)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
+
+
+class FakeHub(http.server.ThreadingHTTPServer):
+    """A loopback stand-in for the hub's `/{repo}/resolve/{commit}/{file}`: HEAD gives the commit, ETag and size,
+    GET the bytes; any other commit is a 404, so a download that was not pinned fails."""
+
+    def __init__(self, repo_id: str, commit: str, files: dict[str, bytes]) -> None:
+        self.routes = {f"/{repo_id}/resolve/{commit}/{name}": data for name, data in files.items()}
+        self.commit, self.requests = commit, []
+        super().__init__(("127.0.0.1", 0), FakeHubHandler)
+
+
+class FakeHubHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeHub
+
+    def _head(self) -> bytes | None:
+        self.server.requests.append((self.command, self.path))
+        data = self.server.routes.get(self.path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", self.server.commit)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        return data
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        self._head()
+
+    def do_GET(self) -> None:  # noqa: N802
+        data = self._head()
+        if data is not None:
+            self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_downloads_a_known_model_at_its_pinned_commit(model: Path, tmp_path: Path) -> None:
+    """End to end: the CLI fetches model.onnx and selected_tags.csv from a (loopback) hub, then tags."""
+    pinned = REGISTRY["wd-vit-tagger-v3"]
+    files = {name: (model / name).read_bytes() for name in ("model.onnx", "selected_tags.csv")}
+    hub = FakeHub(pinned.repo_id, pinned.revision, files)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        captions = uncaptioned(tmp_path / "data")
+        env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{hub.server_port}",
+                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
+        result = subprocess.run(
+            [sys.executable, "-m", "lib_lora", "tag", str(tmp_path / "data"), "--model", "wd-vit-tagger-v3",
+             "--recursive", "--cache-dir", str(tmp_path / "cache")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert result.returncode == 0, result.stderr
+    assert "tag: model wd-vit-tagger-v3 (download: " in result.stdout and "tag: tagged 3" in result.stdout
+    assert "downloading wd-vit-tagger-v3/model.onnx" in result.stderr  # the download's progress bar
+    assert {path.split("/")[-1] for method, path in hub.requests if method == "GET"} == set(files)
+    snapshot = tmp_path / "cache" / "models--SmilingWolf--wd-vit-tagger-v3" / "snapshots" / pinned.revision
+    assert (snapshot / "model.onnx").read_bytes() == files["model.onnx"]
+    assert all(p.exists() for p in captions)
