@@ -333,12 +333,30 @@ def test_folder_rules_unnumbered_ignored_flat_accepted_uncaptioned_named(tmp_pat
     assert flat_data.num_train_images == 2
 
 
+def test_exif_rotated_images_are_bucketed_as_they_are_shown(tmp_path: Path, host: CountingHost) -> None:
+    folder = tmp_path / "data" / "1_rotated"
+    folder.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: stored 64×32, shown 32×64
+    Image.new("RGB", (64, 32), "blue").save(folder / "tall.jpg", exif=exif)
+    config = DataConfig(train_data_dir=str(tmp_path / "data"), resolution=32, enable_bucket=True,
+                        min_bucket_reso=16, max_bucket_reso=64, bucket_reso_steps=16)
+    (batch,) = epoch_batches(prepared(config, host), 0)
+    assert batch.sizes == [(48, 16)] and batch.latents.shape[2:] == (6, 2)
+
+
 def test_bad_folders_and_images_stop_with_a_clear_error(tmp_path: Path, dataset, host) -> None:
     with pytest.raises(ConfigError, match="train_data_dir"):
         prepared(replace(make_config(dataset), train_data_dir=str(tmp_path / "missing")), host)
     (tmp_path / "empty").mkdir()
     with pytest.raises(TrainingError, match="no training images"):
         prepared(replace(make_config(dataset), train_data_dir=str(tmp_path / "empty")), host)
+    (tmp_path / "zero" / "0_none").mkdir(parents=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "zero" / "0_none" / "a.png")
+    with pytest.raises(TrainingError, match="no training images"):
+        prepared(replace(make_config(dataset), train_data_dir=str(tmp_path / "zero")), host)
+    with pytest.raises(ConfigError, match="caption_extension"):
+        prepared(replace(make_config(dataset), caption_extension=".png"), host)
     (dataset.folder / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(TrainingError, match="broken.png"):
         prepared(make_config(dataset), host)

@@ -69,7 +69,13 @@ class _Image:
 
 
 class TrainData:
-    """The data of one training run on `host`; call `prepare()` once, then `batches(epoch)` per epoch."""
+    """The data of one training run on `host`; call `prepare()` once, then `batches(epoch)` per epoch.
+
+    `cache_text_encoder_outputs` (the trainer's choice: the text encoder is not trained) encodes every distinct
+    caption once; captions must then be fixed (no shuffle or dropout, else ConfigError). `cache_dir` is the folder
+    of cached latents when `cache_latents_to_disk` is on (default: a hidden `.lora_studio_latents` folder in
+    train_data_dir). `rank`/`world_size` pick this process's share of each epoch's batches.
+    """
 
     def __init__(self, config: DataConfig, host: Host, *, seed: int, cache_text_encoder_outputs: bool,
                  cache_dir: Path | None = None, rank: int = 0, world_size: int = 1) -> None:
@@ -113,16 +119,16 @@ class TrainData:
         self._prepared = False
         train = scan_images(self.config.train_data_dir, caption_extension=self.config.caption_extension,
                             is_reg=False)  # type: ignore[arg-type]
-        if not train.items:
+        num_train = sum(item.repeats for item in train.items)
+        if num_train == 0:
             raise TrainingError(f"no training images found in {self.config.train_data_dir} (images go in "
-                                "<repeats>_<name> subfolders, e.g. 10_mychar)")
+                                "<repeats>_<name> subfolders with repeats of at least 1, e.g. 10_mychar)")
         reg_items: list[ImageItem] = []
         self.ignored = list(train.ignored)
         if self.config.reg_data_dir is not None:
             reg = scan_images(self.config.reg_data_dir, caption_extension=self.config.caption_extension,
                               is_reg=True)
             reg_items, self.ignored = reg.items, self.ignored + [f"reg: {note}" for note in reg.ignored]
-        num_train = sum(item.repeats for item in train.items)
         reg_uses = balance_reg_repeats([item.repeats for item in reg_items], num_train)
         uses = [item.repeats for item in train.items] + reg_uses
         self._images = [_Image(item, self._plan(item), count)
@@ -147,10 +153,9 @@ class TrainData:
         vae = vae_identity(self.host)
         flips = (False, True) if self.config.flip_aug else (False,)
         missing: dict[tuple[int, int], list[tuple[int, bool]]] = {}
-        digests: dict[Path, str] = {}
         for index in self._used():
             image = self._images[index]
-            sha = digests.setdefault(image.item.path, file_sha256(image.item.path))
+            sha = file_sha256(image.item.path)
             for flipped in flips:
                 key = LatentKey(sha, image.plan.bucket, image.plan.resized, crop_offset(image.plan), flipped, vae)
                 self._latent_keys[(index, flipped)] = key

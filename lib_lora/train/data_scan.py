@@ -15,7 +15,15 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..dataset.folder import ROOT_SUBSET, DatasetProblem, ProblemKind, parse_repeats_folder, scan_dataset
+from ..dataset.errors import DatasetError
+from ..dataset.folder import (
+    ROOT_SUBSET,
+    DatasetProblem,
+    ProblemKind,
+    parse_repeats_folder,
+    scan_dataset,
+    validate_caption_ext,
+)
 from ..dataset.images import image_size
 from .errors import ConfigError, TrainingError
 
@@ -70,6 +78,10 @@ def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> 
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise ConfigError(key_name, str(folder), "no such folder" if not root.exists() else "not a folder")
+    try:
+        validate_caption_ext(caption_extension)
+    except DatasetError as error:
+        raise ConfigError("caption_extension", caption_extension, error.reason) from None
     dataset = scan_dataset(root, caption_ext=caption_extension, recursive=True)
     numbered = [item for item in dataset.items if _is_numbered(item.subset, item.repeats)]
     chosen = numbered or [item for item in dataset.items if item.subset == ROOT_SUBSET]
@@ -83,7 +95,7 @@ def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> 
             key=f"reg:{dataset.key(item)}" if is_reg else dataset.key(item),
             caption=first_line(item.text) or item.name,
             subset=item.subset if item.subset != ROOT_SUBSET else dataset.root.name,
-            repeats=item.repeats if numbered and item.repeats else 1,
+            repeats=item.repeats if numbered and item.repeats is not None else 1,  # "0_x": never used
             is_reg=is_reg,
             size=oriented_size(item.image),
         )

@@ -135,7 +135,8 @@ def encode_pixels(host: Host, pixels: torch.Tensor, *, seed: int) -> torch.Tenso
     The global RNG is left as it was (the draw happens inside a forked RNG state).
     """
     device = torch.device(host.device)
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    cuda_devices = [torch.cuda.current_device() if device.index is None else device.index] \
+        if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
         torch.manual_seed(seed)
         return host.encode_images(pixels).detach().to("cpu", torch.float32)
