@@ -203,6 +203,11 @@ def test_uncached_batches_are_encoded_per_batch_with_random_crop_and_colour_aug(
     assert host.images_encoded == 3 * data.num_train_images
     assert all(torch.equal(a.latents, b.latents) and a.keys == b.keys for a, b in zip(first, again))
     assert [b.keys for b in first] != [b.keys for b in other]
+    before = host.images_encoded
+    resumed = list(data.batches(0, start=3))
+    assert host.images_encoded - before == sum(len(b) for b in resumed)  # skipped batches are not encoded
+    assert [b.keys for b in resumed] == [b.keys for b in first[3:]]
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(resumed, first[3:]))
     assert all(batch.latents.shape[1:] == (4, 4, 4) for batch in first)
 
 

@@ -266,10 +266,13 @@ class TrainData:
         total = sum(-(-count // size) for count in counts.values())
         return -(-total // self.world_size)
 
-    def batches(self, epoch: int) -> Iterator[TrainBatch]:
-        """This rank's batches of `epoch` (counted from 0); the same (seed, epoch) gives the same batches."""
+    def batches(self, epoch: int, *, start: int = 0) -> Iterator[TrainBatch]:
+        """This rank's batches of `epoch` (counted from 0); the same (seed, epoch) gives the same batches.
+
+        `start` skips that many batches without loading or encoding them (resuming in the middle of an epoch).
+        """
         self._require_prepared()
-        for number, members in self._rank_batches(epoch):
+        for number, members in self._rank_batches(epoch)[start:]:
             yield self._batch(epoch, number, members)
 
     def _batch(self, epoch: int, number: int, members: list[int]) -> TrainBatch:
