@@ -1,0 +1,419 @@
+"""The Dataset tab's state for one browser session, and its actions as plain methods (no gradio).
+
+`DatasetSession` holds the loaded Dataset, the caption texts being edited, the captions as they were on disk
+when loaded or last saved (the `expected` of the conflict check), the EditHistory, the filter, the selected
+image and the gallery page. Each action returns a Markdown message or raises a LoraStudioError whose text the
+tab shows; nothing is written to disk except by `save`, `overwrite_conflicts` and `rename_repeats`.
+Loading another folder or reverting with unsaved edits needs the same action twice (ConfirmationNeeded).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..dataset.captions import Caption, normalise_text
+from ..dataset.consolidate import Consolidate, ConsolidationProposal, propose_consolidation
+from ..dataset.errors import DatasetError
+from ..dataset.folder import Dataset, DatasetItem, rename_subset_repeats, scan_dataset
+from ..dataset.history import EditHistory
+from ..dataset.roots import AllowedRoots
+from ..dataset.tags import AddTags, TagEdit, TagFilter, filter_keys, join_tags, split_tags, tag_frequency
+from ..errors import LoraStudioError
+from ..jobs import Job
+from .common import escape_markdown
+
+PAGE_SIZE = 48
+"""Thumbnails per gallery page: enough to scan quickly, few enough that 1000 images stay fast."""
+
+
+MAX_SUGGESTIONS = 20000
+"""Autocomplete entries sent to the page at most (a v3 tagger knows about 10,000 tags)."""
+
+
+class DatasetUIError(LoraStudioError):
+    """The tab cannot do what was asked (nothing loaded, a stale chip, tagging running, ...); says why."""
+
+
+class ConfirmationNeeded(DatasetUIError):
+    """An action would discard unsaved edits; doing the same action again confirms it."""
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+class DatasetSession:
+    """One page's Dataset tab: what is loaded, edited, filtered and selected. Not thread-safe: hold `lock`."""
+
+    def __init__(self, roots: Callable[[], Sequence[Path]]) -> None:
+        self.roots = roots
+        self.lock = threading.RLock()
+        self.dataset: Dataset | None = None
+        self.texts: dict[str, str] = {}
+        self.loaded: dict[str, Caption | None] = {}
+        self.history: EditHistory[str] = EditHistory()
+        self.tag_filter = TagFilter()
+        self.selected: str | None = None
+        self.page = 0
+        self.conflicts: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self.left_out: list[str] = []
+        self.pending: str | None = None
+        self.proposals: dict[str, ConsolidationProposal] = {}
+        self.job: Job[Any] | None = None
+        self.job_description = ""
+        self.vocabulary: tuple[str, ...] = ()
+        self._suggestions: tuple[str, ...] | None = None
+        self.frequency_search = ""
+        self.sent: dict[str, Any] = {}  # what the page shows now (see dataset_wiring)
+
+    # --- queries ----------------------------------------------------------------------------------------------
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.texts)
+
+    def item(self, key: str) -> DatasetItem:
+        dataset = self.require_loaded()
+        try:
+            return dataset.item(key)
+        except KeyError:
+            raise DatasetUIError(f"no image {key!r} in the loaded dataset; it may have been reloaded") from None
+
+    def baseline_text(self, key: str) -> str:
+        caption = self.loaded.get(key)
+        return caption.text if caption is not None else ""
+
+    def unsaved_keys(self) -> list[str]:
+        return [key for key, text in self.texts.items() if text != self.baseline_text(key)]
+
+    def filtered_keys(self) -> list[str]:
+        return filter_keys(self.texts, self.tag_filter)
+
+    def page_count(self) -> int:
+        return max(1, -(-len(self.filtered_keys()) // PAGE_SIZE))
+
+    def page_keys(self) -> list[str]:
+        keys = self.filtered_keys()
+        self.page = min(max(self.page, 0), max(0, (len(keys) - 1) // PAGE_SIZE))
+        return keys[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
+
+    def tags_of(self, key: str) -> list[str]:
+        return split_tags(self.texts[key])
+
+    @property
+    def tagging(self) -> bool:
+        return self.job is not None and self.job.snapshot().active
+
+    def suggestions(self) -> tuple[str, ...]:
+        """Autocomplete for tag inputs: the dataset's tags as loaded (most frequent first), then the tagger's."""
+        if self._suggestions is None:
+            own = [tag for tag, _ in tag_frequency(self.texts)]
+            self._suggestions = tuple(dict.fromkeys([*own, *self.vocabulary]))[:MAX_SUGGESTIONS]
+        return self._suggestions
+
+    def set_vocabulary(self, tags: Sequence[str]) -> None:
+        """The chosen tagger model's tags, offered after the dataset's own."""
+        if tuple(tags) != self.vocabulary:
+            self.vocabulary = tuple(tags)
+            self._suggestions = None
+
+    def require_loaded(self) -> Dataset:
+        if self.dataset is None:
+            raise DatasetUIError("load a dataset folder first")
+        return self.dataset
+
+    def require_idle(self) -> None:
+        """DatasetUIError while the tagger is writing captions of this dataset."""
+        if self.tagging:
+            raise DatasetUIError("the tagger is writing this dataset's captions; wait for it or cancel it first")
+
+    def begin(self, *, mutating: bool = True) -> Dataset:
+        """Start an action on the loaded dataset: a pending confirmation lapses; edits wait for the tagger."""
+        self.pending = None
+        if mutating:
+            self.require_idle()
+        return self.require_loaded()
+
+    def _confirm_discard(self, token: str, verb: str) -> None:
+        count = len(self.unsaved_keys())
+        if count and self.pending != token:
+            self.pending = token
+            raise ConfirmationNeeded(
+                f"{plural(count, 'unsaved caption')} would be lost. Press **{verb}** again to discard them, "
+                "or **Save** first."
+            )
+        self.pending = None
+
+    # --- loading ----------------------------------------------------------------------------------------------
+
+    def load(self, path: str, caption_ext: str = ".txt", recursive: bool = True) -> str:
+        """Open `path` (inside an allowed root) as the dataset; with unsaved edits only when asked twice."""
+        self.require_idle()
+        text = (path or "").strip()
+        if not text:
+            self.pending = None
+            raise DatasetUIError("choose or type a dataset folder first")
+        allowed = AllowedRoots(self.roots())
+        try:
+            folder = allowed.check(text)
+        except DatasetError:
+            self.pending = None
+            raise
+        self._confirm_discard(f"load:{folder}", "Load")
+        scanned = scan_dataset(folder, caption_ext=(caption_ext or ".txt").strip(), recursive=bool(recursive))
+        dataset = _within(scanned, allowed, self.left_out)
+        self._use(dataset)
+        self.history.clear()
+        self.tag_filter = TagFilter()
+        self.page = 0
+        counts = f"{plural(len(dataset.items), 'image')}, {sum(i.caption is not None for i in dataset.items)} " \
+                 f"with captions, {plural(len(dataset.subsets()), 'subfolder')}"
+        problems = len(dataset.problems) + len(self.left_out)
+        tail = f"; {plural(problems, 'problem')} listed under **Folder**" if problems else ""
+        return f"Loaded `{escape_markdown(str(folder))}`: {counts}{tail}."
+
+    def _use(self, dataset: Dataset) -> None:
+        """Show `dataset` as read from disk: texts = baseline, selection kept when the image is still there."""
+        self.dataset = dataset
+        self.texts = {dataset.key(item): item.text for item in dataset.items}
+        self.loaded = {dataset.key(item): item.caption for item in dataset.items}
+        self.conflicts.clear()
+        self.failures.clear()
+        self.proposals.clear()
+        self._suggestions = None
+        if self.selected not in self.texts:
+            self.selected = next(iter(self.texts), None)
+
+    def rescan(self) -> Dataset:
+        """The loaded folder read again with the same options (images outside the roots left out)."""
+        dataset = self.require_loaded()
+        fresh = scan_dataset(dataset.root, caption_ext=dataset.caption_ext, recursive=dataset.recursive,
+                             check_images=dataset.check_images)
+        return _within(fresh, AllowedRoots(self.roots()), self.left_out)
+
+    def revert(self) -> str:
+        """Discard unsaved edits and read the folder again (asked twice when there are edits)."""
+        pending = self.pending
+        self.begin()
+        self.pending = pending
+        self._confirm_discard("revert", "Revert")
+        discarded = len(self.unsaved_keys())
+        self._use(self.rescan())
+        self.history.clear()
+        return f"Reloaded from disk; {plural(discarded, 'unsaved caption')} discarded."
+
+    def rename_repeats(self, subset: str | None, repeats: Any) -> str:
+        """Rename a subfolder to `<repeats>_<name>` (no unsaved edits: the images' paths change)."""
+        self.begin()
+        if not subset:
+            raise DatasetUIError("choose the subfolder to rename")
+        unsaved = len(self.unsaved_keys())
+        if unsaved:
+            raise DatasetUIError(f"save or revert the {plural(unsaved, 'unsaved caption')} first: renaming the "
+                                 "folder changes the images' paths")
+        number = _whole_number(repeats, "repeats", 1)
+        renamed = rename_subset_repeats(self.require_loaded(), subset, number)
+        self._use(_within(renamed, AllowedRoots(self.roots()), self.left_out))
+        self.history.clear()
+        return f"Renamed `{escape_markdown(subset)}` to repeats {number}."
+
+    # --- filter, selection, pages -----------------------------------------------------------------------------
+
+    def set_filter(self, include: str, include_mode: str, exclude: str, exclude_mode: str) -> str:
+        self.begin(mutating=False)
+        self.tag_filter = TagFilter(tuple(split_tags(include or "")), tuple(split_tags(exclude or "")),
+                                    include_mode, exclude_mode)
+        return self._after_filter()
+
+    def add_to_filter(self, tag: str, *, exclude: bool = False) -> str:
+        self.begin(mutating=False)
+        field = "exclude" if exclude else "include"
+        current = getattr(self.tag_filter, field)
+        if tag not in current:
+            self.tag_filter = replace(self.tag_filter, **{field: (*current, tag)})
+        return self._after_filter()
+
+    def _after_filter(self) -> str:
+        self.page = 0
+        keys = self.filtered_keys()
+        if self.selected not in keys:
+            self.selected = keys[0] if keys else self.selected
+        return f"{plural(len(keys), 'image')} of {len(self.texts)} match the filter."
+
+    def select(self, key: str | None) -> str:
+        self.begin(mutating=False)
+        if not key:
+            return ""
+        self.item(key)
+        self.selected = key
+        keys = self.filtered_keys()
+        if key in keys:
+            self.page = keys.index(key) // PAGE_SIZE
+        return ""
+
+    def step_selection(self, step: int) -> str:
+        """Select the previous (-1) or next (+1) image of the filtered set."""
+        self.begin(mutating=False)
+        keys = self.filtered_keys()
+        if not keys:
+            raise DatasetUIError("no image matches the filter")
+        index = keys.index(self.selected) + step if self.selected in keys else 0
+        return self.select(keys[index % len(keys)])
+
+    def go_page(self, step: int) -> str:
+        self.begin(mutating=False)
+        self.page = min(max(self.page + step, 0), self.page_count() - 1)
+        return ""
+
+    # --- edits ------------------------------------------------------------------------------------------------
+
+    def _record(self, texts: dict[str, str], description: str) -> dict[str, str]:
+        return self.history.set_texts(self.texts, texts, description)
+
+    def batch(self, edit: TagEdit) -> str:
+        """Apply `edit` to every caption in the filter as one undo step."""
+        self.begin()
+        keys = self.filtered_keys()
+        if not keys:
+            raise DatasetUIError("no image matches the filter; nothing was changed")
+        changed = self.history.apply(self.texts, edit, keys)
+        return f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
+               "in the filter changed."
+
+    def _chip_tags(self, key: str, index: Any, tag: Any) -> list[str]:
+        """The caption's tags after checking that tag `index` is still `tag` (the page may be stale)."""
+        self.begin()
+        self.item(key)
+        tags = self.tags_of(key)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(tags) or tags[index] != tag:
+            raise DatasetUIError("the caption changed since the tags were drawn; nothing was changed, try again")
+        return tags
+
+    def remove_tag(self, key: str, index: Any, tag: Any) -> str:
+        tags = self._chip_tags(key, index, tag)
+        del tags[index]
+        self._record({key: join_tags(tags)}, f"remove {tag!r} from {Path(key).name}")
+        return f"Removed **{escape_markdown(tag)}**."
+
+    def move_tag(self, key: str, index: Any, tag: Any, to: Any) -> str:
+        tags = self._chip_tags(key, index, tag)
+        if not isinstance(to, int) or isinstance(to, bool):
+            raise DatasetUIError(f"a tag moves to a position number, got {to!r}")
+        target = min(max(to, 0), len(tags) - 1)
+        tags.insert(target, tags.pop(index))
+        self._record({key: join_tags(tags)}, f"move {tag!r} in {Path(key).name}")
+        return ""
+
+    def add_tags(self, key: str | None, text: str) -> str:
+        """Add the typed tags (comma-separated) at the end of one caption; present ones stay where they are."""
+        self.begin()
+        if not key:
+            raise DatasetUIError("select an image first")
+        self.item(key)
+        if not split_tags(text or ""):
+            raise DatasetUIError("type a tag to add")
+        edit = AddTags(tuple(split_tags(text)))
+        changed = self.history.apply(self.texts, edit, [key])
+        return f"Added to {escape_markdown(Path(key).name)}." if changed else "Already there; nothing changed."
+
+    def set_caption(self, key: str | None, text: str) -> str:
+        """Replace one caption's text as typed (line breaks normalised); one undo step."""
+        self.begin()
+        if not key:
+            raise DatasetUIError("select an image first")
+        self.item(key)
+        changed = self._record({key: normalise_text(text or "")}, f"edit the caption of {Path(key).name}")
+        return "Caption updated." if changed else ""
+
+    def undo(self) -> str:
+        self.begin()
+        description = self.history.undo_description
+        if description is None:
+            return "Nothing to undo."
+        changed = self.history.undo(self.texts)
+        return f"Undid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
+
+    def redo(self) -> str:
+        self.begin()
+        description = self.history.redo_description
+        if description is None:
+            return "Nothing to redo."
+        changed = self.history.redo(self.texts)
+        return f"Redid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
+
+    def propose(self, trigger: str, min_share: float) -> list[ConsolidationProposal]:
+        """Feature tags to fold into `trigger`, over the filtered captions; remembered for `consolidate`."""
+        self.begin(mutating=False)
+        keys = self.filtered_keys()
+        proposals = propose_consolidation({key: self.texts[key] for key in keys}, trigger,
+                                          min_share=float(min_share))
+        self.proposals = {proposal_label(p): p for p in proposals}
+        return proposals
+
+    def consolidate(self, trigger: str, chosen: Sequence[str]) -> str:
+        """Fold the chosen proposals (their labels) into `trigger` on the filtered captions: one undo step."""
+        tags = [self.proposals[label].tag for label in chosen if label in self.proposals]
+        if not tags:
+            raise DatasetUIError("press Propose and keep at least one tag ticked")
+        return self.batch(Consolidate(trigger, tuple(tags)))
+
+    # --- jobs that write captions ------------------------------------------------------------------------------
+
+    def start_job(self, job: Job[Any], description: str) -> None:
+        """Remember the tagging job (the caller checked there are no unsaved edits) and how to name its undo."""
+        self.job = job
+        self.job_description = description
+
+    def reload_as_step(self) -> int:
+        """Read the folder again after the job wrote captions; its changes become one undo step, already saved.
+
+        Returns how many captions changed. When images appeared or vanished meanwhile, the history is cleared.
+        """
+        description = self.job_description
+        before = dict(self.texts)
+        fresh = self.rescan()
+        keys_same = {fresh.key(item) for item in fresh.items} == set(before)
+        self._use(fresh)
+        if not keys_same:
+            self.history.clear()
+            return sum(before.get(key) != text for key, text in self.texts.items())
+        after = self.texts
+        self.texts = before
+        changed = self._record(dict(after), description)
+        return len(changed)
+
+
+def _whole_number(value: Any, what: str, minimum: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or number < minimum:
+        raise DatasetUIError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
+    return int(number)
+
+
+def proposal_label(proposal: ConsolidationProposal) -> str:
+    """How a consolidation proposal reads in the check list: tag, category, how many of the captions."""
+    return f"{proposal.tag} — {proposal.category}, {proposal.count} ({proposal.share:.0%})"
+
+
+def _within(dataset: Dataset, allowed: AllowedRoots, left_out: list[str]) -> Dataset:
+    """`dataset` without items whose image or caption is a link leading outside the allowed roots."""
+    left_out.clear()
+    kept = []
+    for item in dataset.items:
+        if allowed.allows(item.image) and allowed.allows(item.caption_path):
+            kept.append(item)
+        else:
+            left_out.append(f"{item.image}: its image or caption links outside the allowed folders; left out")
+    if len(kept) == len(dataset.items):
+        return dataset
+    return Dataset(root=dataset.root, caption_ext=dataset.caption_ext, items=kept, problems=dataset.problems,
+                   recursive=dataset.recursive, check_images=dataset.check_images)

@@ -1,0 +1,113 @@
+"""Events of the Dataset tab: each runs one session action under the session's lock and sends the parts that changed.
+
+Every handler takes the page's `gr.State` (a DatasetSession, made on first use) and returns it plus one value
+per part of dataset_views.PARTS. A part whose rendering equals what the page already shows is sent as a no-op
+update, so a chip click re-sends the chips, not the gallery; for the text fields the user types in, the value
+received with the event counts as what the page shows. Errors of the core (LoraStudioError) become the
+tab's message; anything else is a bug and reaches gradio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import gradio as gr
+
+from ..errors import LoraStudioError
+from .common import escape_markdown
+from .context import StudioContext
+from .dataset_session import ConfirmationNeeded, DatasetSession
+from .dataset_views import PARTS, Choices, Visible, render
+
+Action = Callable[..., str]
+EDITABLE_PARTS = frozenset({"caption", "caption_key", "include", "exclude", "add_tag"})
+"""Parts the user types into: the value an event brings is what the page shows."""
+EVENT: dict[str, Any] = {"show_progress": "hidden", "api_name": False}
+
+
+def error_message(error: LoraStudioError) -> str:
+    if isinstance(error, ConfirmationNeeded):
+        return f"⚠️ {error}"
+    return f"**Error:** {escape_markdown(str(error))}"
+
+
+def as_update(value: Any) -> Any:
+    if isinstance(value, Choices):
+        return gr.update(choices=list(value.choices), value=value.value)
+    if isinstance(value, Visible):
+        return gr.update(visible=value.visible)
+    return value
+
+
+class DatasetWiring:
+    """Binds events of the tab's components (by part or input name) to session actions."""
+
+    def __init__(self, context: StudioContext, components: dict[str, Any], state: gr.State) -> None:
+        self.context = context
+        self.components = components
+        self.state = state
+        self.outputs = [state, *(components[name] for name in PARTS)]
+
+    def session(self, value: Any) -> DatasetSession:
+        return value if isinstance(value, DatasetSession) else DatasetSession(self.context.data_roots)
+
+    def updates(self, session: DatasetSession, message: str, parts: Iterable[str] | None = None) -> list[Any]:
+        """The state and one update per part: the new value where it differs from what the page shows."""
+        view = render(session, message, parts)
+        result: list[Any] = [session]
+        for name in PARTS:
+            if name not in view or (name in session.sent and session.sent[name] == view[name]):
+                result.append(gr.update())
+            else:
+                session.sent[name] = view[name]
+                result.append(as_update(view[name]))
+        return result
+
+    def run(self, session: DatasetSession, action: Action, names: Sequence[str], values: Sequence[Any]) -> list[Any]:
+        """Run `action(session, *values)` under the lock and return the outputs (the error as the message)."""
+        with session.lock:
+            for name, value in zip(names, values):
+                if name in EDITABLE_PARTS:
+                    session.sent[name] = value if isinstance(value, str) else ""
+            try:
+                message = action(session, *values)
+            except LoraStudioError as error:
+                message = error_message(error)
+            return self.updates(session, message)
+
+    def bind(self, listener: Callable[..., Any], action: Action, inputs: Sequence[str] = (), **options: Any) -> None:
+        """On `listener` (e.g. `button.click`), run `action(session, *values of inputs)`."""
+        names = list(inputs)
+
+        def handle(state: Any, *values: Any) -> list[Any]:
+            return self.run(self.session(state), action, names, values)
+
+        listener(handle, inputs=[self.state, *(self.components[name] for name in names)], outputs=self.outputs,
+                 **{**EVENT, **options})
+
+    def bind_job(self, listener: Callable[..., Any], start: Callable[..., tuple[str, Any]],
+                 follow: Callable[[DatasetSession, Any], Iterator[tuple[str, bool]]], inputs: Sequence[str]) -> None:
+        """A generator event: `start(session, *values)` -> (message, job); then `follow(session, job)` yields
+        (message, finished) while the job runs. The lock is taken per step, never held across a yield."""
+        names = list(inputs)
+
+        def handle(state: Any, *values: Any) -> Iterator[list[Any]]:
+            session = self.session(state)
+            with session.lock:
+                try:
+                    message, job = start(session, *values)
+                except LoraStudioError as error:
+                    outputs, job = self.updates(session, error_message(error)), None
+                else:
+                    outputs = self.updates(session, message)
+            yield outputs
+            if job is None:
+                return
+            for message, finished in follow(session, job):
+                with session.lock:
+                    outputs = self.updates(session, message, None if finished else ("tag_status",))
+                yield outputs
+
+        listener(handle, inputs=[self.state, *(self.components[name] for name in names)], outputs=self.outputs,
+                 **EVENT)

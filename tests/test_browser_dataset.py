@@ -1,0 +1,139 @@
+"""The Dataset tab in a real headless Chromium (standalone app): the acceptance scenario of issue #5.
+
+Load a generated dataset, tag it with the tiny ONNX tagger, remove a tag with its chip's ×, filter by a tag
+from the frequency table and batch-add a trigger word to the filtered images, save with Ctrl+S: the caption
+files are byte-exact what the tagger's tags plus those edits give. "Undo restores them" means: Undo twice
+(Ctrl+Z, then the button) takes the two edits back in the editor, and saving that writes the tagger's
+captions back, byte-exact; the overwritten versions are in the backup folder.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from browser_app import chromium_path, open_page, serve_app
+
+pytestmark = pytest.mark.browser
+
+TRIGGER = "mytrigger"
+SUBSET = "3_tinychar"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """W/datasets/char with 6 generated images and captions; the tiny WD14 tagger in W/tagger/tiny."""
+    pytest.importorskip("onnxruntime")
+    from lib_lora.tiny.images import generate_dataset
+    from lib_lora.tiny.tagger import write_tiny_wd14_tagger
+
+    root = tmp_path_factory.mktemp("dataset_app") / "workspace"
+    generate_dataset(root / "datasets" / "char", count=6, seed=1, repeats=3, name="tinychar")
+    write_tiny_wd14_tagger(root / "tagger" / "tiny", input_size=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path) -> Iterator[str]:
+    chromium_path()
+    with serve_app(["--model", "tiny", "--workspace", str(workspace)], workspace.parent) as url:
+        yield url
+
+
+def tagger_captions(workspace: Path) -> dict[str, str]:
+    """What the tagger writes with the tab's default options and existing=overwrite, by image name."""
+    from lib_lora.dataset.folder import scan_dataset
+    from lib_lora.dataset.images import open_image
+    from lib_lora.dataset.tagger import Tagger, TaggerOptions
+    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tags import join_tags
+
+    items = scan_dataset(workspace / "datasets" / "char").items
+    tagger = Tagger.load(resolve_model(workspace / "tagger" / "tiny"))
+    tags = tagger.tag_images([open_image(item.image) for item in items], TaggerOptions(existing="overwrite"))
+    return {item.image.name: join_tags(found) for item, found in zip(items, tags)}
+
+
+def caption_files(workspace: Path) -> dict[str, bytes]:
+    folder = workspace / "datasets" / "char" / SUBSET
+    return {path.with_suffix(".png" if (path.with_suffix(".png")).exists() else ".jpg").name: path.read_bytes()
+            for path in sorted(folder.glob("*.txt"))}
+
+
+def field(page, elem_id: str):  # noqa: ANN001, ANN201 (playwright types)
+    """The text field inside one of our gradio textboxes (found by our elem_id)."""
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def test_tag_edit_save_and_undo_in_the_browser(server: str, workspace: Path) -> None:
+    from playwright.sync_api import expect
+
+    tagged = tagger_captions(workspace)
+    names = sorted(tagged)
+    first, edited_tag = names[0], tagged[names[0]].split(", ")[1]
+    counts = Counter(tag for text in tagged.values() for tag in text.split(", "))
+    filter_tag = min((tag for tag, n in counts.items() if 1 < n < len(names)), key=lambda t: (-counts[t], t))
+    in_filter = sorted(name for name, text in tagged.items() if filter_tag in text.split(", "))
+
+    with open_page(server, height=1400) as (page, watch):
+        status = page.locator("#lora_studio_dataset_unsaved")
+        message = page.locator("#lora_studio_dataset_message")
+        thumbs = page.locator("#lora_studio_dataset_gallery [data-lora-studio-op='select']")
+
+        field(page, "lora_studio_dataset_path").fill(str(workspace / "datasets" / "char"))
+        page.locator("#lora_studio_dataset_load").click()
+        expect(thumbs).to_have_count(6, timeout=60_000)
+        expect(message).to_contain_text("6 images, 6 with captions")
+
+        page.locator("#lora_studio_dataset_tagger_refresh").click()
+        field(page, "lora_studio_dataset_tagger_model").click()
+        page.get_by_role("option", name="tiny", exact=True).click()
+        page.locator("#lora_studio_dataset_tagger_existing").get_by_label("overwrite").check()
+        page.locator("#lora_studio_dataset_tag_start").click()
+        expect(page.locator("[data-lora-studio-job='done']")).to_be_visible(timeout=60_000)
+        expect(message).to_contain_text("Tagging finished: tagged 6")
+        expect(status).to_contain_text("All captions saved")
+        assert caption_files(workspace) == {name: (text + "\n").encode() for name, text in tagged.items()}
+
+        thumbs.filter(has_text=first).click()
+        chips = page.locator(f"#lora_studio_dataset_chips .lora-studio-chips[data-key='{SUBSET}/{first}']")
+        expect(chips.locator(".lora-studio-chip")).to_have_count(len(tagged[first].split(", ")))
+        chips.locator(f".lora-studio-chip[data-tag='{edited_tag}'] .lora-studio-chip-remove").click()
+        expect(status).to_contain_text("1 unsaved caption")
+        expect(chips.locator(f".lora-studio-chip[data-tag='{edited_tag}']")).to_have_count(0)
+
+        page.locator(f"#lora_studio_dataset_frequency [data-lora-studio-op='include'][data-tag='{filter_tag}']").click()
+        expect(thumbs).to_have_count(len(in_filter))
+        expect(field(page, "lora_studio_dataset_include")).to_have_value(filter_tag)
+        page.get_by_text("Batch edit (the images in the filter)").click()
+        field(page, "lora_studio_dataset_batch_add_tags").fill(TRIGGER)
+        page.locator("#lora_studio_dataset_batch_add_position").get_by_label("front").check()
+        page.locator("#lora_studio_dataset_batch_add").click()
+        expect(message).to_contain_text(f"{len(in_filter)} captions of {len(in_filter)} in the filter changed")
+
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("Control+s")
+        expect(message).to_contain_text("Saved")
+        expect(status).to_contain_text("All captions saved")
+        expected = dict(tagged)
+        expected[first] = ", ".join(tag for tag in tagged[first].split(", ") if tag != edited_tag)
+        for name in in_filter:
+            expected[name] = f"{TRIGGER}, {expected[name]}"
+        changed = {first, *in_filter}
+        assert caption_files(workspace) == {name: (text + "\n").encode() for name, text in expected.items()}
+
+        page.keyboard.press("Control+z")
+        expect(message).to_contain_text(f"Undid add '{TRIGGER}' at front")
+        page.locator("#lora_studio_dataset_undo").click()
+        expect(message).to_contain_text(f"Undid remove '{edited_tag}'")
+        expect(status).to_contain_text(f"{len(changed)} unsaved caption")
+        page.locator("#lora_studio_dataset_save").click()
+        expect(status).to_contain_text("All captions saved")
+        assert caption_files(workspace) == {name: (text + "\n").encode() for name, text in tagged.items()}
+        page.wait_for_timeout(300)  # let late console messages arrive
+    backups = workspace / "datasets" / "char" / ".lora_studio_backup" / SUBSET
+    # 6 from the tagger's overwrite, then one per changed file for each of the two saves
+    assert len(list(backups.iterdir())) == 6 + 2 * len(changed)
+    watch.assert_clean()
