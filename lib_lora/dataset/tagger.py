@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -31,6 +31,10 @@ from .images import open_image
 from .preprocess import prepare_image
 from .tagger_models import TaggerFiles, TaggerModelError
 from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    from PIL import Image
 
 __all__ = [
     "EXISTING_POLICIES",
@@ -231,10 +235,27 @@ class RunPlan:
 
 
 def _cpu_count() -> int:
+    """Logical CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def _physical_cores() -> int:
+    """Cores this process may run on, the hyper-threads of one core counted once; 0 where the topology is not
+    readable (then onnxruntime picks, which is also one thread per physical core)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        return 0
+    cores = set()
+    for cpu in allowed:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return 0
+    return len(cores)
 
 
 PROVIDER_ALIASES = {
@@ -253,18 +274,18 @@ _AUTO_GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExe
 class Tagger:
     """One loaded WD14 model: `predict` on preprocessed NHWC batches, `tag_images` on PIL images."""
 
-    def __init__(self, session: object, labels: TagLabels, files: TaggerFiles, warnings: Sequence[str],
-                 threads: int) -> None:
+    def __init__(self, session: ort.InferenceSession, labels: TagLabels, files: TaggerFiles,
+                 warnings: Sequence[str], threads: int) -> None:
         self.session = session
         self.labels = labels
         self.files = files
         self.warnings = tuple(warnings)
         self.threads = threads
-        (inp,) = session.get_inputs()  # type: ignore[attr-defined]
+        inp = session.get_inputs()[0]
         self.input_name: str = inp.name
         self.input_size: int = int(inp.shape[1])
         self.fixed_batch: int | None = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
-        self.provider_in_use: str = session.get_providers()[0]  # type: ignore[attr-defined]
+        self.provider_in_use: str = session.get_providers()[0]
 
     @classmethod
     def load(cls, files: TaggerFiles, *, providers: Sequence[str] | None = None,
@@ -279,7 +300,7 @@ class Tagger:
         else:
             requested = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers]
         usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-        threads = threads or _cpu_count()
+        threads = threads or _physical_cores()  # 0: onnxruntime's default
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -287,11 +308,11 @@ class Tagger:
         # Idle intra-op threads sleep instead of spinning, so they leave the cores to the decoding threads.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(files.model_path), sess_options=options, providers=usable)
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            raise TaggerModelError(f"{files.model_path}: onnxruntime {ort.__version__} cannot load it: "
-                                   f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r} "
-                                   "(WD14 v3 models need onnxruntime 1.17 or newer)") from error
+            session = _session(files, options, usable)
+        except TaggerModelError:
+            if usable == ["CPUExecutionProvider"]:
+                raise
+            session = _session(files, options, ["CPUExecutionProvider"])  # a GPU provider that raised
         in_use = session.get_providers()
         running = in_use[0].removesuffix("ExecutionProvider")
         warnings = [
@@ -327,23 +348,34 @@ class Tagger:
             if self.fixed_batch and len(chunk) < self.fixed_batch:  # pad the last chunk of a fixed-batch model
                 pad = np.zeros((self.fixed_batch - len(chunk), *chunk.shape[1:]), dtype=np.float32)
                 chunk = np.concatenate([chunk, pad])
-            scores = self.session.run(None, {self.input_name: chunk})[0]  # type: ignore[attr-defined]
+            scores = self.session.run(None, {self.input_name: chunk})[0]
             out.append(scores[: min(step, n - start)])
         return np.concatenate(out) if out else np.zeros((0, len(self.labels.names)), np.float32)
 
-    def tag_images(self, images: Sequence[object], options: TaggerOptions) -> list[list[str]]:
+    def tag_images(self, images: Sequence[Image.Image], options: TaggerOptions) -> list[list[str]]:
         """Tags for each PIL image, batched per the plan."""
         step = self.plan(options.batch_size).batch_size
         result: list[list[str]] = []
         for start in range(0, len(images), step):
-            batch = np.stack([prepare_image(im, self.input_size) for im in images[start:start + step]])  # type: ignore[arg-type]
+            batch = np.stack([prepare_image(im, self.input_size) for im in images[start:start + step]])
             result.extend(tags_from_scores(row, self.labels, options) for row in self.predict(batch))
         return result
 
 
-def _check_contract(session: object, labels: TagLabels, files: TaggerFiles) -> None:
+def _session(files: TaggerFiles, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(files.model_path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise TaggerModelError(f"{files.model_path}: onnxruntime {ort.__version__} cannot load it: {reason} "
+                               "(WD14 v3 models need onnxruntime 1.17 or newer)") from error
+
+
+def _check_contract(session: ort.InferenceSession, labels: TagLabels, files: TaggerFiles) -> None:
     """The WD14 I/O contract: one NHWC float input [batch, S, S, 3], one output [batch, len(tags)]."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()  # type: ignore[attr-defined]
+    inputs, outputs = session.get_inputs(), session.get_outputs()
     shape = inputs[0].shape if len(inputs) == 1 else None
     if (shape is None or len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int)
             or shape[1] != shape[2] or inputs[0].type != "tensor(float)"):
@@ -452,7 +484,8 @@ def tag_folder(
             todo.append(item)
     total = len(todo)
     if control is not None:
-        control.progress(0, total, f"tagging {total} images with {tagger.files.name}")
+        control.progress(0, total, f"tagging {total} images with {tagger.files.name}",
+                         provider=tagger.provider_in_use, warnings=list(tagger.warnings))
     done = 0
     pool = ThreadPoolExecutor(plan.decode_workers, thread_name_prefix="lora-studio-decode")
     try:
