@@ -137,3 +137,51 @@ def test_tag_edit_save_and_undo_in_the_browser(server: str, workspace: Path) -> 
     # 6 from the tagger's overwrite, then one per changed file for each of the two saves
     assert len(list(backups.iterdir())) == 6 + 2 * len(changed)
     watch.assert_clean()
+
+
+def test_chips_move_by_buttons_and_dragging_and_leaving_with_edits_warns(server: str, workspace: Path) -> None:
+    """The page script's other duties: ←/→ and drag reorder, autocomplete on tag fields, the unload warning,
+    and the second press that Revert needs with unsaved edits. Nothing is saved: the files stay as they were."""
+    from playwright.sync_api import expect
+
+    before = caption_files(workspace)
+    with open_page(server, height=1400) as (page, watch):
+        status = page.locator("#lora_studio_dataset_unsaved")
+        message = page.locator("#lora_studio_dataset_message")
+        field(page, "lora_studio_dataset_path").fill(str(workspace / "datasets" / "char"))
+        page.locator("#lora_studio_dataset_load").click()
+        chips = page.locator("#lora_studio_dataset_chips .lora-studio-chip")
+        expect(chips.first).to_be_visible(timeout=60_000)
+        tags = chips.evaluate_all("chips => chips.map(chip => chip.dataset.tag)")
+        assert len(tags) >= 3
+
+        def order() -> list[str]:
+            return chips.evaluate_all("chips => chips.map(chip => chip.dataset.tag)")
+
+        chips.nth(0).locator("[data-lora-studio-op='right']").click()
+        expect(chips.nth(0)).to_have_attribute("data-tag", tags[1])
+        assert order() == [tags[1], tags[0], *tags[2:]]
+        chips.nth(2).drag_to(chips.nth(0))
+        expect(chips.nth(0)).to_have_attribute("data-tag", tags[2])
+        assert order() == [tags[2], tags[1], tags[0], *tags[3:]]
+        expect(status).to_contain_text("1 unsaved caption")
+
+        add = field(page, "lora_studio_dataset_add_tag")
+        add.click()
+        assert add.get_attribute("list") == "lora_studio_dataset_tag_list"
+        suggestions = page.locator("#lora_studio_dataset_tag_list option")
+        assert suggestions.count() > len(tags)  # the dataset's tags and the tiny tagger's vocabulary
+        assert page.evaluate("loraStudioDatasetUnsavedCount()") == 1
+        leave = "(() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); " \
+                "return e.defaultPrevented; })()"
+        assert page.evaluate(leave) is True
+
+        page.locator("#lora_studio_dataset_revert").click()
+        expect(message).to_contain_text("1 unsaved caption would be lost. Press Revert again")
+        page.locator("#lora_studio_dataset_revert").click()
+        expect(message).to_contain_text("Reloaded from disk; 1 unsaved caption discarded")
+        expect(status).to_contain_text("All captions saved")
+        assert order() == tags and page.evaluate(leave) is False
+        page.wait_for_timeout(300)
+    assert caption_files(workspace) == before
+    watch.assert_clean()

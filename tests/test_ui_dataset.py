@@ -172,7 +172,7 @@ def test_chip_remove_and_moves(session: DatasetSession) -> None:
     ("{not json", "unreadable action"),
     (action(op="explode"), "unknown action 'explode'"),
     (action(op="remove", key=key(0), index=1, tag="not this tag"), "changed since the tags were drawn"),
-    (action(op="remove", key=key(0), index=40, tag="1girl"), "changed since the tags were drawn"),
+    (action(op="remove", key=key(0), index=40, tag="no such tag"), "changed since the tags were drawn"),
     (action(op="remove", key="nope.png", index=0, tag="x"), "no image 'nope.png'"),
     (action(op="left", key=key(0), index="1", tag="1girl"), "not a number"),
     (action(op="include"), "without its tag"),
@@ -182,6 +182,20 @@ def test_bad_actions_are_refused_and_change_nothing(session: DatasetSession, raw
     with pytest.raises(DatasetUIError, match=error):
         run_action(session, raw)
     assert session.texts == before and not session.history.can_undo
+
+
+def test_quick_clicks_drawn_before_an_edit_act_on_the_tag_they_show(session: DatasetSession) -> None:
+    k = key(0)
+    tags = split_tags(session.texts[k])
+    run_action(session, action(op="remove", key=k, index=1, tag=tags[1]))
+    run_action(session, action(op="remove", key=k, index=2, tag=tags[2]))  # now at index 1: still found
+    run_action(session, action(op="right", key=k, index=4, tag=tags[4]))  # now at 2: moves to 3
+    assert split_tags(session.texts[k]) == [tags[0], tags[3], tags[5], tags[4], *tags[6:]]
+    session.set_caption(k, "a, b, a")
+    with pytest.raises(DatasetUIError, match="changed since the tags were drawn"):
+        run_action(session, action(op="remove", key=k, index=1, tag="a"))  # twice there now: which one?
+    run_action(session, action(op="remove", key=k, index=2, tag="a"))
+    assert session.texts[k] == "a, b"
 
 
 def test_page_actions_select_and_filter(session: DatasetSession) -> None:
@@ -372,6 +386,34 @@ def test_tagging_writes_captions_and_is_one_undo_step(tmp_path: Path, roots: Pat
     session.undo()
     save(session)
     assert disk(session) == before
+
+
+def test_cancel_stops_tagging_and_edits_wait_for_it(tmp_path: Path, roots: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from lib_lora.tiny.tagger import write_tiny_wd14_tagger
+    from lib_lora.ui import dataset_tagging
+
+    context = StudioContext.for_folder(lambda: None, tmp_path)
+    write_tiny_wd14_tagger(context.tagger_dir() / "tiny", input_size=64)
+    session = DatasetSession(context.data_roots)
+    session.load(str(roots / "char"))
+    before = disk(session)
+    options = dataset_tagging.tagger_options(session, {"existing": "overwrite"})
+    assert dataset_tagging.cancel_tagging(session) == "No tagging is running."
+    with dataset_tagging._loaded_lock:  # the job waits for its model until we have cancelled it
+        job = dataset_tagging.start_tagging(session, context, "tiny", options)
+        with pytest.raises(DatasetUIError, match="the tagger is writing"):
+            session.remove_tag(key(0), 0, "tinychar")
+        with pytest.raises(DatasetUIError, match="the tagger is writing"):
+            save(session)
+        assert dataset_tagging.cancel_tagging(session).startswith("Cancelling")
+    snapshot = job.wait(60)
+    assert snapshot.state == "cancelled"
+    message = dataset_tagging.finish_tagging(session, snapshot)
+    assert message.startswith("Tagging cancelled after 0 of 6 images; the 0 caption(s) written so far are kept")
+    assert disk(session) == before and not session.tagging
+    session.remove_tag(key(0), 0, "tinychar")
 
 
 # --- wiring -------------------------------------------------------------------------------------------------

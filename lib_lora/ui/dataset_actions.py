@@ -54,10 +54,8 @@ def run_action(session: DatasetSession, raw: str | None) -> str:
     if op == "remove":
         return session.remove_tag(key, index, tag)
     if op == "move":
-        return session.move_tag(key, index, tag, action.get("to"))
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise DatasetUIError(f"the page sent a tag position that is not a number: {index!r}")
-    return session.move_tag(key, index, tag, index - 1 if op == "left" else index + 1)
+        return session.move_tag(key, index, tag, to=action.get("to"))
+    return session.move_tag(key, index, tag, step=-1 if op == "left" else 1)
 
 
 def _text(action: Mapping[str, Any], name: str) -> str:

@@ -286,23 +286,31 @@ class DatasetSession:
         return f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
                "in the filter changed."
 
-    def _chip_tags(self, key: str, index: Any, tag: Any) -> list[str]:
-        """The caption's tags after checking that tag `index` is still `tag` (the page may be stale)."""
+    def _chip(self, key: str, index: Any, tag: Any) -> tuple[list[str], int]:
+        """The caption's tags and where `tag` is: at `index` as drawn, or, when edits since moved it (quick
+        clicks), its one place now; DatasetUIError when it is gone or ambiguous (nothing changes)."""
         self.begin()
         self.item(key)
         tags = self.tags_of(key)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(tags) or tags[index] != tag:
-            raise DatasetUIError("the caption changed since the tags were drawn; nothing was changed, try again")
-        return tags
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise DatasetUIError(f"the page sent a tag position that is not a number: {index!r}")
+        if 0 <= index < len(tags) and tags[index] == tag:
+            return tags, index
+        if tags.count(tag) == 1:
+            return tags, tags.index(tag)
+        raise DatasetUIError("the caption changed since the tags were drawn; nothing was changed, try again")
 
     def remove_tag(self, key: str, index: Any, tag: Any) -> str:
-        tags = self._chip_tags(key, index, tag)
+        tags, index = self._chip(key, index, tag)
         del tags[index]
         self._record({key: join_tags(tags)}, f"remove {tag!r} from {Path(key).name}")
         return f"Removed **{escape_markdown(tag)}**."
 
-    def move_tag(self, key: str, index: Any, tag: Any, to: Any) -> str:
-        tags = self._chip_tags(key, index, tag)
+    def move_tag(self, key: str, index: Any, tag: Any, *, to: Any = None, step: int = 0) -> str:
+        """Move a tag to position `to`, or `step` places (-1: left, +1: right); ends clamp."""
+        tags, index = self._chip(key, index, tag)
+        if to is None:
+            to = index + step
         if not isinstance(to, int) or isinstance(to, bool):
             raise DatasetUIError(f"a tag moves to a position number, got {to!r}")
         target = min(max(to, 0), len(tags) - 1)

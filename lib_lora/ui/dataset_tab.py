@@ -20,7 +20,8 @@ from .dataset_events import wire_dataset_tab
 
 TAB_ID = "lora_studio_dataset"
 HIDDEN = ["lora-studio-hidden"]
-TAG_INPUT = ["lora-studio-tag-input"]
+TAG_INPUT: dict[str, Any] = {"elem_classes": ["lora-studio-tag-input"], "max_lines": 1}
+"""A one-line text field (an <input>, which can have a list of suggestions) for tags."""
 
 
 def _id(name: str) -> str:
@@ -111,7 +112,7 @@ def _tagger_panel(ui: dict[str, Any]) -> None:
                 ui[name] = gr.Checkbox(value, label=label, info=OPTION_HELP[name], elem_id=_id(name))
         with gr.Row():
             ui["exclude_tags"] = gr.Textbox(label="Exclude", info=OPTION_HELP["exclude"], elem_id=_id("tagger_exclude"),
-                                            elem_classes=TAG_INPUT)
+                                            **TAG_INPUT)
             ui["trigger_words"] = gr.Textbox(label="Trigger words", info=OPTION_HELP["trigger"],
                                              elem_id=_id("tagger_trigger"))
         with gr.Row(equal_height=True):
@@ -124,11 +125,11 @@ def _tagger_panel(ui: dict[str, Any]) -> None:
 def _filter_row(ui: dict[str, Any]) -> None:
     with gr.Row(equal_height=True):
         ui["include"] = gr.Textbox(label="Show images with", placeholder="tags, comma-separated", scale=3,
-                                   elem_id=_id("include"), elem_classes=TAG_INPUT)
+                                   elem_id=_id("include"), **TAG_INPUT)
         ui["include_mode"] = gr.Radio(list(INCLUDE_MODES), value="all (AND)", label="of the tags", scale=2,
                                       elem_id=_id("include_mode"))
         ui["exclude"] = gr.Textbox(label="Hide images with", placeholder="tags, comma-separated", scale=3,
-                                   elem_id=_id("exclude"), elem_classes=TAG_INPUT)
+                                   elem_id=_id("exclude"), **TAG_INPUT)
         ui["exclude_mode"] = gr.Radio(list(EXCLUDE_MODES), value="any of them", label="hide when they hold",
                                       scale=2, elem_id=_id("exclude_mode"))
     with gr.Row():
@@ -145,7 +146,7 @@ def _editor(ui: dict[str, Any]) -> None:
     ui["chips"] = gr.HTML("", elem_id=_id("chips"))
     with gr.Row(equal_height=True):
         ui["add_tag"] = gr.Textbox(label="Add tags", placeholder="type a tag, Enter adds it", scale=4,
-                                   elem_id=_id("add_tag"), elem_classes=TAG_INPUT)
+                                   elem_id=_id("add_tag"), **TAG_INPUT)
         ui["add"] = gr.Button("Add", elem_id=_id("add"), scale=0, min_width=70)
     ui["caption"] = gr.Textbox(label="Caption (as saved)", lines=3, elem_id=_id("caption"))
     ui["caption_apply"] = gr.Button("Use this caption", elem_id=_id("caption_apply"), size="sm")
@@ -157,7 +158,7 @@ def _batch_panel(ui: dict[str, Any]) -> None:
         ui["scope"] = gr.Markdown("", elem_id=_id("scope"))
         with gr.Row(equal_height=True):
             ui["batch_add_tags"] = gr.Textbox(label="Add tags", scale=3, elem_id=_id("batch_add_tags"),
-                                              elem_classes=TAG_INPUT)
+                                              **TAG_INPUT)
             ui["batch_add_position"] = gr.Radio(list(ADD_POSITIONS), value="back", label="Where", scale=2,
                                                 elem_id=_id("batch_add_position"))
             ui["batch_add_index"] = gr.Number(1, label="Position (1 = first)", precision=0, minimum=1, scale=1,
@@ -165,14 +166,14 @@ def _batch_panel(ui: dict[str, Any]) -> None:
             ui["batch_add"] = gr.Button("Add", elem_id=_id("batch_add"), scale=0, min_width=80)
         with gr.Row(equal_height=True):
             ui["batch_remove_tags"] = gr.Textbox(label="Remove tags", scale=3, elem_id=_id("batch_remove_tags"),
-                                                 elem_classes=TAG_INPUT)
+                                                 **TAG_INPUT)
             ui["batch_remove"] = gr.Button("Remove", elem_id=_id("batch_remove"), scale=0, min_width=80)
             ui["batch_front_tags"] = gr.Textbox(label="Move to the front", scale=3, elem_id=_id("batch_front_tags"),
-                                                elem_classes=TAG_INPUT)
+                                                **TAG_INPUT)
             ui["batch_front"] = gr.Button("Move", elem_id=_id("batch_front"), scale=0, min_width=80)
         with gr.Row(equal_height=True):
-            ui["batch_old"] = gr.Textbox(label="Rename tag", scale=2, elem_id=_id("batch_old"), elem_classes=TAG_INPUT)
-            ui["batch_new"] = gr.Textbox(label="to", scale=2, elem_id=_id("batch_new"), elem_classes=TAG_INPUT)
+            ui["batch_old"] = gr.Textbox(label="Rename tag", scale=2, elem_id=_id("batch_old"), **TAG_INPUT)
+            ui["batch_new"] = gr.Textbox(label="to", scale=2, elem_id=_id("batch_new"), **TAG_INPUT)
             ui["batch_rename"] = gr.Button("Rename", elem_id=_id("batch_rename"), scale=0, min_width=80)
         with gr.Row(equal_height=True):
             ui["batch_find"] = gr.Textbox(label="Find", scale=2, elem_id=_id("batch_find"))

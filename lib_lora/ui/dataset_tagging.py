@@ -67,9 +67,11 @@ def tagger_options(session: DatasetSession, values: dict[str, Any]) -> TaggerOpt
     dataset = session.require_loaded()
     values = dict(values)
     max_tags = values.get("max_tags")
-    values["max_tags"] = int(max_tags) if isinstance(max_tags, float) and max_tags.is_integer() else max_tags
-    batch = str(values.get("batch_size") or "auto").strip().lower()
-    values["batch_size"] = int(batch) if batch.isdigit() else batch
+    if isinstance(max_tags, float) and max_tags.is_integer():
+        values["max_tags"] = int(max_tags)
+    if "batch_size" in values:
+        batch = str(values["batch_size"] or "auto").strip().lower()
+        values["batch_size"] = int(batch) if batch.isdigit() else batch
     return TaggerOptions(**values, caption_ext=dataset.caption_ext, recursive=dataset.recursive)
 
 

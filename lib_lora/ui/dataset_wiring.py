@@ -9,6 +9,7 @@ tab's message; anything else is a bug and reaches gradio.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +24,16 @@ from .dataset_views import PARTS, Choices, Visible, render
 Action = Callable[..., str]
 EDITABLE_PARTS = frozenset({"caption", "caption_key", "include", "exclude", "add_tag"})
 """Parts the user types into: the value an event brings is what the page shows."""
-EVENT: dict[str, Any] = {"show_progress": "hidden", "api_name": False}
+EVENT: dict[str, Any] = {"show_progress": "hidden", "api_name": False, "trigger_mode": "multiple"}
+"""Our events' options. gradio 4 drops a click made while the same event is still running ("once"): two quick
+Undo clicks, or a chip click right after a gallery click, must both count, so each is queued ("multiple") and
+run in turn under the session's lock. gradio 3.41 has no trigger_mode and queues them anyway."""
+
+
+def listen(listener: Callable[..., Any], fn: Callable[..., Any], **options: Any) -> Any:
+    """`listener(fn, **options)` with only the options this gradio's listener accepts."""
+    accepted = inspect.signature(listener).parameters
+    return listener(fn, **{name: value for name, value in options.items() if name in accepted})
 
 
 def error_message(error: LoraStudioError) -> str:
@@ -83,8 +93,8 @@ class DatasetWiring:
         def handle(state: Any, *values: Any) -> list[Any]:
             return self.run(self.session(state), action, names, values)
 
-        listener(handle, inputs=[self.state, *(self.components[name] for name in names)], outputs=self.outputs,
-                 **{**EVENT, **options})
+        listen(listener, handle, inputs=[self.state, *(self.components[name] for name in names)],
+               outputs=self.outputs, **{**EVENT, **options})
 
     def bind_job(self, listener: Callable[..., Any], start: Callable[..., tuple[str, Any]],
                  follow: Callable[[DatasetSession, Any], Iterator[tuple[str, bool]]], inputs: Sequence[str]) -> None:
@@ -109,5 +119,5 @@ class DatasetWiring:
                     outputs = self.updates(session, message, None if finished else ("tag_status",))
                 yield outputs
 
-        listener(handle, inputs=[self.state, *(self.components[name] for name in names)], outputs=self.outputs,
-                 **EVENT)
+        listen(listener, handle, inputs=[self.state, *(self.components[name] for name in names)],
+               outputs=self.outputs, **{**EVENT, "trigger_mode": "once"})
