@@ -1,7 +1,10 @@
 """The extension API the glue touches (scripts/, lib_lora/webui/), added to fake_modules' package.
 
-- `modules.script_callbacks`: `on_ui_tabs(callback, *, name=None)`, `on_ui_settings(callback, *, name=None)`;
-  registrations are recorded in `callbacks` (category -> [(name, callback)]).
+- `modules.script_callbacks`: `on_ui_tabs`, `on_ui_settings`, `on_cfg_denoiser`, `on_infotext_pasted`,
+  `on_script_unloaded` (each `(callback, *, name=None)`); registrations are recorded in `callbacks`
+  (category -> [(name, callback)]). `CFGDenoiserParams` has A1111 1.10's fields.
+- `modules.scripts`: `Script` (every hook the glue may override, as no-ops) and `AlwaysVisible`.
+- `shared.state`: `interrupted`, `interrupt()`, `begin()` (which clears `interrupted`, as a new job does).
 - `modules.shared`: `OptionInfo` (+ `.info()`), `options_section`, `options_templates` and `opts`, whose
   `data_labels` is that same dict, as in A1111 1.10 / Forge; `opts.add_option`; reading `opts.<key>` falls
   back to the option's default. `cmd_opts.lora_dir` exists only when given (the built-in Lora adds the flag).
@@ -105,17 +108,93 @@ def install_extension_api(
     state.allow_sd_model = lambda: setattr(state, "guarded", False)
 
     script_callbacks = ModuleType("modules.script_callbacks")
-    for category in ("ui_tabs", "ui_settings"):
+    for category in CALLBACK_CATEGORIES:
         state.callbacks[category] = []
         setattr(script_callbacks, f"on_{category}", _recorder(state.callbacks[category]))
+    script_callbacks.CFGDenoiserParams = CFGDenoiserParams
     paths = ModuleType("modules.paths")
     paths.models_path = str(models_path)
     paths.data_path = str(Path(models_path).parent)
-    for name, module in (("script_callbacks", script_callbacks), ("paths", paths)):
+    scripts = ModuleType("modules.scripts")
+    scripts.Script = Script
+    scripts.AlwaysVisible = AlwaysVisible
+    monkeypatch.setattr(shared, "state", JobState(), raising=False)
+    modules = (("script_callbacks", script_callbacks), ("paths", paths), ("scripts", scripts))
+    for name, module in modules:
         monkeypatch.setattr(fake.modules, name, module, raising=False)
         monkeypatch.setitem(sys.modules, f"modules.{name}", module)
-    state.shared, state.script_callbacks, state.paths = shared, script_callbacks, paths
+    state.shared, state.script_callbacks, state.paths, state.scripts = shared, script_callbacks, paths, scripts
     return state
+
+
+CALLBACK_CATEGORIES = ("ui_tabs", "ui_settings", "cfg_denoiser", "infotext_pasted", "script_unloaded")
+
+
+class CFGDenoiserParams:
+    """`modules.script_callbacks.CFGDenoiserParams` (A1111 1.10): what `on_cfg_denoiser` callbacks receive."""
+
+    def __init__(self, x: Any, image_cond: Any, sigma: Any, sampling_step: int, total_sampling_steps: int,
+                 text_cond: Any, text_uncond: Any, denoiser: Any = None) -> None:
+        self.x = x
+        self.image_cond = image_cond
+        self.sigma = sigma
+        self.sampling_step = sampling_step
+        self.total_sampling_steps = total_sampling_steps
+        self.text_cond = text_cond
+        self.text_uncond = text_uncond
+        self.denoiser = denoiser
+
+
+class JobState:
+    """`modules.shared_state.State`: the flags a generation loop checks."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+
+    def begin(self, job: str = "(unknown)") -> None:
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+
+AlwaysVisible = object()
+"""`modules.scripts.AlwaysVisible`: the sentinel `Script.show` returns for an always-on script."""
+
+
+class Script:
+    """`modules.scripts.Script`: the hooks A1111 1.10's ScriptRunner calls on always-on scripts, as no-ops."""
+
+    filename: str | None = None
+    args_from = 0
+    args_to = 0
+
+    def title(self) -> str:
+        raise NotImplementedError
+
+    def show(self, is_img2img: bool) -> Any:
+        return True
+
+    def ui(self, is_img2img: bool) -> Any:
+        return None
+
+    def before_process(self, p: Any, *args: Any) -> None:
+        pass
+
+    def process(self, p: Any, *args: Any) -> None:
+        pass
+
+    def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def after_extra_networks_activate(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
+        pass
 
 
 def _recorder(registry: list[tuple[str | None, Callable[..., Any]]]) -> Callable[..., None]:
