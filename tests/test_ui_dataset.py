@@ -16,7 +16,7 @@ from PIL import Image
 from lib_lora.dataset.captions import BACKUP_DIR_NAME
 from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui import StudioContext, build_studio
+from lib_lora.ui import StudioContext, build_studio, dataset_thumbs
 from lib_lora.ui.dataset_actions import add_edit, run_action, sort_edit
 from lib_lora.ui.dataset_saving import overwrite_conflicts, reload_conflicts, save
 from lib_lora.ui.dataset_session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
@@ -205,7 +205,7 @@ def test_page_actions_select_and_filter(session: DatasetSession) -> None:
     run_action(session, action(op="exclude", tag="upper body"))
     assert session.tag_filter.include == ("short hair",) and session.tag_filter.exclude == ("upper body",)
     assert session.filtered_keys() == []
-    assert run_action(session, "") == ""
+    assert run_action(session, "") is None
 
 
 def test_chips_and_tables_escape_tags_and_carry_their_index(session: DatasetSession) -> None:
@@ -227,9 +227,14 @@ def test_gallery_shows_one_page_of_the_filter(roots: Path) -> None:
         Image.new("RGB", (8, 8), (n, 0, 0)).save(folder / f"img{n:03d}.png")
     session = DatasetSession(lambda: [roots])
     session.load(str(folder))
+    decoded = dataset_thumbs.cache_info().misses
     assert gallery_html(session).count("<img ") == PAGE_SIZE
+    assert dataset_thumbs.cache_info().misses == decoded + PAGE_SIZE  # only the page's images were read
+    gallery_html(session)
+    assert dataset_thumbs.cache_info().misses == decoded + PAGE_SIZE  # and only once
     session.go_page(1)
-    assert gallery_html(session).count("<img ") == 5 and "Page 2 of 2" in render(session, "")["page"]
+    assert gallery_html(session).count("<img ") == 5 and "Page 2 of 2" in render(session, "", ["page"])["page"]
+    assert dataset_thumbs.cache_info().misses == decoded + PAGE_SIZE + 5
     session.go_page(5)
     assert session.page == 1
     session.select("img002.png")
@@ -321,7 +326,9 @@ def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
 
 
 def test_consolidation_flow(session: DatasetSession) -> None:
-    proposals = session.propose("tinychar", 0.3)
+    assert session.propose("tinychar", 0.9) == "No physical-feature tag is in that share of the filtered captions."
+    assert session.propose("tinychar", 0.3).endswith("feature tags proposed: untick any to keep, then apply.")
+    proposals = list(session.proposals.values())
     assert {p.tag for p in proposals} >= {"long hair", "black eyes"}
     labels = render(session, "")["proposals"].choices
     kept = [label for label in labels if not label.startswith("black eyes")]
@@ -432,10 +439,16 @@ def test_the_wiring_sends_only_the_parts_that_changed(session: DatasetSession) -
     outputs = wiring.run(session, run_action, ["action"], [action(op="remove", key=key(0), index=0, tag=tags[0])])
     changed = {name for name, value in zip(PARTS, outputs[1:]) if value != noop}
     assert changed == {"message", "status", "gallery", "preview", "chips", "caption", "frequency"}
+    selected = dict(zip(PARTS, wiring.run(session, DatasetSession.select, ["image"], [key(1)])[1:]))
+    assert selected["message"] == noop and selected["chips"] != noop  # navigating keeps the last message
+    wiring.run(session, DatasetSession.select, ["image"], [key(0)])
     typed = wiring.run(session, DatasetSession.add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
     assert dict(zip(PARTS, typed[1:]))["add_tag"] == ""  # the typed text is cleared once used
     failed = wiring.run(session, DatasetSession.load, ["path"], ["/"])
     assert dict(zip(PARTS, failed[1:]))["message"].startswith("**Error:** /: outside the allowed folders")
+    proposed = wiring.run(session, DatasetSession.propose, ["trigger", "min_share"], ["tinychar", 0.3])
+    ticks = dict(zip(PARTS, proposed[1:]))["proposals"]
+    assert ticks["value"] == ticks["choices"] and isinstance(ticks["value"], list) and ticks["value"]  # all ticked
     asked = wiring.run(session, DatasetSession.revert, [], [])
     assert dict(zip(PARTS, asked[1:]))["message"].startswith("⚠️ 1 unsaved caption would be lost. Press **Revert**")
 

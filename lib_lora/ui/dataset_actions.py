@@ -34,10 +34,10 @@ EXCLUDE_MODES = {"any of them": "any", "all of them": "all"}
 """Filter mode labels as the page shows them -> TagFilter's include_mode / exclude_mode."""
 
 
-def run_action(session: DatasetSession, raw: str | None) -> str:
+def run_action(session: DatasetSession, raw: str | None) -> str | None:
     """Do what one JSON action from the page asks; DatasetUIError for anything malformed (nothing changes)."""
     if not raw or not raw.strip():
-        return ""
+        return None
     try:
         action = json.loads(raw)
     except ValueError:

@@ -71,9 +71,8 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
         vocabulary(session, model, underscores)
         return message
 
-    def choose_model(session: DatasetSession, model: str | None, underscores: bool) -> str:
+    def choose_model(session: DatasetSession, model: str | None, underscores: bool) -> None:
         vocabulary(session, model, underscores)
-        return ""
 
     load_inputs = ("path", "caption_ext", "recursive", "model", "underscores_to_spaces")
     bind(ui["load"].click, load, load_inputs)
@@ -112,9 +111,8 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["caption_apply"].click, DatasetSession.set_caption, ("caption_key", "caption"))
     bind(ui["caption"].blur, DatasetSession.set_caption, ("caption_key", "caption"))
 
-    def search(session: DatasetSession, text: str) -> str:
+    def search(session: DatasetSession, text: str) -> None:
         session.frequency_search = text or ""
-        return ""
 
     bind(ui["frequency_search"].input, search, ("frequency_search",))
 
@@ -131,13 +129,7 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["batch_sort"].click, lambda session, order, keep, reverse: session.batch(
         sort_edit(order, keep, reverse, session.texts)), ("batch_sort_order", "batch_keep", "batch_reverse"))
 
-    def propose(session: DatasetSession, trigger: str, min_share: float) -> str:
-        found = session.propose(trigger, min_share)
-        if not found:
-            return "No physical-feature tag is in that share of the filtered captions."
-        return f"{len(found)} feature tag(s) proposed: untick any to keep, then apply."
-
-    bind(ui["propose"].click, propose, ("trigger", "min_share"))
+    bind(ui["propose"].click, DatasetSession.propose, ("trigger", "min_share"))
     bind(ui["consolidate"].click, DatasetSession.consolidate, ("trigger", "proposals"))
 
     def start(session: DatasetSession, model: str | None, *values: Any) -> tuple[str, Job[Any]]:
@@ -145,10 +137,10 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
         job = start_tagging(session, context, model, options)
         return f"Tagging with **{model}**…", job
 
-    def follow_tagging(session: DatasetSession, job: Job[Any]) -> Iterator[tuple[str, bool]]:
+    def follow_tagging(session: DatasetSession, job: Job[Any]) -> Iterator[tuple[str | None, bool]]:
         for snapshot in follow(job):
             if snapshot.active:
-                yield "", False
+                yield None, False
             else:
                 with session.lock:
                     message = finish_tagging(session, snapshot)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from ..dataset.errors import DatasetError
 from ..dataset.folder import Dataset, DatasetItem, rename_subset_repeats, scan_dataset
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
-from ..dataset.tags import AddTags, TagEdit, TagFilter, filter_keys, join_tags, split_tags, tag_frequency
+from ..dataset.tags import AddTags, TagEdit, TagFilter, join_tags, split_tags
 from ..errors import LoraStudioError
 from ..jobs import Job
 from .common import escape_markdown
@@ -41,6 +43,12 @@ class DatasetUIError(LoraStudioError):
 
 class ConfirmationNeeded(DatasetUIError):
     """An action would discard unsaved edits; doing the same action again confirms it."""
+
+
+@lru_cache(maxsize=16384)
+def caption_tags(text: str) -> tuple[str, ...]:
+    """split_tags, remembered: every render filters and counts all captions, most of them unchanged."""
+    return tuple(split_tags(text))
 
 
 def plural(count: int, word: str) -> str:
@@ -69,6 +77,7 @@ class DatasetSession:
         self.job_description = ""
         self.vocabulary: tuple[str, ...] = ()
         self._suggestions: tuple[str, ...] | None = None
+        self._filtered: tuple[Any, list[str]] | None = None
         self.frequency_search = ""
         self.sent: dict[str, Any] = {}  # what the page shows now (see dataset_wiring)
 
@@ -93,7 +102,19 @@ class DatasetSession:
         return [key for key, text in self.texts.items() if text != self.baseline_text(key)]
 
     def filtered_keys(self) -> list[str]:
-        return filter_keys(self.texts, self.tag_filter)
+        """The keys whose caption passes the filter, in dataset order (computed once per texts and filter)."""
+        state = (self.tag_filter, tuple(self.texts.items()))
+        if self._filtered is None or self._filtered[0] != state:
+            matches = self.tag_filter.matches
+            self._filtered = (state, [key for key, text in self.texts.items() if matches(caption_tags(text))])
+        return list(self._filtered[1])
+
+    def tag_counts(self, keys: Iterable[str] | None = None) -> list[tuple[str, int]]:
+        """(tag, how many of the captions of `keys` hold it), most frequent first, as tags.tag_frequency."""
+        counts: Counter[str] = Counter()
+        for key in self.texts if keys is None else keys:
+            counts.update(set(caption_tags(self.texts[key])))
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0].casefold(), item[0]))
 
     def page_count(self) -> int:
         return max(1, -(-len(self.filtered_keys()) // PAGE_SIZE))
@@ -104,7 +125,7 @@ class DatasetSession:
         return keys[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
 
     def tags_of(self, key: str) -> list[str]:
-        return split_tags(self.texts[key])
+        return list(caption_tags(self.texts[key]))
 
     @property
     def tagging(self) -> bool:
@@ -113,7 +134,7 @@ class DatasetSession:
     def suggestions(self) -> tuple[str, ...]:
         """Autocomplete for tag inputs: the dataset's tags as loaded (most frequent first), then the tagger's."""
         if self._suggestions is None:
-            own = [tag for tag, _ in tag_frequency(self.texts)]
+            own = [tag for tag, _ in self.tag_counts()]
             self._suggestions = tuple(dict.fromkeys([*own, *self.vocabulary]))[:MAX_SUGGESTIONS]
         return self._suggestions
 
@@ -246,18 +267,18 @@ class DatasetSession:
             self.selected = keys[0] if keys else self.selected
         return f"{plural(len(keys), 'image')} of {len(self.texts)} match the filter."
 
-    def select(self, key: str | None) -> str:
+    def select(self, key: str | None) -> str | None:
         self.begin(mutating=False)
         if not key:
-            return ""
+            return None
         self.item(key)
         self.selected = key
         keys = self.filtered_keys()
         if key in keys:
             self.page = keys.index(key) // PAGE_SIZE
-        return ""
+        return None
 
-    def step_selection(self, step: int) -> str:
+    def step_selection(self, step: int) -> str | None:
         """Select the previous (-1) or next (+1) image of the filtered set."""
         self.begin(mutating=False)
         keys = self.filtered_keys()
@@ -266,10 +287,10 @@ class DatasetSession:
         index = keys.index(self.selected) + step if self.selected in keys else 0
         return self.select(keys[index % len(keys)])
 
-    def go_page(self, step: int) -> str:
+    def go_page(self, step: int) -> str | None:
         self.begin(mutating=False)
         self.page = min(max(self.page + step, 0), self.page_count() - 1)
-        return ""
+        return None
 
     # --- edits ------------------------------------------------------------------------------------------------
 
@@ -306,7 +327,7 @@ class DatasetSession:
         self._record({key: join_tags(tags)}, f"remove {tag!r} from {Path(key).name}")
         return f"Removed **{escape_markdown(tag)}**."
 
-    def move_tag(self, key: str, index: Any, tag: Any, *, to: Any = None, step: int = 0) -> str:
+    def move_tag(self, key: str, index: Any, tag: Any, *, to: Any = None, step: int = 0) -> str | None:
         """Move a tag to position `to`, or `step` places (-1: left, +1: right); ends clamp."""
         tags, index = self._chip(key, index, tag)
         if to is None:
@@ -316,7 +337,7 @@ class DatasetSession:
         target = min(max(to, 0), len(tags) - 1)
         tags.insert(target, tags.pop(index))
         self._record({key: join_tags(tags)}, f"move {tag!r} in {Path(key).name}")
-        return ""
+        return None
 
     def add_tags(self, key: str | None, text: str) -> str:
         """Add the typed tags (comma-separated) at the end of one caption; present ones stay where they are."""
@@ -330,14 +351,14 @@ class DatasetSession:
         changed = self.history.apply(self.texts, edit, [key])
         return f"Added to {escape_markdown(Path(key).name)}." if changed else "Already there; nothing changed."
 
-    def set_caption(self, key: str | None, text: str) -> str:
+    def set_caption(self, key: str | None, text: str) -> str | None:
         """Replace one caption's text as typed (line breaks normalised); one undo step."""
         self.begin()
         if not key:
             raise DatasetUIError("select an image first")
         self.item(key)
         changed = self._record({key: normalise_text(text or "")}, f"edit the caption of {Path(key).name}")
-        return "Caption updated." if changed else ""
+        return "Caption updated." if changed else None
 
     def undo(self) -> str:
         self.begin()
@@ -355,14 +376,16 @@ class DatasetSession:
         changed = self.history.redo(self.texts)
         return f"Redid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
 
-    def propose(self, trigger: str, min_share: float) -> list[ConsolidationProposal]:
-        """Feature tags to fold into `trigger`, over the filtered captions; remembered for `consolidate`."""
+    def propose(self, trigger: str, min_share: float) -> str:
+        """Find the feature tags to fold into `trigger` over the filtered captions (kept in `proposals`)."""
         self.begin(mutating=False)
         keys = self.filtered_keys()
         proposals = propose_consolidation({key: self.texts[key] for key in keys}, trigger,
                                           min_share=float(min_share))
         self.proposals = {proposal_label(p): p for p in proposals}
-        return proposals
+        if not proposals:
+            return "No physical-feature tag is in that share of the filtered captions."
+        return f"{plural(len(proposals), 'feature tag')} proposed: untick any to keep, then apply."
 
     def consolidate(self, trigger: str, chosen: Sequence[str]) -> str:
         """Fold the chosen proposals (their labels) into `trigger` on the filtered captions: one undo step."""

@@ -12,6 +12,7 @@ import io
 import struct
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -32,9 +33,9 @@ def image_uri(path: Path, side: int = THUMB_SIDE) -> str | None:
     return _encoded(str(path), status.st_mtime_ns, status.st_size, side)
 
 
-def cache_info() -> str:
-    """The cache's hit/miss counts (for tests and benchmarks)."""
-    return str(_encoded.cache_info())
+def cache_info() -> Any:
+    """The cache's hits, misses and size (functools' CacheInfo), for tests and benchmarks."""
+    return _encoded.cache_info()
 
 
 @lru_cache(maxsize=4096)

@@ -12,11 +12,11 @@ import html
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from ..dataset.folder import ROOT_SUBSET
-from ..dataset.tags import tag_frequency
 from ..jobs import JobSnapshot
 from .common import escape_markdown
 from .dataset_session import PAGE_SIZE, DatasetSession
@@ -181,8 +181,8 @@ def frequency_html(session: DatasetSession, search: str = "") -> str:
     if session.dataset is None:
         return ""
     keys = session.filtered_keys()
-    in_filter = tag_frequency(session.texts[key] for key in keys)
-    overall: Counter[str] = Counter(dict(tag_frequency(session.texts)))
+    in_filter = session.tag_counts(keys)
+    overall: Counter[str] = Counter(dict(session.tag_counts()))
     words = (search or "").casefold().split()
     rows = [(tag, count) for tag, count in in_filter if all(word in tag.casefold() for word in words)]
     shown = rows[:FREQUENCY_ROWS]
@@ -201,7 +201,13 @@ def frequency_html(session: DatasetSession, search: str = "") -> str:
 
 
 def suggestions_html(session: DatasetSession) -> str:
-    options = "".join(f'<option value="{_e(tag)}"></option>' for tag in session.suggestions())
+    return _datalist(session.suggestions())
+
+
+@lru_cache(maxsize=4)
+def _datalist(tags: tuple[str, ...]) -> str:
+    """The <datalist> of `tags` (built once per list: a tagger's vocabulary is some 10,000 tags)."""
+    options = "".join(f'<option value="{_e(tag)}"></option>' for tag in tags)
     return f'<datalist id="{TAG_LIST_ID}">{options}</datalist>'
 
 

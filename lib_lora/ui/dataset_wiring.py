@@ -21,7 +21,8 @@ from .context import StudioContext
 from .dataset_session import ConfirmationNeeded, DatasetSession
 from .dataset_views import PARTS, Choices, Visible, render
 
-Action = Callable[..., str]
+Action = Callable[..., "str | None"]
+"""A session action: returns the message to show (Markdown), or None to leave the message as it is."""
 EDITABLE_PARTS = frozenset({"caption", "caption_key", "include", "exclude", "add_tag"})
 """Parts the user types into: the value an event brings is what the page shows."""
 EVENT: dict[str, Any] = {"show_progress": "hidden", "api_name": False, "trigger_mode": "multiple"}
@@ -44,7 +45,8 @@ def error_message(error: LoraStudioError) -> str:
 
 def as_update(value: Any) -> Any:
     if isinstance(value, Choices):
-        return gr.update(choices=list(value.choices), value=value.value)
+        chosen = list(value.value) if isinstance(value.value, tuple) else value.value  # a check list's value
+        return gr.update(choices=list(value.choices), value=chosen)
     if isinstance(value, Visible):
         return gr.update(visible=value.visible)
     return value
@@ -62,9 +64,13 @@ class DatasetWiring:
     def session(self, value: Any) -> DatasetSession:
         return value if isinstance(value, DatasetSession) else DatasetSession(self.context.data_roots)
 
-    def updates(self, session: DatasetSession, message: str, parts: Iterable[str] | None = None) -> list[Any]:
-        """The state and one update per part: the new value where it differs from what the page shows."""
-        view = render(session, message, parts)
+    def updates(self, session: DatasetSession, message: str | None,
+                parts: Iterable[str] | None = None) -> list[Any]:
+        """The state and one update per part: the new value where it differs from what the page shows.
+
+        A message of None leaves the page's message as it is."""
+        names = PARTS if parts is None else tuple(parts)
+        view = render(session, message or "", [name for name in names if message is not None or name != "message"])
         result: list[Any] = [session]
         for name in PARTS:
             if name not in view or (name in session.sent and session.sent[name] == view[name]):
@@ -97,7 +103,8 @@ class DatasetWiring:
                outputs=self.outputs, **{**EVENT, **options})
 
     def bind_job(self, listener: Callable[..., Any], start: Callable[..., tuple[str, Any]],
-                 follow: Callable[[DatasetSession, Any], Iterator[tuple[str, bool]]], inputs: Sequence[str]) -> None:
+                 follow: Callable[[DatasetSession, Any], Iterator[tuple["str | None", bool]]],
+                 inputs: Sequence[str]) -> None:
         """A generator event: `start(session, *values)` -> (message, job); then `follow(session, job)` yields
         (message, finished) while the job runs. The lock is taken per step, never held across a yield."""
         names = list(inputs)
