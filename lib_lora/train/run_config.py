@@ -1,0 +1,322 @@
+"""RunConfig: how a training run goes (length, precision, noise, saving, samples), under sd-scripts' option names.
+
+The data, network and optimizer options live in DataConfig, NetworkConfig and OptimizerConfig; TrainConfig
+(config.py) puts the four together. Values from a TOML file, a form or `--set key=value` are coerced ("true",
+"1e-4", "100") and checked; a bad one raises ConfigError naming the option. Each field's help text and its TOML
+section live in the field's metadata; RUN_HELP collects the help so the command line and the Train tab agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+from .noise import HUBER_SCHEDULES, LOSS_TYPES, NUM_TIMESTEPS
+
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+SAVE_PRECISIONS = ("float", "fp16", "bf16")
+SAVE_FORMATS = ("safetensors",)
+
+
+def _option(default: Any, section: str, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text, "section": section})
+
+
+@dataclass
+class RunConfig:
+    """Run options; see RUN_HELP for each one's meaning."""
+
+    # model
+    pretrained_model_name_or_path: str | None = _option(None, "model_arguments", (
+        "The model to train on: 'tiny' (built-in random SD1), 'tiny-sdxl', a diffusers folder or a .safetensors "
+        "checkpoint. In the WebUI the loaded model is used and this is ignored."))
+    v_parameterization: bool = _option(False, "model_arguments", (
+        "The model predicts v (SD2 768-v and v-pred finetunes). In the WebUI the loaded model says which it is; "
+        "a mismatch is an error."))
+    clip_skip: int | None = _option(None, "model_arguments", (
+        "Use the text encoder's n-th layer from the end (2 for most anime models); SD1/SD2 only. In the WebUI "
+        "the WebUI's own Clip skip setting applies."))
+    # length and precision
+    max_train_steps: int = _option(1600, "training_arguments", "Number of optimizer steps to train.")
+    max_train_epochs: int | None = _option(None, "training_arguments", (
+        "Number of epochs to train; overrides max_train_steps when set."))
+    gradient_accumulation_steps: int = _option(1, "training_arguments", (
+        "Batches whose gradients are summed before each optimizer step (a larger effective batch)."))
+    mixed_precision: str = _option("no", "training_arguments", (
+        "Compute in fp16 or bf16 under autocast while the LoRA weights stay fp32 ('no' = the model's own "
+        "precision)."))
+    full_fp16: bool = _option(False, "training_arguments", (
+        "Keep the LoRA weights and gradients in fp16 too (less memory; the seed notes warn it can stop SDXL "
+        "learning). Needs mixed_precision = fp16."))
+    full_bf16: bool = _option(False, "training_arguments", (
+        "Keep the LoRA weights and gradients in bf16 too. Needs mixed_precision = bf16."))
+    gradient_checkpointing: bool = _option(False, "training_arguments", (
+        "Recompute activations in the backward pass instead of keeping them: much less memory, about 20-30% "
+        "slower."))
+    seed: int | None = _option(None, "training_arguments", (
+        "Seed of the run (network init, data order, noise); a random one is chosen and recorded when unset."))
+    cache_text_encoder_outputs: bool = _option(False, "training_arguments", (
+        "Encode every caption once before training (needs network_train_unet_only and fixed captions: no "
+        "shuffle or dropout)."))
+    # noise and loss
+    noise_offset: float | None = _option(None, "training_arguments", (
+        "Add a per-channel constant to the noise (about 0.05-0.1) so the model learns very dark and very "
+        "bright images."))
+    noise_offset_random_strength: bool = _option(False, "training_arguments", (
+        "Use a random strength between 0 and noise_offset for each image."))
+    adaptive_noise_scale: float | None = _option(None, "training_arguments", (
+        "Add |mean of the latent| × this to noise_offset (needs noise_offset)."))
+    multires_noise_iterations: int | None = _option(None, "training_arguments", (
+        "Pyramid (multi-resolution) noise levels, 6-10 typical."))
+    multires_noise_discount: float = _option(0.3, "training_arguments", (
+        "Weight decay of each coarser pyramid-noise level."))
+    min_snr_gamma: float | None = _option(None, "training_arguments", (
+        "Min-SNR weighting of the loss over timesteps; 5 is the recommended value."))
+    min_timestep: int | None = _option(None, "training_arguments", "Smallest timestep trained (0-999; default 0).")
+    max_timestep: int | None = _option(None, "training_arguments", (
+        "Timesteps trained are below this (1-1000; default 1000)."))
+    loss_type: str = _option("l2", "training_arguments", (
+        "Loss function: l2 (mean squared error), l1, huber or smooth_l1."))
+    huber_schedule: str = _option("snr", "training_arguments", (
+        "How the Huber threshold varies with the timestep: constant, exponential or snr."))
+    huber_c: float = _option(0.1, "training_arguments", "The Huber threshold (or its floor with a schedule).")
+    # saving
+    output_dir: str | None = _option(None, "saving_arguments", (
+        "Folder the LoRA is written to. In the WebUI and the app: the LoRA folder."))
+    output_name: str = _option("last", "saving_arguments", (
+        "File name of the LoRA without extension; also its name in <lora:name:1>."))
+    save_model_as: str = _option("safetensors", "saving_arguments", (
+        "File format; only safetensors is written (pickles can run code when loaded)."))
+    save_precision: str | None = _option(None, "saving_arguments", (
+        "Precision of the saved weights: float, fp16 or bf16 (default: float)."))
+    save_every_n_epochs: int | None = _option(None, "saving_arguments", "Also save a LoRA every n epochs.")
+    save_every_n_steps: int | None = _option(None, "saving_arguments", "Also save a LoRA every n steps.")
+    save_last_n_epochs: int | None = _option(None, "saving_arguments", (
+        "Keep only the last n epoch saves (older ones are deleted)."))
+    save_last_n_steps: int | None = _option(None, "saving_arguments", (
+        "Keep only the step saves of the last n steps (older ones are deleted)."))
+    save_state: bool = _option(False, "saving_arguments", (
+        "With every save, also write a state folder (weights, optimizer, scheduler, step, RNG) to resume from."))
+    save_state_on_train_end: bool = _option(False, "saving_arguments", "Write a state folder when training ends.")
+    save_on_cancel: bool = _option(True, "saving_arguments", (
+        "When a run is stopped, save what was learned so far (and its state when save_state is on)."))
+    resume: str | None = _option(None, "saving_arguments", (
+        "A state folder written by save_state: continue that run from where it stopped."))
+    training_comment: str | None = _option(None, "saving_arguments", "Comment stored in the file's metadata.")
+    # the Lora card (name.json beside the file, as A1111 reads it)
+    activation_text: str | None = _option(None, "saving_arguments", (
+        "Trigger words shown on the LoRA card and added to the prompt when it is clicked (default: the name of "
+        "the first <repeats>_<name> training folder)."))
+    preferred_weight: float = _option(1.0, "saving_arguments", "The weight the LoRA card inserts (<lora:name:w>).")
+    notes: str | None = _option(None, "saving_arguments", "Notes shown on the LoRA card.")
+    # samples
+    sample_prompts: str | None = _option(None, "sample_prompt_arguments", (
+        "A prompt file (.txt, .toml or .json in sd-scripts' format, --n --w --h --d --l --s options) for sample "
+        "images; the last sample becomes the LoRA's preview."))
+    sample_every_n_steps: int | None = _option(None, "sample_prompt_arguments", "Render samples every n steps.")
+    sample_every_n_epochs: int | None = _option(None, "sample_prompt_arguments", "Render samples every n epochs.")
+    sample_at_first: bool = _option(False, "sample_prompt_arguments", "Render samples before the first step.")
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            setattr(self, item.name, _COERCE[item.name](item.name, getattr(self, item.name)))
+        self._check_consistency()
+
+    def _check_consistency(self) -> None:
+        if self.full_fp16 and self.full_bf16:
+            raise ConfigError("full_bf16", True, "full_fp16 and full_bf16 cannot both be on")
+        for key, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
+            if getattr(self, key) and self.mixed_precision != precision:
+                raise ConfigError(key, True, f"needs mixed_precision = {precision!r} (it is "
+                                             f"{self.mixed_precision!r})")
+        low = 0 if self.min_timestep is None else self.min_timestep
+        high = NUM_TIMESTEPS if self.max_timestep is None else self.max_timestep
+        if low >= high:
+            raise ConfigError("max_timestep", high, f"must be greater than min_timestep ({low})")
+        if self.adaptive_noise_scale is not None and self.noise_offset is None:
+            raise ConfigError("adaptive_noise_scale", self.adaptive_noise_scale, "needs noise_offset")
+        for key in ("sample_every_n_steps", "sample_every_n_epochs", "sample_at_first"):
+            if getattr(self, key) and self.sample_prompts is None:
+                raise ConfigError(key, getattr(self, key), "needs sample_prompts (a prompt file)")
+
+    @property
+    def timestep_range(self) -> tuple[int, int]:
+        """[min, max) of the timesteps trained."""
+        return (self.min_timestep or 0, NUM_TIMESTEPS if self.max_timestep is None else self.max_timestep)
+
+
+# --- coercion: one checker per field, applied by name -------------------------------------------------------------
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(key, value, "expected true or false")
+
+
+def _number(key: str, value: object, kind: type) -> int | float:
+    noun = "an integer" if kind is int else "a number"
+    if isinstance(value, bool):
+        raise ConfigError(key, value, f"expected {noun}, not a boolean")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(float(value.strip()))
+        except ValueError:
+            raise ConfigError(key, value, f"expected {noun}") from None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(key, value, f"expected {noun}")
+    if not math.isfinite(value):
+        raise ConfigError(key, value, "must be a finite number")
+    return kind(value)
+
+
+def _int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[str, object], int | None]:
+    def check(key: str, value: object) -> int | None:
+        if value is None or (optional and value == ""):
+            if optional:
+                return None
+            raise ConfigError(key, value, "must be set")
+        number = int(_number(key, value, int))
+        if number < low or (high is not None and number > high):
+            raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
+                              else f"must be at least {low}")
+        return number
+
+    return check
+
+
+def _float_range(low: float, high: float | None = None, *, optional: bool = False,
+                 exclusive_low: bool = False) -> Callable[[str, object], float | None]:
+    def check(key: str, value: object) -> float | None:
+        if value is None or (optional and value == ""):
+            if optional:
+                return None
+            raise ConfigError(key, value, "must be set")
+        number = float(_number(key, value, float))
+        too_low = number <= low if exclusive_low else number < low
+        if too_low or (high is not None and number > high):
+            bound = f"greater than {low}" if exclusive_low else f"at least {low}"
+            raise ConfigError(key, value, f"must be {bound}" + (f" and at most {high}" if high is not None else ""))
+        return number
+
+    return check
+
+
+def _choice(choices: tuple[str, ...], *, optional: bool = False) -> Callable[[str, object], str | None]:
+    def check(key: str, value: object) -> str | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ConfigError(key, value, f"expected one of {list(choices)}")
+
+    return check
+
+
+def _optional_text(key: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "expected text")
+    return value if value.strip() else None
+
+
+def _optional_path(key: str, value: object) -> str | None:
+    if value is not None and hasattr(value, "__fspath__"):
+        value = str(value)
+    return _optional_text(key, value)
+
+
+def _output_name(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(key, value, "expected a file name")
+    name = value.strip()
+    if any(c in name for c in '/\\:*?"<>|') or name.startswith(".") or name.lower().endswith(".safetensors"):
+        raise ConfigError(key, value, "expected a plain file name without folder, extension or any of "
+                                      '/ \\ : * ? " < > |')
+    return name
+
+
+def _mixed_precision(key: str, value: object) -> str:
+    if value is None:
+        return "no"
+    return _choice(MIXED_PRECISIONS)(key, value)  # type: ignore[return-value]
+
+
+def _save_precision(key: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("fp32", "float32"):
+        return "float"
+    return _choice(SAVE_PRECISIONS)(key, value)
+
+
+def _save_format(key: str, value: object) -> str:
+    if isinstance(value, str) and value.strip().lower() in ("ckpt", "pt"):
+        raise ConfigError(key, value, "only safetensors is written: ckpt/pt files are pickles that can run code "
+                                      "when loaded")
+    return _choice(SAVE_FORMATS)(key, value)  # type: ignore[return-value]
+
+
+_COERCE: dict[str, Callable[[str, Any], Any]] = {
+    "pretrained_model_name_or_path": _optional_path,
+    "v_parameterization": _bool,
+    "clip_skip": _int_range(1, 12, optional=True),
+    "max_train_steps": _int_range(1),
+    "max_train_epochs": _int_range(1, optional=True),
+    "gradient_accumulation_steps": _int_range(1),
+    "mixed_precision": _mixed_precision,
+    "full_fp16": _bool,
+    "full_bf16": _bool,
+    "gradient_checkpointing": _bool,
+    "seed": _int_range(0, 2**32 - 1, optional=True),
+    "cache_text_encoder_outputs": _bool,
+    "noise_offset": _float_range(0.0, optional=True),
+    "noise_offset_random_strength": _bool,
+    "adaptive_noise_scale": _float_range(-1.0, optional=True),
+    "multires_noise_iterations": _int_range(1, optional=True),
+    "multires_noise_discount": _float_range(0.0, 1.0),
+    "min_snr_gamma": _float_range(0.0, optional=True, exclusive_low=True),
+    "min_timestep": _int_range(0, NUM_TIMESTEPS - 1, optional=True),
+    "max_timestep": _int_range(1, NUM_TIMESTEPS, optional=True),
+    "loss_type": _choice(LOSS_TYPES),
+    "huber_schedule": _choice(HUBER_SCHEDULES),
+    "huber_c": _float_range(0.0, 1.0, exclusive_low=True),
+    "output_dir": _optional_path,
+    "output_name": _output_name,
+    "save_model_as": _save_format,
+    "save_precision": _save_precision,
+    "save_every_n_epochs": _int_range(1, optional=True),
+    "save_every_n_steps": _int_range(1, optional=True),
+    "save_last_n_epochs": _int_range(1, optional=True),
+    "save_last_n_steps": _int_range(1, optional=True),
+    "save_state": _bool,
+    "save_state_on_train_end": _bool,
+    "save_on_cancel": _bool,
+    "resume": _optional_path,
+    "training_comment": _optional_text,
+    "activation_text": _optional_text,
+    "preferred_weight": _float_range(-10.0, 10.0),
+    "notes": _optional_text,
+    "sample_prompts": _optional_path,
+    "sample_every_n_steps": _int_range(1, optional=True),
+    "sample_every_n_epochs": _int_range(1, optional=True),
+    "sample_at_first": _bool,
+}
+
+RUN_HELP: dict[str, str] = {item.name: item.metadata["help"] for item in fields(RunConfig)}
+"""Option name → one-line help, shown by the command line and the Train tab alike."""
+
+RUN_SECTIONS: dict[str, str] = {item.name: item.metadata["section"] for item in fields(RunConfig)}
+"""Option name → the sd-scripts config-file section it is written under."""
