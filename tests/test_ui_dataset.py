@@ -441,6 +441,7 @@ def test_the_wiring_sends_only_the_parts_that_changed(session: DatasetSession) -
     assert changed == {"message", "status", "gallery", "preview", "chips", "caption", "frequency"}
     selected = dict(zip(PARTS, wiring.run(session, DatasetSession.select, ["image"], [key(1)])[1:]))
     assert selected["message"] == noop and selected["chips"] != noop  # navigating keeps the last message
+    assert selected["image"] == gr.update(value=key(1))  # the same choices are not sent again
     wiring.run(session, DatasetSession.select, ["image"], [key(0)])
     typed = wiring.run(session, DatasetSession.add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
     assert dict(zip(PARTS, typed[1:]))["add_tag"] == ""  # the typed text is cleared once used

@@ -43,10 +43,13 @@ def error_message(error: LoraStudioError) -> str:
     return f"**Error:** {escape_markdown(str(error))}"
 
 
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value  # a check list's value is a list
+
+
 def as_update(value: Any) -> Any:
     if isinstance(value, Choices):
-        chosen = list(value.value) if isinstance(value.value, tuple) else value.value  # a check list's value
-        return gr.update(choices=list(value.choices), value=chosen)
+        return gr.update(choices=list(value.choices), value=_listed(value.value))
     if isinstance(value, Visible):
         return gr.update(visible=value.visible)
     return value
@@ -73,11 +76,15 @@ class DatasetWiring:
         view = render(session, message or "", [name for name in names if message is not None or name != "message"])
         result: list[Any] = [session]
         for name in PARTS:
-            if name not in view or (name in session.sent and session.sent[name] == view[name]):
+            value, shown = view.get(name), session.sent.get(name)
+            if name not in view or (name in session.sent and shown == value):
                 result.append(gr.update())
+                continue
+            session.sent[name] = value
+            if isinstance(value, Choices) and isinstance(shown, Choices) and shown.choices == value.choices:
+                result.append(gr.update(value=_listed(value.value)))  # a new selection: the choices stay
             else:
-                session.sent[name] = view[name]
-                result.append(as_update(view[name]))
+                result.append(as_update(value))
         return result
 
     def run(self, session: DatasetSession, action: Action, names: Sequence[str], values: Sequence[Any]) -> list[Any]:
