@@ -18,6 +18,7 @@ from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.ui import StudioContext, build_studio, dataset_thumbs
 from lib_lora.ui.dataset_actions import add_edit, run_action, sort_edit
+from lib_lora.ui.dataset_folders import dataset_folder_choices
 from lib_lora.ui.dataset_saving import overwrite_conflicts, reload_conflicts, save
 from lib_lora.ui.dataset_session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
 from lib_lora.ui.dataset_views import PARTS, Choices, chips_html, frequency_html, gallery_html, render, status_html
@@ -65,6 +66,17 @@ def test_load_shows_counts_subsets_and_selects_the_first_image(session: DatasetS
     assert view["problems"] == '<p class="lora-studio-problems">No problems found.</p>'
     assert view["gallery"].count('data-lora-studio-op="select"') == 6
     assert 'data-unsaved="0"' not in view["status"] and 'data-lora-studio-unsaved="0"' in view["status"]
+
+
+def test_the_folder_list_shows_each_root_its_folders_and_their_repeats_folders(tmp_path: Path) -> None:
+    first, second, outside = tmp_path / "data", tmp_path / "more", tmp_path / "outside"
+    for folder in ("data/charA/10_charA", "data/charA/notes", "data/charA/10_charA/3_deeper", "data/.hidden",
+                   "data/.lora_studio_backup", "data/styleB", "outside/5_x", "more/9_y"):
+        (tmp_path / folder).mkdir(parents=True)
+    (first / "linked").symlink_to(outside)
+    choices = dataset_folder_choices([first, second, tmp_path / "missing"])
+    assert choices == [str(first), str(first / "charA"), str(first / "charA" / "10_charA"), str(first / "styleB"),
+                       str(second), str(second / "9_y")]
 
 
 @pytest.mark.parametrize("path", ["{tmp}/elsewhere", "{root}/../elsewhere", "{root}/escape", "", "/"])
@@ -252,7 +264,7 @@ def test_save_writes_the_changed_captions_with_backups(session: DatasetSession) 
     session.add_tags(key(2), "extra tag, 1girl")
     assert "2 unsaved captions" in status_html(session)
     message = save(session)
-    assert message.startswith("Saved 2 captions; the previous versions are in `.lora\\_studio\\_backup/`")
+    assert message.startswith("Saved 2 captions; the previous versions are in `.lora_studio_backup/`")
     after = disk(session)
     assert after[key(0)] == before[key(0)].replace(b"tinychar, ", b"", 1)
     assert after[key(2)] == before[key(2)].rstrip(b"\n") + b", extra tag\n"
@@ -279,7 +291,7 @@ def test_a_caption_changed_on_disk_is_not_overwritten_silently(session: DatasetS
     mine = session.texts[key(1)]
     if choice == "overwrite":
         assert overwrite_conflicts(session) == "Saved 1 caption; the previous versions are in " \
-                                                "`.lora\\_studio\\_backup/` of the dataset folder."
+                                                "`.lora_studio_backup/` of the dataset folder."
         assert path.read_text(encoding="utf-8") == mine + "\n"
         backups = list((session.require_loaded().root / BACKUP_DIR_NAME / SUBSET).glob("tinychar_001.*"))
         assert [b.read_text(encoding="utf-8") for b in backups] == ["changed elsewhere\n"]
@@ -321,7 +333,7 @@ def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
     save(session)
     with pytest.raises(DatasetUIError, match="whole number of at least 1"):
         session.rename_repeats(SUBSET, 2.5)
-    assert session.rename_repeats(SUBSET, 5.0) == "Renamed `3\\_tinychar` to repeats 5."
+    assert session.rename_repeats(SUBSET, 5.0) == "Renamed `3_tinychar` to repeats 5."
     assert session.keys[0] == "5_tinychar/tinychar_000.png" and session.selected == "5_tinychar/tinychar_000.png"
 
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from ..dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_captions
 from ..dataset.errors import CaptionConflictError, DatasetError
-from .common import escape_markdown
-from .dataset_session import DatasetSession, plural
+from .dataset_session import DatasetSession, code, plural
 
 
 def save(session: DatasetSession) -> str:
@@ -67,7 +66,7 @@ def _save(session: DatasetSession, keys: list[str], *, force: bool) -> str:
     backups = sum(saved.backup is not None for saved in result.saved)
     parts = [f"Saved {plural(len(result.written), 'caption')}"]
     if backups:
-        parts.append(f"the previous versions are in `{escape_markdown(BACKUP_DIR_NAME)}/` of the dataset folder")
+        parts.append(f"the previous versions are in {code(BACKUP_DIR_NAME + '/')} of the dataset folder")
     if session.conflicts:
         parts.append(f"**{plural(len(session.conflicts), 'caption')} changed on disk** since loaded: not written, "
                      "choose below")

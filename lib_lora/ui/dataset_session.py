@@ -51,6 +51,12 @@ def caption_tags(text: str) -> tuple[str, ...]:
     return tuple(split_tags(text))
 
 
+def code(text: str) -> str:
+    """`text` as a Markdown code span (shown literally, so nothing inside is escaped)."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
 def plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -197,7 +203,7 @@ class DatasetSession:
                  f"with captions, {plural(len(dataset.subsets()), 'subfolder')}"
         problems = len(dataset.problems) + len(self.left_out)
         tail = f"; {plural(problems, 'problem')} listed under **Folder**" if problems else ""
-        return f"Loaded `{escape_markdown(str(folder))}`: {counts}{tail}."
+        return f"Loaded {code(str(folder))}: {counts}{tail}."
 
     def _use(self, dataset: Dataset) -> None:
         """Show `dataset` as read from disk: texts = baseline, selection kept when the image is still there."""
@@ -242,7 +248,7 @@ class DatasetSession:
         renamed = rename_subset_repeats(self.require_loaded(), subset, number)
         self._use(_within(renamed, AllowedRoots(self.roots()), self.left_out))
         self.history.clear()
-        return f"Renamed `{escape_markdown(subset)}` to repeats {number}."
+        return f"Renamed {code(subset)} to repeats {number}."
 
     # --- filter, selection, pages -----------------------------------------------------------------------------
 

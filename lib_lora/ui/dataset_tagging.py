@@ -22,7 +22,7 @@ from ..errors import LoraStudioError
 from ..jobs import Job, JobControl, JobSnapshot
 from .common import escape_markdown
 from .context import StudioContext
-from .dataset_session import DatasetSession, DatasetUIError
+from .dataset_session import DatasetSession, DatasetUIError, code
 
 OPTION_NAMES = (
     "general_threshold", "character_threshold", "general_mcut", "character_mcut", "include_rating", "max_tags",
@@ -133,7 +133,7 @@ def finish_tagging(session: DatasetSession, snapshot: JobSnapshot) -> str:
         lines = [f"Tagging finished: {escape_markdown(report.summary())}; {changed} caption(s) changed "
                  "(**Undo** takes them back, **Save** then writes that)."]
         lines += [f"⚠ {escape_markdown(warning)}" for warning in report.warnings]
-        lines += [f"- `{escape_markdown(r.image.name)}`: {escape_markdown(r.error or r.status)}"
+        lines += [f"- {code(r.image.name)}: {escape_markdown(r.error or r.status)}"
                   for r in report.results if r.status in ("unreadable", "failed")]
         return "\n\n".join(lines)
     if snapshot.state == "cancelled":

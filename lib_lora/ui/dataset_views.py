@@ -19,7 +19,7 @@ from typing import Any
 from ..dataset.folder import ROOT_SUBSET
 from ..jobs import JobSnapshot
 from .common import escape_markdown
-from .dataset_session import PAGE_SIZE, DatasetSession
+from .dataset_session import PAGE_SIZE, DatasetSession, code
 from .dataset_thumbs import PREVIEW_SIDE, image_uri
 
 TAG_LIST_ID = "lora_studio_dataset_tag_list"
@@ -79,7 +79,7 @@ def summary_markdown(session: DatasetSession) -> str:
     dataset = session.dataset
     if dataset is None:
         return "No dataset loaded. Choose a folder inside the allowed folders and press **Load**."
-    lines = [f"**{escape_markdown(str(dataset.root))}** · caption files `{escape_markdown(dataset.caption_ext)}`"
+    lines = [f"**{escape_markdown(str(dataset.root))}** · caption files {code(dataset.caption_ext)}"
              f" · {'with' if dataset.recursive else 'without'} subfolders", "",
              "| folder | repeats | images | with captions |", "|---|---|---|---|"]
     for subset in dataset.subsets():
