@@ -333,8 +333,11 @@ def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
     save(session)
     with pytest.raises(DatasetUIError, match="whole number of at least 1"):
         session.rename_repeats(SUBSET, 2.5)
+    assert render(session, "", ["subset", "repeats"]) == {"subset": Choices((SUBSET,), SUBSET), "repeats": 3}
     assert session.rename_repeats(SUBSET, 5.0) == "Renamed `3_tinychar` to repeats 5."
     assert session.keys[0] == "5_tinychar/tinychar_000.png" and session.selected == "5_tinychar/tinychar_000.png"
+    assert render(session, "", ["subset", "repeats"]) == {"subset": Choices(("5_tinychar",), "5_tinychar"),
+                                                          "repeats": 5}
 
 
 def test_consolidation_flow(session: DatasetSession) -> None:

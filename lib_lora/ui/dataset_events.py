@@ -84,6 +84,7 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["redo"].click, DatasetSession.redo)
     bind(ui["overwrite"].click, overwrite_conflicts)
     bind(ui["reload_conflicts"].click, reload_conflicts)
+    bind(ui["subset"].input, DatasetSession.choose_subset, ("subset",))
     bind(ui["rename"].click, DatasetSession.rename_repeats, ("subset", "repeats"))
 
     def set_filter(session: DatasetSession, include: str, include_mode: str, exclude: str,

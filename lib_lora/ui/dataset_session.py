@@ -15,13 +15,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..dataset.captions import Caption, normalise_text
 from ..dataset.consolidate import Consolidate, ConsolidationProposal, propose_consolidation
 from ..dataset.errors import DatasetError
-from ..dataset.folder import Dataset, DatasetItem, rename_subset_repeats, scan_dataset
+from ..dataset.folder import Dataset, DatasetItem, parse_repeats_folder, rename_subset_repeats, scan_dataset
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
 from ..dataset.tags import AddTags, TagEdit, TagFilter, join_tags, split_tags
@@ -85,6 +85,7 @@ class DatasetSession:
         self._suggestions: tuple[str, ...] | None = None
         self._filtered: tuple[Any, list[str]] | None = None
         self.frequency_search = ""
+        self.chosen_subset: str | None = None
         self.sent: dict[str, Any] = {}  # what the page shows now (see dataset_wiring)
 
     # --- queries ----------------------------------------------------------------------------------------------
@@ -246,9 +247,16 @@ class DatasetSession:
                                  "folder changes the images' paths")
         number = _whole_number(repeats, "repeats", 1)
         renamed = rename_subset_repeats(self.require_loaded(), subset, number)
+        folder = PurePosixPath(subset)
+        self.chosen_subset = str(folder.with_name(f"{number}_{parse_repeats_folder(folder.name)[1]}"))
         self._use(_within(renamed, AllowedRoots(self.roots()), self.left_out))
         self.history.clear()
         return f"Renamed {code(subset)} to repeats {number}."
+
+    def choose_subset(self, subset: str | None) -> None:
+        """The subfolder whose repeats the page shows for renaming."""
+        self.begin(mutating=False)
+        self.chosen_subset = subset
 
     # --- filter, selection, pages -----------------------------------------------------------------------------
 

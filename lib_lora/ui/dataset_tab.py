@@ -50,7 +50,7 @@ def build_dataset_tab(context: StudioContext) -> gr.Tab:
             ui["problems"] = gr.HTML("", elem_id=_id("problems"))
             with gr.Row(equal_height=True):
                 ui["subset"] = gr.Dropdown([], label="Subfolder", elem_id=_id("subset"))
-                ui["repeats"] = gr.Number(10, label="Repeats", precision=0, minimum=1, elem_id=_id("repeats"))
+                ui["repeats"] = gr.Number(1, label="Repeats", precision=0, minimum=1, elem_id=_id("repeats"))
                 ui["rename"] = gr.Button("Rename to <repeats>_<name>", elem_id=_id("rename"), scale=0)
         with gr.Row():
             with gr.Column(scale=3):

@@ -229,9 +229,11 @@ def render(session: DatasetSession, message: str, parts: Iterable[str] | None = 
     loaded = session.dataset is not None
     selected = session.selected if loaded and session.selected in session.texts else None
 
+    folders = [s for s in session.dataset.subsets() if s.path != ROOT_SUBSET] if loaded else []
+    chosen = next((s for s in folders if s.path == session.chosen_subset), folders[0] if folders else None)
+
     def subsets() -> Choices:
-        paths = tuple(s.path for s in session.dataset.subsets() if s.path != ROOT_SUBSET) if loaded else ()
-        return Choices(paths, paths[0] if paths else None)
+        return Choices(tuple(s.path for s in folders), chosen.path if chosen else None)
 
     def images() -> Choices:
         keys = tuple(session.filtered_keys()) if loaded else ()
@@ -251,6 +253,7 @@ def render(session: DatasetSession, message: str, parts: Iterable[str] | None = 
         "summary": lambda: summary_markdown(session),
         "problems": lambda: problems_html(session),
         "subset": subsets,
+        "repeats": lambda: chosen.repeats if chosen is not None and chosen.repeats is not None else 1,
         "gallery": lambda: gallery_html(session),
         "page": lambda: page_markdown(session),
         "image": images,
@@ -272,7 +275,8 @@ def render(session: DatasetSession, message: str, parts: Iterable[str] | None = 
 
 
 PARTS: tuple[str, ...] = (
-    "message", "status", "conflicts", "conflict_row", "summary", "problems", "subset", "gallery", "page", "image",
+    "message", "status", "conflicts", "conflict_row", "summary", "problems", "subset", "repeats", "gallery", "page",
+    "image",
     "preview", "chips", "caption", "caption_key", "add_tag", "frequency", "suggestions", "include", "exclude",
     "scope", "proposals", "tag_status",
 )
