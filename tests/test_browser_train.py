@@ -1,0 +1,97 @@
+"""Issue #6's acceptance in a real headless Chromium: choose a dataset and the character recipe, start, watch the
+progress and a sample appear, stop and save, see the file, with a clean console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from browser_app import chromium_path, open_page, serve_app
+
+from lib_lora.tiny.images import generate_dataset
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = Path("/tmp/lora_studio_train.png")
+TINY = {  # what the tiny CPU model needs on top of the recipe: small, quick, still running when stopped
+    "resolution": "64", "network_dim": "4", "network_alpha": "4", "conv_dim": "", "conv_alpha": "",
+    "train_batch_size": "1", "max_train_steps": "400", "caption_extension": ".txt", "sample_every_n_steps": "2",
+    "mixed_precision": "no",
+}
+
+
+def character_recipe() -> str:
+    """The title the recipe dropdown shows for the SD1 character recipe."""
+    from lib_lora.train.recipes import RECIPES
+
+    return RECIPES["character-sd1"].title
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """The app on the tiny model, with a generated `datasets/10_tinychar` in its workspace."""
+    chromium_path()
+    root = tmp_path_factory.mktemp("train_app")
+    workspace = root / "workspace"
+    generate_dataset(workspace / "datasets", count=2, repeats=10, name="tinychar")
+    with serve_app(["--model", "tiny", "--workspace", str(workspace)], root) as url:
+        yield url, workspace
+
+
+def field(page: Any, elem_id: str) -> Any:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def choose(page: Any, elem_id: str, option: str) -> None:
+    """Pick `option` in a gradio dropdown through its list, as a user does."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_train_from_the_character_recipe_then_stop_and_save(app):
+    from playwright.sync_api import expect
+
+    url, workspace = app
+    recipe = character_recipe()
+    dataset = str((workspace / "datasets").resolve())
+    with open_page(url, height=1000) as (page, watch):
+        expect(page.locator("#lora_studio_model_info")).to_contain_text("tiny", timeout=60_000)
+        page.get_by_role("tab", name="Train").click()
+        expect(page.locator("#lora_studio_train_tab")).to_be_visible()
+
+        choose(page, "lora_studio_train_dataset", dataset)
+        expect(page.locator("#lora_studio_train_dataset_info")).to_contain_text("10_tinychar", timeout=30_000)
+        choose(page, "lora_studio_train_recipe", recipe)
+        expect(page.locator("#lora_studio_train_status")).to_contain_text("loaded", timeout=30_000)
+        field(page, "lora_studio_train_output_name").fill("tinychar")
+        field(page, "lora_studio_train_trigger").fill("tinychar")
+        field(page, "lora_studio_train_prompts").fill("tinychar, solo --s 1")
+        page.locator("#lora_studio_train_advanced").get_by_text("Advanced", exact=True).click()
+        page.locator("#lora_studio_train_section_training_arguments").get_by_text("Training", exact=True).click()
+        for elem_id, value in TINY.items():
+            if elem_id == "mixed_precision":
+                choose(page, "lora_studio_train_mixed_precision", value)
+            else:
+                field(page, f"lora_studio_train_{elem_id}").fill(value)
+        page.locator("#lora_studio_train_estimate_button").click()
+        expect(page.locator("#lora_studio_train_estimate")).to_contain_text("LoRA weights", timeout=30_000)
+
+        page.locator("#lora_studio_train_start").click()
+        progress = page.locator("#lora_studio_train_progress")
+        expect(progress).to_contain_text("step", timeout=60_000)
+        first = progress.inner_text()
+        expect(progress).not_to_have_text(first, timeout=60_000)  # it moves on while the page stays live
+        expect(page.locator("#lora_studio_train_sample img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#lora_studio_train_curve img")).to_be_visible()
+
+        page.locator("#lora_studio_train_stop").click()
+        status = page.locator("#lora_studio_train_status")
+        expect(status).to_contain_text("Stopped and saved", timeout=60_000)
+        saved = Path(field(page, "lora_studio_train_output").input_value())
+        assert saved.parent.resolve() == (workspace / "Lora").resolve()
+        assert saved.name.startswith("tinychar-") and saved.suffix == ".safetensors" and saved.is_file()
+        assert (saved.parent / f"{saved.stem}.json").is_file()
+        page.wait_for_timeout(500)  # let late console messages arrive
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+    watch.assert_clean()
