@@ -81,3 +81,75 @@ def test_bad_file_and_bad_format_are_one_line_exit_2(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lora-studio: error: ") and needle in lines[0], lines
         assert result.stdout == ""
+
+
+# --- blocks analyze / blocks grid (tiny SD1; skipped where diffusers is absent) --------------------------------
+
+FAST_ARGS = ["--steps", "2", "--width", "64", "--height", "64", "--cfg", "1", "--prompt", "a cat"]
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from blocks_testing import write_lora
+
+    from lib_lora.hosts.diffusers import load_diffusers_host
+
+    folder = tmp_path_factory.mktemp("loras")
+    write_lora(load_diffusers_host("tiny"), folder / "part.safetensors", blocks={"IN04", "OUT05"})
+    return folder
+
+
+def run_blocks(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(["blocks", *args], out=out)
+    return code, out.getvalue()
+
+
+def test_analyze_prints_the_ranking_and_writes_the_grid(lora_dir, tmp_path):
+    target = tmp_path / "analysis.png"
+    code, text = run_blocks("analyze", "--model", "tiny", "--lora-dir", str(lora_dir), "--lora", "part",
+                            "--threshold", "1", *FAST_ARGS, "--out", str(target))
+    assert code == 0
+    lines = text.splitlines()
+    assert lines[0] == "effective blocks of part at 1 (sd1, 17-value format, seed 0, threshold 1)"
+    table = [line.split() for line in lines[3:20]]
+    assert [row[0] for row in table] == [str(n) for n in range(1, 18)]
+    assert {row[1] for row in table[:2]} == {"IN04", "OUT05"} and all(row[2] == "0.00%" for row in table[2:])
+    assert lines[-1] == f"wrote {target}" and target.is_file()
+
+
+def test_analyze_json(lora_dir):
+    code, text = run_blocks("analyze", "--model", "tiny", "--lora-dir", str(lora_dir), "--lora", "part",
+                            "--weight", "0.8", "--threshold", "1", *FAST_ARGS, "--json")
+    assert code == 0
+    data = json.loads(text)
+    assert (data["lora"], data["weight"], data["format"], data["threshold"], data["path"]) == ("part", 0.8, 17, 1, None)
+    assert [row["rank"] for row in data["rows"]] == list(range(1, 18))
+    assert {row["block"] for row in data["rows"][:2]} == {"IN04", "OUT05"}
+    assert all(row["share"] == 0.0 for row in data["rows"][2:]) and data["rows"][0]["share"] > 0
+
+
+def test_grid_writes_the_png(lora_dir, tmp_path):
+    target = tmp_path / "grid.png"
+    code, text = run_blocks("grid", "--model", "tiny", "--lora-dir", str(lora_dir), "--lora", "part",
+                            "--x", "preset: NONE, CHAR", *FAST_ARGS, "--out", str(target))
+    assert code == 0 and text.startswith(f"grid: wrote {target} (") and "2x1 images" in text
+    assert target.is_file()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["analyze", "--lora", "prat"], "no LoRA named 'prat'"),
+    (["analyze", "--lora", "part", "--threshold", "300"], "threshold must be a whole number from 0 to 254"),
+    (["grid", "--lora", "part", "--x", "preset: NONE, CHRA", "--out", "x.png"], "did you mean CHAR"),
+    (["grid", "--lora", "part", "--x", "strength: a", "--out", "x.png"], "'a' is not a number"),
+])
+def test_bad_analyze_and_grid_inputs_are_one_line_exit_2(lora_dir, tmp_path, args, needle):
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    result = subprocess.run(
+        [sys.executable, "-m", "lib_lora", "blocks", *args, "--lora-dir", str(lora_dir), *FAST_ARGS],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("WARNING")]
+    assert len(lines) == 1 and lines[0].startswith("lora-studio: error: ") and needle in lines[0], lines
+    assert "Traceback" not in result.stderr

@@ -76,6 +76,7 @@ def test_tabs_say_which_issue_brings_them():
     assert "WD14" in (dataset_tab.__doc__ or "") and not hasattr(dataset_tab, "STATUS")  # issue #5: the real tab
     assert "issue #6" in train_tab.STATUS and "**Start**" in train_tab.STATUS  # the tab has its controls now
     assert "issue #4" in blocks_tab.STATUS and "<lora:name:0.8:NCNF>" in blocks_tab.STATUS
+    assert "XY grid" in blocks_tab.STATUS and "analyzer" in blocks_tab.STATUS  # the tab has its controls now
 
 
 def test_events_call_the_provider_and_show_its_errors_as_a_message():

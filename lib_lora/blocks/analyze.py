@@ -28,13 +28,13 @@ from PIL import Image
 
 from ..arch import Arch, get_arch
 from ..errors import LoraStudioError
-from ..hosts.base import GenerationRequest
 from .grid import LoraRenderer
 from .grid_image import compose_grid
 from .presets import FORMATS, LORA_LENGTH, family_of
 from .syntax import LoraCall, format_call
 
 if TYPE_CHECKING:
+    from ..hosts.base import GenerationRequest
     from ..jobs import JobControl
 
 __all__ = [
@@ -96,6 +96,8 @@ class AnalyzeSpec:
             raise AnalyzeError(str(error)) from None
 
     def request(self, prompt: str) -> GenerationRequest:
+        from ..hosts.base import GenerationRequest  # torch: imported when an analysis runs, not with the CLI
+
         return GenerationRequest(prompt=prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                                  cfg_scale=self.cfg_scale, width=self.width, height=self.height, seed=self.seed)
 
@@ -200,8 +202,10 @@ def analyze_blocks(
 
     def render(done: int, what: str, prompt: str) -> Image.Image:
         control.check()
-        control.progress(done, total, what)
-        return renderer.generate(spec.request(prompt)).image
+        control.progress(done, total, f"image {done + 1}/{total}: {what}")
+        image = renderer.generate(spec.request(prompt)).image
+        control.progress(done + 1, total)
+        return image
 
     without = render(0, "without the LoRA", spec.prompt)
     all_on = render(1, "all blocks on", all_on_prompt)

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import LoraStudioError
-from ..hosts.base import GenerationRequest
 from .grid_image import compose_grid
 from .syntax import LoraCall, format_call
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..hosts.base import GenerationRequest
     from ..jobs import JobControl
     from .session import Generated
 
@@ -173,6 +173,8 @@ class GridSpec:
         return tuple(axis.kind for axis in (self.x, self.y) if axis is not None)
 
     def request(self, prompt: str, seed: int) -> GenerationRequest:
+        from ..hosts.base import GenerationRequest  # torch: imported when a grid runs, not with the CLI
+
         return GenerationRequest(prompt=prompt, negative_prompt=self.negative_prompt, steps=self.steps,
                                  cfg_scale=self.cfg_scale, width=self.width, height=self.height, seed=seed)
 
