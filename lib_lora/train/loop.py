@@ -1,0 +1,429 @@
+"""TrainRun: one LoRA training run on the host's loaded model, as named stages, reporting through a JobControl.
+
+Stages: prepare data → build network → build optimizer → train → save. All of it runs inside
+`host.training_mode()` (base model frozen, restored on exit, also on errors and stops) with the network hooked on
+by `network.attached()`, the GPU gate held, and gradient checkpointing / clip skip set for the run only. A stop
+(JobControl cancel or `request_stop()`) ends the run between steps and, unless save_on_cancel is off, saves what
+was learned; `request_save()` saves now and goes on. Exceptions propagate once the host is restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..jobs import Job, JobControl
+from .config import TrainConfig
+from .data import TrainData
+from .distributed import Distributed
+from .errors import ConfigError, TrainingError
+from .network import TrainableNetwork
+from .optim import build_optimizer, optimizer_notes
+from .progress import ProgressTracker, TrainProgress, path_text
+from .runtime import Precision, choose_precision, clip_skip_set, gradient_checkpointing
+from .sampling import SamplePrompt, load_sample_prompts, render_samples
+from .saving import (
+    SAVE_DTYPES,
+    RunFacts,
+    build_metadata,
+    card_sidecar,
+    default_activation_text,
+    epoch_name,
+    host_model_name,
+    lora_path,
+    read_sidecar,
+    rotate_epoch_saves,
+    rotate_step_saves,
+    save_network_file,
+    step_name,
+    write_card_files,
+)
+from .schedule import build_scheduler
+from .state import TrainPosition, load_state, read_position, save_state
+from .steps import LossSettings, batch_loss
+
+if TYPE_CHECKING:
+    from ..hosts.base import Host
+    from ..jobs import GpuGate
+
+STAGES = ("prepare data", "build network", "build optimizer", "train", "save")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. `output` is the final LoRA (or, after a stop, the save of what was learned)."""
+
+    output: Path | None
+    steps: int
+    epochs: int
+    cancelled: bool = False
+    saved: list[Path] = field(default_factory=list)
+    samples: list[Path] = field(default_factory=list)
+    state_dirs: list[Path] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
+        verb = "stopped; saved" if self.cancelled else "wrote"
+        where = self.output if self.output is not None else "nothing"
+        return f"{verb} {where} ({self.steps} steps, {self.epochs} epochs{loss}, {self.seconds:.1f} s)"
+
+
+@dataclass
+class _Run:
+    """Everything the stages build, for the loop and the saves."""
+
+    data: TrainData
+    network: TrainableNetwork
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    params: list[torch.nn.Parameter]
+    precision: Precision
+    settings: LossSettings
+    alphas_cumprod: torch.Tensor
+    generator: torch.Generator
+    position: TrainPosition
+    batches_per_epoch: int
+    total_steps: int
+    total_epochs: int
+    facts: RunFacts
+    prompts: list[SamplePrompt]
+    encode_with_grad: bool
+
+
+class TrainRun:
+    """One run of `config` on `host`. Create it, then `run(control)` (or `job().start()`) once."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        host: Host,
+        *,
+        output_dir: Path | str | None = None,
+        gpu: GpuGate | None = None,
+        distributed: Distributed | None = None,
+        cache_dir: Path | None = None,
+        on_step: Callable[[TrainProgress], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host
+        folder = output_dir if output_dir is not None else config.run.output_dir
+        if folder is None:
+            raise ConfigError("output_dir", None, "set the folder the LoRA is written to")
+        self.output_dir = Path(folder).expanduser()
+        self.gpu = gpu
+        self.dist = distributed or Distributed()
+        self.cache_dir = cache_dir
+        self.on_step = on_step
+        self._stop = False
+        self._save_now = False
+        self._result: TrainResult | None = None
+
+    @property
+    def output_path(self) -> Path:
+        """Where the finished LoRA goes (the Train tab checks it before starting)."""
+        return lora_path(self.output_dir, self.config.run.output_name)
+
+    def request_stop(self) -> None:
+        """Stop between steps (saving what was learned when save_on_cancel is on)."""
+        self._stop = True
+
+    def request_save(self) -> None:
+        """Save a step file (and state, with save_state) after the current step; training goes on."""
+        self._save_now = True
+
+    def job(self, name: str | None = None) -> Job[TrainResult]:
+        """A background job running this run (not started)."""
+        return Job(name or f"training {self.config.run.output_name}", self.run)
+
+    # --- the run ---------------------------------------------------------------------------------------------------
+    def run(self, control: JobControl | None = None) -> TrainResult:
+        """Train; returns the result (also after a stop). The host is restored however this ends."""
+        started = time.time()
+        notes = list(self.config.notes)
+        with self._gpu_held(), self.host.training_mode():
+            with clip_skip_set(self.host, self.config.run.clip_skip) as clip_note, \
+                    gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing):
+                if clip_note:
+                    notes.append(clip_note)
+                run = self._prepare(control, notes, started)
+                with run.network.attached():
+                    result = self._train(run, control, notes)
+        result.seconds = time.time() - started
+        self._result = result
+        return result
+
+    @contextmanager
+    def _gpu_held(self) -> Iterator[None]:
+        if self.gpu is None:
+            yield
+        else:
+            with self.gpu.hold("training"):
+                yield
+
+    # --- stages: prepare data, build network, build optimizer --------------------------------------------------------
+    def _stage(self, control: JobControl | None, index: int, *, check: bool = True) -> None:
+        if control is not None:
+            if check:
+                control.check()
+            control.progress(message=f"{STAGES[index]} ({index + 1}/{len(STAGES)})", stage=STAGES[index])
+
+    def _prepare(self, control: JobControl | None, notes: list[str], started: float) -> _Run:
+        config, host, dist = self.config, self.host, self.dist
+        run_cfg = config.run
+        v_prediction = host.prediction_type == "v_prediction"
+        if run_cfg.v_parameterization and not v_prediction:
+            raise ConfigError("v_parameterization", True, "the loaded model predicts epsilon (noise), not v")
+        resume_position = read_position(Path(run_cfg.resume)) if run_cfg.resume else None
+        seed = self._seed(resume_position, notes)
+
+        self._stage(control, 0)
+        data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,
+                         cache_dir=self.cache_dir, rank=dist.rank, world_size=dist.world_size)
+        data.prepare(control)
+        notes.extend(f"left out: {item}" for item in data.ignored)
+        batches_per_epoch = dist.min_int(len(data))
+        if batches_per_epoch < 1:
+            raise TrainingError("the data gives no batch")
+        accumulation = run_cfg.gradient_accumulation_steps
+        updates_per_epoch = math.ceil(batches_per_epoch / accumulation)
+        if run_cfg.max_train_epochs:
+            total_epochs = run_cfg.max_train_epochs
+            total_steps = total_epochs * updates_per_epoch
+        else:
+            total_steps = run_cfg.max_train_steps
+            total_epochs = math.ceil(total_steps / updates_per_epoch)
+
+        self._stage(control, 1)
+        precision = choose_precision(run_cfg.mixed_precision, full_fp16=run_cfg.full_fp16,
+                                     full_bf16=run_cfg.full_bf16, host_dtype=host.dtype, device=host.device)
+        notes.extend(precision.notes)
+        network = TrainableNetwork.create(config.network, host, seed=seed)
+        if precision.network_dtype is not torch.float32:
+            network.to(precision.network_dtype)
+        network.train()
+
+        self._stage(control, 2)
+        opt = config.optimizer
+        groups = network.param_groups(unet_lr=opt.unet_lr, text_encoder_lr=opt.text_encoder_lr,
+                                      learning_rate=opt.learning_rate)
+        if not groups:
+            raise ConfigError("learning_rate", opt.learning_rate, "every learning rate is 0: nothing would train")
+        notes.extend(optimizer_notes(opt, groups))
+        optimizer = build_optimizer(opt, groups)
+        scheduler = build_scheduler(opt, optimizer, total_steps=total_steps)
+        scaler = torch.amp.GradScaler(host.device.type) if precision.use_grad_scaler else None
+        params = [p for group in groups for p in group["params"]]
+        generator = torch.Generator().manual_seed(seed + 1_000_003 * dist.rank)
+        position = TrainPosition(step=0, epoch=0, batch_in_epoch=0, seed=seed,
+                                 session_id=random.Random(seed ^ int(started)).randrange(2**31), started_at=started,
+                                 world_size=dist.world_size)
+        if resume_position is not None:
+            if resume_position.world_size != dist.world_size:
+                raise TrainingError(f"resume: the state was written by {resume_position.world_size} process(es), "
+                                    f"this run has {dist.world_size}")
+            position = load_state(Path(run_cfg.resume), network=network, optimizer=optimizer, scheduler=scheduler,
+                                  noise_generator=generator, scaler=scaler)
+            if position.batch_in_epoch >= batches_per_epoch:
+                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+        data_metadata = data.metadata()
+        facts = RunFacts(
+            arch=host.arch.name, prediction_type=host.prediction_type, model_name=host_model_name(host), seed=seed,
+            session_id=position.session_id, started_at=position.started_at, total_steps=total_steps,
+            total_epochs=total_epochs, optimizer=opt.describe(),
+            data_metadata=data_metadata, network_metadata=network.metadata(),
+            activation_text=run_cfg.activation_text or default_activation_text(data_metadata.get("ss_dataset_dirs")),
+        )
+        prompts = load_sample_prompts(run_cfg.sample_prompts) if run_cfg.sample_prompts else []
+        return _Run(data=data, network=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                    params=params, precision=precision, settings=LossSettings.from_run(run_cfg,
+                                                                                       v_prediction=v_prediction),
+                    alphas_cumprod=host.alphas_cumprod(), generator=generator, position=position,
+                    batches_per_epoch=batches_per_epoch, total_steps=total_steps, total_epochs=total_epochs,
+                    facts=facts, prompts=prompts,
+                    encode_with_grad=network.trains_text_encoder and not run_cfg.cache_text_encoder_outputs)
+
+    def _seed(self, resume: TrainPosition | None, notes: list[str]) -> int:
+        configured = self.config.run.seed
+        if resume is not None:
+            if configured is not None and configured != resume.seed:
+                notes.append(f"seed {configured} ignored: the resumed run's seed {resume.seed} continues")
+            return resume.seed
+        if configured is not None:
+            return configured
+        return self.dist.broadcast_int(random.randrange(2**31))
+
+    # --- stage: train ----------------------------------------------------------------------------------------------
+    def _train(self, run: _Run, control: JobControl | None, notes: list[str]) -> TrainResult:
+        self._stage(control, 3)
+        cfg = self.config.run
+        position = run.position
+        tracker = ProgressTracker(run.total_steps, run.total_epochs)
+        tracker.restore(position.loss_history)
+        result = TrainResult(output=None, steps=position.step, epochs=position.epoch, notes=notes,
+                             loss_history=tracker.losses)
+        last_sample_step = -1
+        if cfg.sample_at_first and position.step == 0 and run.prompts:
+            self._samples(run, result, tracker, step=0)
+            last_sample_step = 0
+        accumulation = cfg.gradient_accumulation_steps
+        micro_losses: list[float] = []
+        stopped = False
+        step = position.step
+        for epoch in range(position.epoch, run.total_epochs):
+            skip = position.batch_in_epoch if epoch == position.epoch else 0
+            for index, batch in enumerate(run.data.batches(epoch)):
+                if index < skip:
+                    continue
+                if index >= run.batches_per_epoch or step >= run.total_steps:
+                    break
+                micro_losses.append(self._backward(run, batch, accumulation))
+                if len(micro_losses) < accumulation and index < run.batches_per_epoch - 1:
+                    continue
+                self._optimizer_step(run)
+                step += 1
+                loss = sum(micro_losses) / len(micro_losses)
+                micro_losses.clear()
+                position.step, position.epoch, position.batch_in_epoch = step, epoch, index + 1
+                result.steps, result.epochs = step, epoch + (1 if index + 1 >= run.batches_per_epoch else 0)
+                progress = tracker.step(step=step, epoch=epoch + 1, loss=loss, lr=_current_lr(run.scheduler),
+                                        memory_bytes=_memory_in_use(self.host.device))
+                self._report(control, progress)
+                if step < run.total_steps:
+                    if self.dist.any_true(self._stop or (control is not None and control.cancelled)):
+                        stopped = True
+                        break
+                    if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0 and run.prompts:
+                        self._samples(run, result, tracker, step=step)
+                        last_sample_step = step
+                    save_now = self.dist.any_true(self._save_now)
+                    self._save_now = False
+                    if save_now or (cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0):
+                        self._save(run, result, tracker, step_name(cfg.output_name, step), step=step, epoch=epoch)
+                        if cfg.save_last_n_steps and not save_now and self.dist.is_main:
+                            rotate_step_saves(self.output_dir, cfg.output_name, current_step=step,
+                                              keep_last_n_steps=cfg.save_last_n_steps)
+            if stopped or step >= run.total_steps:
+                break
+            position.epoch, position.batch_in_epoch = epoch + 1, 0
+            result.epochs = epoch + 1
+            if epoch + 1 < run.total_epochs:
+                if cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0 and run.prompts:
+                    self._samples(run, result, tracker, step=step)
+                    last_sample_step = step
+                if cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
+                    self._save(run, result, tracker, epoch_name(cfg.output_name, epoch + 1), step=step, epoch=epoch + 1)
+                    if cfg.save_last_n_epochs and self.dist.is_main:
+                        rotate_epoch_saves(self.output_dir, cfg.output_name, current_epoch=epoch + 1,
+                                           keep_last_n=cfg.save_last_n_epochs, every_n_epochs=cfg.save_every_n_epochs)
+
+        self._stage(control, 4, check=False)
+        if stopped:
+            result.cancelled = True
+            if cfg.save_on_cancel and step > 0:
+                result.output = self._save(run, result, tracker, step_name(cfg.output_name, step), step=step,
+                                           epoch=result.epochs, card=True)
+        else:
+            if run.prompts and last_sample_step != step:
+                self._samples(run, result, tracker, step=step)
+            result.output = self._save(run, result, tracker, cfg.output_name, step=step, epoch=result.epochs,
+                                       card=True, finished=True,
+                                       with_state=cfg.save_state or cfg.save_state_on_train_end)
+        if control is not None:  # the saves and the last sample come after the last step's report
+            control.progress(message=("stopped at" if stopped else "finished after") + f" step {step}",
+                             saved=tracker.saved, sample=tracker.sample)
+        return result
+
+    def _backward(self, run: _Run, batch: Any, accumulation: int) -> float:
+        loss = batch_loss(self.host, batch, settings=run.settings, alphas_cumprod=run.alphas_cumprod,
+                          generator=run.generator, precision=run.precision, encode_with_grad=run.encode_with_grad)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingError(f"the loss is not finite ({value}) at step {run.position.step + 1}: lower the "
+                                "learning rate, or use mixed_precision bf16 instead of fp16")
+        scaled = loss / accumulation
+        (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+        return value
+
+    def _optimizer_step(self, run: _Run) -> None:
+        self.dist.average_gradients(run.params)
+        max_norm = self.config.optimizer.max_grad_norm
+        if run.scaler is not None:
+            run.scaler.unscale_(run.optimizer)
+        if max_norm and max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+        if run.scaler is not None:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+        else:
+            run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if self.config.network.scale_weight_norms:
+            run.network.apply_max_norm(self.config.network.scale_weight_norms)
+
+    def _report(self, control: JobControl | None, progress: TrainProgress) -> None:
+        if control is not None:
+            control.progress(done=progress.step, total=progress.total_steps, message=progress.message,
+                             **progress.as_extra())
+        if self.on_step is not None:
+            self.on_step(progress)
+
+    # --- samples and saves -----------------------------------------------------------------------------------------
+    def _samples(self, run: _Run, result: TrainResult, tracker: ProgressTracker, *, step: int) -> None:
+        if self.dist.is_main:
+            paths = render_samples(self.host, run.prompts, modules=[run.network], output_dir=self.output_dir,
+                                   output_name=self.config.run.output_name, step=step, run_seed=run.position.seed,
+                                   default_size=self.config.data.resolution)
+            result.samples.extend(paths)
+            tracker.sample = path_text(paths[0]) if paths else tracker.sample
+        self.dist.barrier()
+
+    def _save(self, run: _Run, result: TrainResult, tracker: ProgressTracker, stem: str, *, step: int, epoch: int,
+              card: bool = False, finished: bool = False, with_state: bool | None = None) -> Path:
+        cfg = self.config.run
+        path = lora_path(self.output_dir, stem)
+        if self.dist.is_main:
+            metadata = build_metadata(self.config, run.facts, step=step, epoch=epoch, finished=finished)
+            tensors = run.network.kohya_state_dict(SAVE_DTYPES[cfg.save_precision])
+            save_network_file(path, tensors, metadata)
+            result.saved.append(path)
+            tracker.saved = str(path)
+            if card:
+                sidecar = card_sidecar(run.facts.arch, activation_text=run.facts.activation_text,
+                                       preferred_weight=cfg.preferred_weight, notes=cfg.notes,
+                                       existing=read_sidecar(path))
+                preview = Path(tracker.sample) if tracker.sample else None
+                write_card_files(path, sidecar, preview)
+            if with_state if with_state is not None else cfg.save_state:
+                run.position.loss_history = list(tracker.losses)
+                folder = self.output_dir / f"{stem}-state"
+                save_state(folder, position=run.position, network=run.network, optimizer=run.optimizer,
+                           scheduler=run.scheduler, noise_generator=run.generator, scaler=run.scaler)
+                result.state_dirs.append(folder)
+        self.dist.barrier()
+        return path
+
+
+def _current_lr(scheduler: Any) -> float | None:
+    with contextlib.suppress(AttributeError, IndexError, TypeError):
+        return float(scheduler.get_last_lr()[0])
+    return None
+
+
+def _memory_in_use(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None

@@ -1,0 +1,136 @@
+"""What a run sets on the host for its length and restores after: autocast, gradient checkpointing, clip skip.
+
+Each is a context manager that undoes exactly what it did (also on errors), inside `host.training_mode()`,
+which restores the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.utils.checkpoint
+
+if TYPE_CHECKING:
+    from ..hosts.base import Host
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+# Blocks whose forward is recomputed in the backward pass: the transformer and resnet blocks of both layouts
+# (diffusers BasicTransformerBlock/ResnetBlock2D, ldm BasicTransformerBlock/ResBlock). Wrapping these leaf-level
+# blocks (never their parents) keeps checkpoints from nesting.
+CHECKPOINTED_BLOCKS = frozenset({"BasicTransformerBlock", "ResnetBlock2D", "ResBlock"})
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass runs: autocast dtype (None = off), a gradient scaler, the dtype the network trains in."""
+
+    autocast_dtype: torch.dtype | None
+    use_grad_scaler: bool
+    network_dtype: torch.dtype
+    notes: tuple[str, ...] = ()
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+def choose_precision(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, host_dtype: torch.dtype,
+                     device: torch.device) -> Precision:
+    """The precision a run uses on `device` for a host whose weights are `host_dtype`.
+
+    A half-precision host needs autocast even with mixed_precision "no" (fp32 LoRA weights meet fp16 activations);
+    fp16 autocast on a device that cannot run it falls back to bf16; the gradient scaler is used for fp16 on CUDA
+    unless the network itself is fp16 (full_fp16), which the scaler cannot unscale.
+    """
+    notes: list[str] = []
+    dtype = _DTYPES.get(mixed_precision)
+    if dtype is None and host_dtype in (torch.float16, torch.bfloat16):
+        dtype = host_dtype
+        notes.append(f"mixed_precision 'no' on a {str(host_dtype).removeprefix('torch.')} model: autocast to "
+                     "the model's precision, LoRA weights in float32")
+    if dtype is torch.float16 and not autocast_works(device, torch.float16):
+        dtype = torch.bfloat16
+        notes.append(f"fp16 autocast is not available on {device.type}; using bf16")
+    network_dtype = torch.float32
+    if full_fp16 or full_bf16:
+        network_dtype = dtype or torch.float32
+    scaler = dtype is torch.float16 and device.type == "cuda" and network_dtype is torch.float32
+    return Precision(dtype, scaler, network_dtype, tuple(notes))
+
+
+@functools.lru_cache(maxsize=8)
+def autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a linear layer runs under autocast to `dtype` on `device` (CPU fp16 depends on the torch build)."""
+    try:
+        layer = torch.nn.Linear(4, 4).to(device)
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            out = layer(torch.ones(1, 4, device=device))
+        return out.dtype == dtype
+    except (RuntimeError, ValueError, AssertionError):
+        return False
+
+
+@contextmanager
+def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Recompute each transformer/resnet block of `unet` in the backward pass (torch's non-reentrant checkpoint).
+
+    Works by an instance-level `forward` on each block that calls the class's forward through
+    `torch.utils.checkpoint.checkpoint(..., use_reentrant=False)` while grad is on: non-reentrant checkpointing
+    gives gradients to parameters held outside the block (LoRA hooks), which the ldm/sgm `checkpoint` flags and
+    reentrant checkpointing do not. Yields how many blocks were wrapped; the instance attributes are removed on
+    exit. Blocks that already have an instance-level forward (someone else's patch) are left alone.
+    """
+    wrapped: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        if enabled:
+            for module in unet.modules():
+                if type(module).__name__ in CHECKPOINTED_BLOCKS and "forward" not in module.__dict__:
+                    replacement = _checkpointed(module.forward)
+                    module.forward = replacement
+                    wrapped.append((module, replacement))
+        yield len(wrapped)
+    finally:
+        for module, replacement in wrapped:
+            if module.__dict__.get("forward") is replacement:
+                del module.__dict__["forward"]
+
+
+def _checkpointed(forward: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def clip_skip_set(host: Host, clip_skip: int | None) -> Iterator[str | None]:
+    """Encode captions with `clip_skip` for the block where the host lets us choose it; yields a note otherwise.
+
+    The diffusers host has a `clip_skip` attribute (A1111's meaning). The WebUI host uses the WebUI's own
+    setting (never changed here), and SDXL always uses the penultimate layer, as sd-scripts does.
+    """
+    if clip_skip is None:
+        yield None
+        return
+    if host.arch.name == "sdxl":
+        yield "clip_skip is not used for SDXL (it always uses the penultimate layer)"
+        return
+    if not hasattr(host, "clip_skip"):
+        yield "clip_skip: the WebUI's own Clip skip setting applies"
+        return
+    previous = host.clip_skip  # type: ignore[attr-defined]
+    host.clip_skip = clip_skip  # type: ignore[attr-defined]
+    try:
+        yield None
+    finally:
+        host.clip_skip = previous  # type: ignore[attr-defined]
