@@ -18,6 +18,7 @@ from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.ui import StudioContext, build_studio, dataset_thumbs
 from lib_lora.ui.dataset_actions import add_edit, run_action, sort_edit
+from lib_lora.ui.dataset_edits import add_tags, consolidate, propose, remove_tag, set_caption
 from lib_lora.ui.dataset_folders import dataset_folder_choices
 from lib_lora.ui.dataset_saving import overwrite_conflicts, reload_conflicts, save
 from lib_lora.ui.dataset_session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
@@ -203,7 +204,7 @@ def test_quick_clicks_drawn_before_an_edit_act_on_the_tag_they_show(session: Dat
     run_action(session, action(op="remove", key=k, index=2, tag=tags[2]))  # now at index 1: still found
     run_action(session, action(op="right", key=k, index=4, tag=tags[4]))  # now at 2: moves to 3
     assert split_tags(session.texts[k]) == [tags[0], tags[3], tags[5], tags[4], *tags[6:]]
-    session.set_caption(k, "a, b, a")
+    set_caption(session, k, "a, b, a")
     with pytest.raises(DatasetUIError, match="changed since the tags were drawn"):
         run_action(session, action(op="remove", key=k, index=1, tag="a"))  # twice there now: which one?
     run_action(session, action(op="remove", key=k, index=2, tag="a"))
@@ -221,7 +222,7 @@ def test_page_actions_select_and_filter(session: DatasetSession) -> None:
 
 
 def test_chips_and_tables_escape_tags_and_carry_their_index(session: DatasetSession) -> None:
-    session.set_caption(key(0), 'a "quoted" tag, <b>bold</b>, x&y')
+    set_caption(session, key(0), 'a "quoted" tag, <b>bold</b>, x&y')
     chips = chips_html(session)
     assert 'data-index="1" data-tag="&lt;b&gt;bold&lt;/b&gt;"' in chips and "<b>" not in chips
     assert 'data-tag="a &quot;quoted&quot; tag"' in chips
@@ -260,8 +261,8 @@ def test_save_writes_the_changed_captions_with_backups(session: DatasetSession) 
     before = disk(session)
     folder = session.require_loaded().root / SUBSET
     untouched_mtime = (folder / "tinychar_001.txt").stat().st_mtime_ns
-    session.remove_tag(key(0), 0, "tinychar")
-    session.add_tags(key(2), "extra tag, 1girl")
+    remove_tag(session, key(0), 0, "tinychar")
+    add_tags(session, key(2), "extra tag, 1girl")
     assert "2 unsaved captions" in status_html(session)
     message = save(session)
     assert message.startswith("Saved 2 captions; the previous versions are in `.lora_studio_backup/`")
@@ -313,7 +314,7 @@ def test_discarding_unsaved_edits_needs_the_action_twice(session: DatasetSession
     def do() -> str:
         return session.revert() if act == "revert" else session.load(str(other))
 
-    session.remove_tag(key(0), 0, "tinychar")
+    remove_tag(session, key(0), 0, "tinychar")
     with pytest.raises(ConfirmationNeeded, match="1 unsaved caption would be lost"):
         do()
     session.select(key(1))  # any other action cancels the confirmation
@@ -327,7 +328,7 @@ def test_discarding_unsaved_edits_needs_the_action_twice(session: DatasetSession
 
 
 def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
-    session.remove_tag(key(0), 0, "tinychar")
+    remove_tag(session, key(0), 0, "tinychar")
     with pytest.raises(DatasetUIError, match="save or revert the 1 unsaved caption first"):
         session.rename_repeats(SUBSET, 5)
     save(session)
@@ -341,14 +342,14 @@ def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
 
 
 def test_consolidation_flow(session: DatasetSession) -> None:
-    assert session.propose("tinychar", 0.9) == "No physical-feature tag is in that share of the filtered captions."
-    assert session.propose("tinychar", 0.3).endswith("feature tags proposed: untick any to keep, then apply.")
+    assert propose(session, "tinychar", 0.9) == "No physical-feature tag is in that share of the filtered captions."
+    assert propose(session, "tinychar", 0.3).endswith("feature tags proposed: untick any to keep, then apply.")
     proposals = list(session.proposals.values())
     assert {p.tag for p in proposals} >= {"long hair", "black eyes"}
     labels = render(session, "")["proposals"].choices
     kept = [label for label in labels if not label.startswith("black eyes")]
     original = dict(session.texts)
-    session.consolidate("tinychar", kept)
+    consolidate(session, "tinychar", kept)
     for k, text in session.texts.items():
         tags = split_tags(text)
         assert tags[0] == "tinychar" and "black eyes" in tags or "black eyes" not in split_tags(original[k])
@@ -356,7 +357,7 @@ def test_consolidation_flow(session: DatasetSession) -> None:
     session.undo()
     assert session.texts == original
     with pytest.raises(DatasetUIError, match="press Propose"):
-        session.consolidate("tinychar", [])
+        consolidate(session, "tinychar", [])
 
 
 # --- tagging ------------------------------------------------------------------------------------------------
@@ -385,7 +386,7 @@ def test_tagging_writes_captions_and_is_one_undo_step(tmp_path: Path, roots: Pat
     session.load(str(roots / "char"))
     before = disk(session)
     options = tagger_options(session, {"existing": "overwrite", "max_tags": 5.0, "trigger": "mytrigger"})
-    session.remove_tag(key(0), 0, "tinychar")
+    remove_tag(session, key(0), 0, "tinychar")
     with pytest.raises(DatasetUIError, match="save or revert the 1 unsaved caption"):
         start_tagging(session, context, "tiny", options)
     session.undo()
@@ -426,7 +427,7 @@ def test_cancel_stops_tagging_and_edits_wait_for_it(tmp_path: Path, roots: Path)
     with dataset_tagging._loaded_lock:  # the job waits for its model until we have cancelled it
         job = dataset_tagging.start_tagging(session, context, "tiny", options)
         with pytest.raises(DatasetUIError, match="the tagger is writing"):
-            session.remove_tag(key(0), 0, "tinychar")
+            remove_tag(session, key(0), 0, "tinychar")
         with pytest.raises(DatasetUIError, match="the tagger is writing"):
             save(session)
         assert dataset_tagging.cancel_tagging(session).startswith("Cancelling")
@@ -435,7 +436,7 @@ def test_cancel_stops_tagging_and_edits_wait_for_it(tmp_path: Path, roots: Path)
     message = dataset_tagging.finish_tagging(session, snapshot)
     assert message.startswith("Tagging cancelled after 0 of 6 images; the 0 caption(s) written so far are kept")
     assert disk(session) == before and not session.tagging
-    session.remove_tag(key(0), 0, "tinychar")
+    remove_tag(session, key(0), 0, "tinychar")
 
 
 # --- wiring -------------------------------------------------------------------------------------------------
@@ -458,11 +459,11 @@ def test_the_wiring_sends_only_the_parts_that_changed(session: DatasetSession) -
     assert selected["message"] == noop and selected["chips"] != noop  # navigating keeps the last message
     assert selected["image"] == gr.update(value=key(1))  # the same choices are not sent again
     wiring.run(session, DatasetSession.select, ["image"], [key(0)])
-    typed = wiring.run(session, DatasetSession.add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
+    typed = wiring.run(session, add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
     assert dict(zip(PARTS, typed[1:]))["add_tag"] == ""  # the typed text is cleared once used
     failed = wiring.run(session, DatasetSession.load, ["path"], ["/"])
     assert dict(zip(PARTS, failed[1:]))["message"].startswith("**Error:** /: outside the allowed folders")
-    proposed = wiring.run(session, DatasetSession.propose, ["trigger", "min_share"], ["tinychar", 0.3])
+    proposed = wiring.run(session, propose, ["trigger", "min_share"], ["tinychar", 0.3])
     ticks = dict(zip(PARTS, proposed[1:]))["proposals"]
     assert ticks["value"] == ticks["choices"] and isinstance(ticks["value"], list) and ticks["value"]  # all ticked
     asked = wiring.run(session, DatasetSession.revert, [], [])

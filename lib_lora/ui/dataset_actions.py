@@ -23,6 +23,7 @@ from ..dataset.tags import (
     split_tags,
     tag_frequency,
 )
+from .dataset_edits import move_tag, remove_tag
 from .dataset_session import DatasetSession, DatasetUIError
 
 ACTION_OPS = ("select", "remove", "left", "right", "move", "include", "exclude")
@@ -52,10 +53,10 @@ def run_action(session: DatasetSession, raw: str | None) -> str | None:
         return session.add_to_filter(_text(action, "tag"), exclude=op == "exclude")
     key, index, tag = _text(action, "key"), action.get("index"), _text(action, "tag")
     if op == "remove":
-        return session.remove_tag(key, index, tag)
+        return remove_tag(session, key, index, tag)
     if op == "move":
-        return session.move_tag(key, index, tag, to=action.get("to"))
-    return session.move_tag(key, index, tag, step=-1 if op == "left" else 1)
+        return move_tag(session, key, index, tag, to=action.get("to"))
+    return move_tag(session, key, index, tag, step=-1 if op == "left" else 1)
 
 
 def _text(action: Mapping[str, Any], name: str) -> str:

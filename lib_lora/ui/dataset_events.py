@@ -21,6 +21,7 @@ from .dataset_actions import (
     run_action,
     sort_edit,
 )
+from .dataset_edits import add_tags, consolidate, propose, set_caption
 from .dataset_folders import dataset_folder_choices
 from .dataset_saving import overwrite_conflicts, reload_conflicts, save
 from .dataset_session import DatasetSession
@@ -107,10 +108,10 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["image_next"].click, lambda session: session.step_selection(1))
     bind(ui["action"].input, run_action, ("action",))
 
-    bind(ui["add"].click, DatasetSession.add_tags, ("caption_key", "add_tag"))
-    bind(ui["add_tag"].submit, DatasetSession.add_tags, ("caption_key", "add_tag"))
-    bind(ui["caption_apply"].click, DatasetSession.set_caption, ("caption_key", "caption"))
-    bind(ui["caption"].blur, DatasetSession.set_caption, ("caption_key", "caption"))
+    bind(ui["add"].click, add_tags, ("caption_key", "add_tag"))
+    bind(ui["add_tag"].submit, add_tags, ("caption_key", "add_tag"))
+    bind(ui["caption_apply"].click, set_caption, ("caption_key", "caption"))
+    bind(ui["caption"].blur, set_caption, ("caption_key", "caption"))
 
     def search(session: DatasetSession, text: str) -> None:
         session.frequency_search = text or ""
@@ -130,8 +131,8 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["batch_sort"].click, lambda session, order, keep, reverse: session.batch(
         sort_edit(order, keep, reverse, session.texts)), ("batch_sort_order", "batch_keep", "batch_reverse"))
 
-    bind(ui["propose"].click, DatasetSession.propose, ("trigger", "min_share"))
-    bind(ui["consolidate"].click, DatasetSession.consolidate, ("trigger", "proposals"))
+    bind(ui["propose"].click, propose, ("trigger", "min_share"))
+    bind(ui["consolidate"].click, consolidate, ("trigger", "proposals"))
 
     def start(session: DatasetSession, model: str | None, *values: Any) -> tuple[str, Job[Any]]:
         options = tagger_options(session, dict(zip(OPTION_NAMES, values)))

@@ -1,10 +1,12 @@
-"""The Dataset tab's state for one browser session, and its actions as plain methods (no gradio).
+"""The Dataset tab's state for one browser session, and the actions on it (no gradio).
 
 `DatasetSession` holds the loaded Dataset, the caption texts being edited, the captions as they were on disk
 when loaded or last saved (the `expected` of the conflict check), the EditHistory, the filter, the selected
-image and the gallery page. Each action returns a Markdown message or raises a LoraStudioError whose text the
-tab shows; nothing is written to disk except by `save`, `overwrite_conflicts` and `rename_repeats`.
-Loading another folder or reverting with unsaved edits needs the same action twice (ConfirmationNeeded).
+image and the gallery page; its methods load, filter, select, batch-edit and undo. Edits of one caption are in
+dataset_edits, saving in dataset_saving. Each action returns a Markdown message (None: keep the last one) or
+raises a LoraStudioError whose text the tab shows; nothing is written to disk except by saving and
+`rename_repeats`. Loading another folder or reverting with unsaved edits needs the same action twice
+(ConfirmationNeeded).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..dataset.captions import Caption, normalise_text
-from ..dataset.consolidate import Consolidate, ConsolidationProposal, propose_consolidation
+from ..dataset.captions import Caption
+from ..dataset.consolidate import ConsolidationProposal
 from ..dataset.errors import DatasetError
 from ..dataset.folder import Dataset, DatasetItem, parse_repeats_folder, rename_subset_repeats, scan_dataset
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
-from ..dataset.tags import AddTags, TagEdit, TagFilter, join_tags, split_tags
+from ..dataset.tags import TagEdit, TagFilter, split_tags
 from ..errors import LoraStudioError
 from ..jobs import Job
 from .common import escape_markdown
@@ -308,7 +310,8 @@ class DatasetSession:
 
     # --- edits ------------------------------------------------------------------------------------------------
 
-    def _record(self, texts: dict[str, str], description: str) -> dict[str, str]:
+    def record(self, texts: dict[str, str], description: str) -> dict[str, str]:
+        """Store `texts` as one undo step; returns those that changed."""
         return self.history.set_texts(self.texts, texts, description)
 
     def batch(self, edit: TagEdit) -> str:
@@ -320,59 +323,6 @@ class DatasetSession:
         changed = self.history.apply(self.texts, edit, keys)
         return f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
                "in the filter changed."
-
-    def _chip(self, key: str, index: Any, tag: Any) -> tuple[list[str], int]:
-        """The caption's tags and where `tag` is: at `index` as drawn, or, when edits since moved it (quick
-        clicks), its one place now; DatasetUIError when it is gone or ambiguous (nothing changes)."""
-        self.begin()
-        self.item(key)
-        tags = self.tags_of(key)
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise DatasetUIError(f"the page sent a tag position that is not a number: {index!r}")
-        if 0 <= index < len(tags) and tags[index] == tag:
-            return tags, index
-        if tags.count(tag) == 1:
-            return tags, tags.index(tag)
-        raise DatasetUIError("the caption changed since the tags were drawn; nothing was changed, try again")
-
-    def remove_tag(self, key: str, index: Any, tag: Any) -> str:
-        tags, index = self._chip(key, index, tag)
-        del tags[index]
-        self._record({key: join_tags(tags)}, f"remove {tag!r} from {Path(key).name}")
-        return f"Removed **{escape_markdown(tag)}**."
-
-    def move_tag(self, key: str, index: Any, tag: Any, *, to: Any = None, step: int = 0) -> str | None:
-        """Move a tag to position `to`, or `step` places (-1: left, +1: right); ends clamp."""
-        tags, index = self._chip(key, index, tag)
-        if to is None:
-            to = index + step
-        if not isinstance(to, int) or isinstance(to, bool):
-            raise DatasetUIError(f"a tag moves to a position number, got {to!r}")
-        target = min(max(to, 0), len(tags) - 1)
-        tags.insert(target, tags.pop(index))
-        self._record({key: join_tags(tags)}, f"move {tag!r} in {Path(key).name}")
-        return None
-
-    def add_tags(self, key: str | None, text: str) -> str:
-        """Add the typed tags (comma-separated) at the end of one caption; present ones stay where they are."""
-        self.begin()
-        if not key:
-            raise DatasetUIError("select an image first")
-        self.item(key)
-        if not split_tags(text or ""):
-            raise DatasetUIError("type a tag to add")
-        edit = AddTags(tuple(split_tags(text)))
-        changed = self.history.apply(self.texts, edit, [key])
-        return f"Added to {escape_markdown(Path(key).name)}." if changed else "Already there; nothing changed."
-
-    def set_caption(self, key: str | None, text: str) -> str | None:
-        """Replace one caption's text as typed (line breaks normalised); one undo step."""
-        self.begin()
-        if not key:
-            raise DatasetUIError("select an image first")
-        self.item(key)
-        changed = self._record({key: normalise_text(text or "")}, f"edit the caption of {Path(key).name}")
-        return "Caption updated." if changed else None
 
     def undo(self) -> str:
         self.begin()
@@ -389,24 +339,6 @@ class DatasetSession:
             return "Nothing to redo."
         changed = self.history.redo(self.texts)
         return f"Redid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
-
-    def propose(self, trigger: str, min_share: float) -> str:
-        """Find the feature tags to fold into `trigger` over the filtered captions (kept in `proposals`)."""
-        self.begin(mutating=False)
-        keys = self.filtered_keys()
-        proposals = propose_consolidation({key: self.texts[key] for key in keys}, trigger,
-                                          min_share=float(min_share))
-        self.proposals = {proposal_label(p): p for p in proposals}
-        if not proposals:
-            return "No physical-feature tag is in that share of the filtered captions."
-        return f"{plural(len(proposals), 'feature tag')} proposed: untick any to keep, then apply."
-
-    def consolidate(self, trigger: str, chosen: Sequence[str]) -> str:
-        """Fold the chosen proposals (their labels) into `trigger` on the filtered captions: one undo step."""
-        tags = [self.proposals[label].tag for label in chosen if label in self.proposals]
-        if not tags:
-            raise DatasetUIError("press Propose and keep at least one tag ticked")
-        return self.batch(Consolidate(trigger, tuple(tags)))
 
     # --- jobs that write captions ------------------------------------------------------------------------------
 
@@ -430,7 +362,7 @@ class DatasetSession:
             return sum(before.get(key) != text for key, text in self.texts.items())
         after = self.texts
         self.texts = before
-        changed = self._record(dict(after), description)
+        changed = self.record(dict(after), description)
         return len(changed)
 
 
@@ -442,11 +374,6 @@ def _whole_number(value: Any, what: str, minimum: int) -> int:
     if not math.isfinite(number) or number != int(number) or number < minimum:
         raise DatasetUIError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
     return int(number)
-
-
-def proposal_label(proposal: ConsolidationProposal) -> str:
-    """How a consolidation proposal reads in the check list: tag, category, how many of the captions."""
-    return f"{proposal.tag} — {proposal.category}, {proposal.count} ({proposal.share:.0%})"
 
 
 def _within(dataset: Dataset, allowed: AllowedRoots, left_out: list[str]) -> Dataset:
