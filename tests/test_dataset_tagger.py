@@ -3,6 +3,7 @@ unreadable images, providers, and finding models (folder, models_dir, the hub ca
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -140,23 +141,25 @@ def test_empty_caption_counts_as_none_under_skip(taggers: dict[str, Tagger], tmp
 
 
 def test_cancel_after_the_first_batch_keeps_its_captions(taggers: dict[str, Tagger], tmp_path: Path) -> None:
-    images = uncaptioned(tmp_path, count=6)
+    images = uncaptioned(tmp_path, count=7)
+    tagger = copy.copy(taggers["dynamic"])
+    model_run = tagger.predict
+
+    def predict_then_cancel(batch: np.ndarray) -> np.ndarray:
+        scores = model_run(batch)
+        job.cancel()  # the user presses Cancel while the first batch runs
+        return scores
+
+    tagger.predict = predict_then_cancel  # type: ignore[method-assign]
     seen = []
-
-    def work(control):
-        def on_image(result):
-            seen.append(result)
-            job.cancel()
-
-        return tag_folder(tmp_path, taggers["dynamic"], TaggerOptions(recursive=True, batch_size=3), control,
-                          on_image=on_image)
-
-    job = Job("tag", work)
+    job = Job("tag", lambda control: tag_folder(tmp_path, tagger, TaggerOptions(recursive=True, batch_size=3),
+                                                control, on_image=seen.append))
     with pytest.raises(JobCancelled):
         job.run_here()
     written = [p for p in images if p.with_suffix(".txt").exists()]
-    assert written == images[:3] and len(seen) == 3
-    assert job.snapshot().done == 3 and job.snapshot().total == len(images)
+    assert written == images[:3] == [r.image for r in seen] and all(r.status == "tagged" for r in seen)
+    assert [read_caption(p.with_suffix(".txt")).text for p in written] == [r.caption for r in seen]
+    assert job.snapshot().state == "cancelled" and (job.snapshot().done, job.snapshot().total) == (3, len(images))
 
 
 def test_unreadable_images_are_reported_and_the_rest_tagged(taggers: dict[str, Tagger], tmp_path: Path) -> None:
@@ -263,3 +266,13 @@ def test_files_that_are_not_a_wd14_tagger(models: dict[str, Path], tmp_path: Pat
     onnx.save(model, str(folder / "model.onnx"))
     with pytest.raises(TaggerModelError, match="not a WD14 tagger"):
         Tagger.load(files)
+
+
+def test_an_error_on_the_writer_thread_is_raised_not_lost(taggers: dict[str, Tagger], tmp_path: Path) -> None:
+    uncaptioned(tmp_path, count=2)
+
+    def broken(result):
+        raise RuntimeError("callback bug")
+
+    with pytest.raises(RuntimeError, match="callback bug"):
+        tag_folder(tmp_path, taggers["dynamic"], TaggerOptions(recursive=True), on_image=broken)

@@ -482,14 +482,29 @@ def tag_folder(
             record(ImageResult(Path(item.image), Path(item.caption_path), "skipped"))
         else:
             todo.append(item)
-    total = len(todo)
+    total, done = len(todo), 0
     if control is not None:
         control.progress(0, total, f"tagging {total} images with {tagger.files.name}",
                          provider=tagger.provider_in_use, warnings=list(tagger.warnings))
-    done = 0
-    pool = ThreadPoolExecutor(plan.decode_workers, thread_name_prefix="lora-studio-decode")
+
+    def finish(item: DatasetItem, scores: np.ndarray | None, error: str | None) -> None:
+        """On the writer thread, in order: tags -> caption -> disk, then report it."""
+        nonlocal done
+        if scores is None:
+            result = ImageResult(Path(item.image), Path(item.caption_path), "unreadable", error=error)
+        else:
+            result = _write(item, tags_from_scores(scores, tagger.labels, options), options, dataset.root, backup_dir)
+        record(result)
+        done += 1
+        if control is not None:
+            control.progress(done, total, f"{result.status} {result.image.name}")
+
+    # Captions are saved (fsync) on their own thread so the model never waits for the disk.
+    decoders = ThreadPoolExecutor(plan.decode_workers, thread_name_prefix="lora-studio-decode")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="lora-studio-write")
+    writes: list[Future[None]] = []
     try:
-        for batch in _batches(pool, todo, tagger.input_size, plan.batch_size):
+        for batch in _batches(decoders, todo, tagger.input_size, plan.batch_size):
             if control is not None:
                 control.check()
             decoded: list[tuple[DatasetItem, np.ndarray]] = []
@@ -497,20 +512,18 @@ def tag_folder(
                 try:
                     decoded.append((item, future.result()))
                 except DatasetError as error:
-                    record(ImageResult(Path(item.image), Path(item.caption_path), "unreadable", error=str(error)))
+                    writes.append(writer.submit(finish, item, None, str(error)))
             if decoded:
                 scores = tagger.predict(np.stack([array for _, array in decoded]))
-                for (item, _), row in zip(decoded, scores):
-                    tags = tags_from_scores(row, tagger.labels, options)
-                    record(_write(item, tags, options, dataset.root, backup_dir))
-            done += len(batch)
-            if control is not None:
-                control.progress(done, total, f"tagged {Path(batch[-1][0].image).name}")
+                writes.extend(writer.submit(finish, item, row, None) for (item, _), row in zip(decoded, scores))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        decoders.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True)  # every tagged image's caption is on disk before this returns or raises
         order = {Path(item.image): i for i, item in enumerate(dataset.items)}
         report.results.sort(key=lambda result: order[result.image])  # skipped ones were recorded first
         report.seconds = time.perf_counter() - start
+    for write in writes:
+        write.result()  # a bug on the writer thread is raised here, not lost
     return report
 
 
