@@ -155,8 +155,11 @@ def _field(f: train_form.FormField) -> Component:
     options: dict[str, Any] = {"label": f.label, "info": f.help, "elem_id": f"lora_studio_train_{f.name}"}
     if f.kind == "bool":
         return gr.Checkbox(value=f.default, **options)
+    if f.name == "train_blocks":  # the Block Weight presets (SD1 until a tab select reads the loaded model)
+        return gr.Dropdown(choices=["", *PresetBook.builtin().names("sd1")], value=f.default, allow_custom_value=True,
+                           **options)
     if f.choices or f.name in train_form.CUSTOM_CHOICES:
-        return gr.Dropdown(choices=list(f.choices) or [""], value=f.default,
+        return gr.Dropdown(choices=list(f.choices), value=f.default,
                            allow_custom_value=f.name in train_form.CUSTOM_CHOICES, **options)
     if f.kind == "args":
         return gr.Textbox(value=f.default, lines=2, placeholder="key=value, one per line", **options)
