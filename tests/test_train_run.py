@@ -22,7 +22,9 @@ from lib_lora.networks.network import as_applied, load_network
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.loop import TrainRun
+from lib_lora.train.network import TrainableNetwork
 from lib_lora.train.queue import TrainQueue
+from lib_lora.train.vram import estimate_vram
 
 pytest.importorskip("diffusers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,6 +110,7 @@ def test_sidecar_keeps_what_the_user_wrote(tmp_path, dataset, host):
 @pytest.mark.parametrize("ending", ["finished", "stopped", "crashed"])
 def test_the_host_is_bit_identical_after_a_run(tmp_path, dataset, host, ending):
     before_image, before = render(host), snapshot_host(host)
+    rng_before = torch.get_rng_state()
     config = tiny_config(dataset, tmp_path, max_train_steps=4, gradient_checkpointing=True,
                          mixed_precision="bf16", clip_skip=2)
     run_holder: list[TrainRun] = []
@@ -129,6 +132,7 @@ def test_the_host_is_bit_identical_after_a_run(tmp_path, dataset, host, ending):
         assert result.cancelled == (ending == "stopped")
         assert result.steps == (2 if ending == "stopped" else 4)
     assert_same_state(before, snapshot_host(host))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the run seeds its own draws and gives the state back
     assert np.array_equal(render(host), before_image)
     assert host.clip_skip == 1
     for module in host.unet.modules():
@@ -285,3 +289,22 @@ def test_a_stop_skips_the_rest_of_the_queue(tmp_path, dataset, host):
     job.cancel()  # asked before the first step: the first run stops at once, the second is skipped
     outcomes = job.run_here()
     assert [(o.name, o.status) for o in outcomes][1] == ("two", "skipped")
+
+
+def test_vram_estimate_counts_the_parts(tmp_path, dataset, host):
+    config = tiny_config(dataset, tmp_path, network_args=["conv_dim=2"])
+    estimate = estimate_vram(config, host)
+    with host.training_mode():
+        network = TrainableNetwork.create(config.network, host, seed=0)
+    assert estimate.lora_parameters == sum(p.numel() for p in network.parameters())
+    model_bytes = sum(p.numel() * p.element_size() for m in (host.unet, *host.text_encoders, host.vae)
+                      for p in [*m.parameters(), *m.buffers()])
+    assert estimate.parts["model (already loaded)"] == model_bytes
+    assert estimate.parts["LoRA weights"] == estimate.parts["gradients"] == 4 * estimate.lora_parameters
+    assert estimate.parts["optimizer state"] == 8 * estimate.lora_parameters  # AdamW: two fp32 moments
+    assert estimate.additional == estimate.total - model_bytes > 0
+    lighter = estimate_vram(config.with_values(gradient_checkpointing=True, optimizer_type="AdamW8bit",
+                                               train_batch_size=1), host)
+    assert lighter.parts["activations"] < estimate.parts["activations"] / 4
+    assert lighter.parts["optimizer state"] == 2 * estimate.lora_parameters
+    assert "activations:" in estimate.describe() and "GiB" in estimate.describe()

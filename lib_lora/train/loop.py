@@ -29,7 +29,7 @@ from .errors import ConfigError, TrainingError
 from .network import TrainableNetwork
 from .optim import build_optimizer, optimizer_notes
 from .progress import ProgressTracker, TrainProgress, path_text
-from .runtime import Precision, choose_precision, clip_skip_set, gradient_checkpointing
+from .runtime import Precision, choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
 from .sampling import SamplePrompt, load_sample_prompts, render_samples
 from .saving import (
     SAVE_DTYPES,
@@ -153,12 +153,14 @@ class TrainRun:
         """Train; returns the result (also after a stop). The host is restored however this ends."""
         started = time.time()
         notes = list(self.config.notes)
-        with self._gpu_held(), self.host.training_mode():
+        resume = read_position(Path(self.config.run.resume)) if self.config.run.resume else None
+        seed = self._seed(resume, notes)
+        with self._gpu_held(), self.host.training_mode(), seeded_global_rng(seed):
             with clip_skip_set(self.host, self.config.run.clip_skip) as clip_note, \
                     gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing):
                 if clip_note:
                     notes.append(clip_note)
-                run = self._prepare(control, notes, started)
+                run = self._prepare(control, notes, started, seed=seed, resume=resume)
                 with run.network.attached():
                     result = self._train(run, control, notes)
         result.seconds = time.time() - started
@@ -180,14 +182,14 @@ class TrainRun:
                 control.check()
             control.progress(message=f"{STAGES[index]} ({index + 1}/{len(STAGES)})", stage=STAGES[index])
 
-    def _prepare(self, control: JobControl | None, notes: list[str], started: float) -> _Run:
+    def _prepare(self, control: JobControl | None, notes: list[str], started: float, *, seed: int,
+                 resume: TrainPosition | None) -> _Run:
         config, host, dist = self.config, self.host, self.dist
         run_cfg = config.run
         v_prediction = host.prediction_type == "v_prediction"
         if run_cfg.v_parameterization and not v_prediction:
             raise ConfigError("v_parameterization", True, "the loaded model predicts epsilon (noise), not v")
-        resume_position = read_position(Path(run_cfg.resume)) if run_cfg.resume else None
-        seed = self._seed(resume_position, notes)
+        resume_position = resume
 
         self._stage(control, 0)
         data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,

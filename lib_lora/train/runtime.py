@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.utils.checkpoint
 
@@ -134,3 +136,23 @@ def clip_skip_set(host: Host, clip_skip: int | None) -> Iterator[str | None]:
         yield None
     finally:
         host.clip_skip = previous  # type: ignore[attr-defined]
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed torch (CPU and CUDA), Python's `random` and NumPy for the block (dropout and anything else drawing
+    from the global generators, as sd-scripts' set_seed does), and give the process its own states back after,
+    so a run inside the WebUI leaves the WebUI's random state as it found it."""
+    saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             random.getstate(), np.random.get_state())
+    try:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        if saved[1] is not None:
+            torch.cuda.set_rng_state_all(saved[1])
+        random.setstate(saved[2])
+        np.random.set_state(saved[3])
