@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,12 +221,11 @@ def analyze_blocks(
     grid = draw_analysis(spec, len(blocks), without, all_on, lora_share, rows)
     parameters = analysis_parameters(spec, resolved, blocks, rows, model_name)
     result = AnalyzeResult(spec, resolved.name, blocks, without, all_on, lora_share, rows, grid, parameters)
-    path = None
     if save_to is not None:
-        path = save_png(grid, save_to, parameters,
-                        extra_text={ANALYZE_SETTINGS_KEY: json.dumps({**result.to_json(), "model": model_name})})
-    control.progress(total, total, f"saved {path}" if path else "done")
-    return AnalyzeResult(spec, resolved.name, blocks, without, all_on, lora_share, rows, grid, parameters, path)
+        settings = json.dumps({**result.to_json(), "path": str(save_to), "model": model_name})
+        result = replace(result, path=save_png(grid, save_to, parameters, extra_text={ANALYZE_SETTINGS_KEY: settings}))
+    control.progress(total, total, f"saved {result.path}" if result.path else "done")
+    return result
 
 
 def _off(ones: Sequence[float], index: int) -> list[float]:

@@ -19,12 +19,16 @@ TEXT_COLOR = (20, 20, 20)
 BACKGROUND = (255, 255, 255)
 MIN_LABEL_WIDTH = 96
 MAX_ROW_LABEL_WIDTH = 240
+LABEL_SIZE = 13
 
 
 @lru_cache(maxsize=1)
 def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's built-in default font (Pillow ≥ 10.1: a small TrueType font; 9.5: a bitmap font)."""
-    return ImageFont.load_default()
+    """PIL's built-in default font: Pillow ≥ 10.1 a TrueType font at LABEL_SIZE px, 9.5 its fixed bitmap font."""
+    try:
+        return ImageFont.load_default(size=LABEL_SIZE)
+    except TypeError:  # Pillow < 10.1 (A1111's 9.5): no size, the bitmap font
+        return ImageFont.load_default()
 
 
 def _drawable(text: str, font: object) -> str:

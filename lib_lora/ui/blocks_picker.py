@@ -6,14 +6,13 @@ loaded model's; `filter_names` is the search.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
 
 from ..blocks.apply import LoraLibrary
-from ..blocks.presets import FAMILY_TITLES, family_of
+from ..blocks.presets import FAMILY_TITLES, family_of, full_block_ids
 from ..errors import BlockWeightError
 from ..networks.files import MODEL_HASH_KEY, addnet_hash, short_hash
 from ..networks.tools.info import network_info
@@ -59,7 +58,8 @@ def describe_lora(path: Path, model_arch: str | None) -> str:
     parts = [f"**type:** {info.format}", f"**dim/alpha:** {dim}/{alpha}", f"**family:** {family}"]
     parts += [f"**{label}:** {escape_markdown(str(metadata[key]))}" for key, label in _FIELDS if key in metadata]
     parts.append(f"**hash:** `{short_hash(full_hash)}`")
-    blocks = Counter(m.block for m in info.modules if m.block is not None)
+    order = {block: index for index, block in enumerate(full_block_ids(info.arch or model_arch or "sd1"))}
+    blocks = sorted({m.block for m in info.modules if m.block is not None}, key=lambda b: (order.get(b, len(order)), b))
     lines = [" · ".join(parts), "**blocks with modules:** " + (", ".join(blocks) if blocks else "none")]
     tags = info.top_tags(TOP_TAGS_SHOWN)
     if tags:

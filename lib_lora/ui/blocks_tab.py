@@ -33,7 +33,7 @@ STATUS = (
 )
 DEFAULT_X = "preset: NONE, ALL, CHAR, NCNF"
 DEFAULT_Y = "strength: 0.5, 1"
-SLIDERS_PER_ROW = 9
+SLIDERS_PER_ROW = 6
 ANALYZER_HEADERS = ["rank", "block", "changed %"]
 IMAGE_HEIGHT = 384
 
@@ -108,7 +108,7 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
                 c["lora_info"] = gr.Markdown("", elem_id="lora_studio_blocks_lora_info")
                 c["weight"] = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength",
                                         elem_id="lora_studio_blocks_weight")
-                c["tag"] = gr.Textbox(label="Tag for the prompt (copy it)", interactive=False,
+                c["tag"] = gr.Textbox(label="Tag for the prompt", interactive=False, show_copy_button=True,
                                       elem_id="lora_studio_blocks_tag")
             with gr.Column(scale=2, min_width=400):
                 with gr.Row(equal_height=True):
@@ -126,7 +126,7 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
                             c[SLIDER_KEYS[index]] = gr.Slider(
                                 low, high, value=1.0 if shown else 0.0, step=step,
                                 label=initial.blocks[index] if shown else f"block {index}", visible=shown,
-                                min_width=70, elem_id=f"lora_studio_blocks_{SLIDER_KEYS[index]}")
+                                min_width=100, elem_id=f"lora_studio_blocks_{SLIDER_KEYS[index]}")
                 with gr.Row(equal_height=True):
                     c["preset_name"] = gr.Textbox(label="Save as preset", placeholder="NAME",
                                                   elem_id="lora_studio_blocks_preset_name", scale=2)
