@@ -1,4 +1,4 @@
-"""The command line: `python -m lib_lora [serve|demo|lora|blocks|generate|tag] [options]`; core errors: one line, exit 2."""
+"""The command line `python -m lib_lora [serve|demo|lora|blocks|generate|tag|train]`; core errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ from .cli_blocks import add_blocks_parser, run_blocks_command
 from .cli_generate import add_generate_parser, run_generate_command
 from .cli_lora import add_lora_parser, run_lora_command
 from .cli_tag import add_tag_parser, run_tag_command
+from .cli_train import add_train_parser, run_train_command
 from .errors import LoraStudioError
 
 if TYPE_CHECKING:
     from .hosts.base import Host
 
 PROG = "python -m lib_lora"
-COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag")
+COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag", "train")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
 DEFAULT_WORKSPACE = Path("lora_studio_workspace")
-EPILOG = (
-    "With no command, `serve` runs. "
-    "The command train arrives with a later issue."
-)
+EPILOG = "With no command, `serve` runs."
 
 
 class ServeError(LoraStudioError):
@@ -33,7 +31,7 @@ class ServeError(LoraStudioError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with its `serve`, `demo`, `lora`, `blocks`, `generate` and `tag` subcommands."""
+    """The parser with its `serve`, `demo`, `lora`, `blocks`, `generate`, `tag` and `train` subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="LoRA Studio: tag, train and apply LoRAs with per-block strengths, standalone.",
@@ -59,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_blocks_parser(commands, parents=[model])
     add_generate_parser(commands, parents=[model])
     add_tag_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
@@ -127,6 +126,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             run_generate_command(args, out)
         elif args.command == "tag":
             run_tag_command(args, out)
+        elif args.command == "train":
+            run_train_command(args, out)
         else:
             serve(_load_host(args, out), args, out=out)
     except LoraStudioError as error:

@@ -99,6 +99,19 @@ class Distributed:
         torch.distributed.broadcast(tensor, src=0)
         return int(tensor.item())
 
+    def check_in_sync(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """TrainingError unless every rank holds the same weights (compared by their sum and sum of squares)."""
+        if not self.active:
+            return
+        values = [p.detach().double() for p in parameters]
+        summary = torch.stack([sum(v.sum() for v in values), sum((v * v).sum() for v in values)]).to(
+            self._collective_device())
+        high, low = summary.clone(), summary.clone()
+        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+        if not torch.equal(high, low):
+            raise TrainingError(f"the processes' weights drifted apart (sums {low.tolist()} … {high.tolist()})")
+
     def barrier(self) -> None:
         if self.active:
             self.accelerator.wait_for_everyone()

@@ -332,6 +332,9 @@ class TrainRun:
                                            keep_last_n=cfg.save_last_n_epochs, every_n_epochs=cfg.save_every_n_epochs)
 
         self._stage(control, 4, check=False)
+        if self.dist.active:
+            self.dist.check_in_sync(run.params)
+            notes.append(f"the {self.dist.world_size} processes ended with identical weights")
         if stopped:
             result.cancelled = True
             if cfg.save_on_cancel and step > 0:
