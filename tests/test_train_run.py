@@ -196,13 +196,30 @@ def test_periodic_saves_rotate_and_save_now(tmp_path, dataset, host):
                                               "tinylora.safetensors"]
 
 
-def test_epoch_saves_rotate(tmp_path, dataset, host):
-    config = tiny_config(dataset, tmp_path, max_train_epochs=4, save_every_n_epochs=1, save_last_n_epochs=2)
+def test_epoch_saves_rotate_and_epoch_samples(tmp_path, dataset, host):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("tinychar --s 1\n", encoding="utf-8")
+    config = tiny_config(dataset, tmp_path, max_train_epochs=4, save_every_n_epochs=1, save_last_n_epochs=2,
+                         sample_prompts=str(prompts), sample_every_n_epochs=2, sample_at_first=True)
     result = TrainRun(config, host).run()
     assert (result.steps, result.epochs) == (8, 4)  # 4 images, batch 2: 2 steps an epoch
     files = sorted(path.name for path in tmp_path.glob("*.safetensors"))
     assert files == ["tinylora-000002.safetensors", "tinylora-000003.safetensors", "tinylora.safetensors"]
     assert load_lora_file(tmp_path / "tinylora-000002.safetensors").metadata["ss_epoch"] == "2"
+    # before the first step, after epoch 2 (step 4), and at the end (epoch 4 is the last: no epoch sample)
+    assert [path.name for path in result.samples] == ["tinylora_000000_00.png", "tinylora_000004_00.png",
+                                                      "tinylora_000008_00.png"]
+
+
+def test_half_precision_network_and_saved_dtype(tmp_path, dataset, host):
+    before = snapshot_host(host)
+    config = tiny_config(dataset, tmp_path, max_train_steps=2, mixed_precision="bf16", full_bf16=True,
+                         save_precision="fp16")
+    result = TrainRun(config, host).run()
+    assert all(np.isfinite(result.loss_history))
+    tensors = load_lora_file(result.output).tensors
+    assert {t.dtype for k, t in tensors.items() if not k.endswith(".alpha")} == {torch.float16}
+    assert_same_state(before, snapshot_host(host))
 
 
 def test_the_file_renders_the_same_in_diffusers_and_in_our_merge(tmp_path, dataset, host):

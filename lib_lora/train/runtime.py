@@ -71,10 +71,10 @@ def choose_precision(mixed_precision: str, *, full_fp16: bool, full_bf16: bool, 
 @functools.lru_cache(maxsize=8)
 def autocast_works(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether a linear layer runs under autocast to `dtype` on `device` (CPU fp16 depends on the torch build)."""
-    try:
-        layer = torch.nn.Linear(4, 4).to(device)
+    try:  # fixed tensors, no module: probing must not draw from the global RNG
+        weight = torch.ones(4, 4, device=device)
         with torch.autocast(device_type=device.type, dtype=dtype):
-            out = layer(torch.ones(1, 4, device=device))
+            out = torch.nn.functional.linear(torch.ones(1, 4, device=device), weight)
         return out.dtype == dtype
     except (RuntimeError, ValueError, AssertionError):
         return False
