@@ -147,6 +147,9 @@ def run_demo_command(args: argparse.Namespace, out: TextIO) -> None:
 
     host = _load_host(args, out)
     report = run_demo(args.output_dir, model=args.model, host=host, log=_printer("demo", out))
+    print("demo: wrote", file=out)
+    for path in report.outputs:
+        print(f"  {path}", file=out)
     print(f"demo: finished; everything it wrote is in {report.output_dir.resolve()}", file=out, flush=True)
     if not args.no_ui:
         if args.workspace == DEFAULT_WORKSPACE:

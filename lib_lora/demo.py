@@ -1,6 +1,10 @@
-"""The demo job: the main loop end to end on the embedded default (tiny model, generated dataset).
+"""The demo job: the whole LoRA loop end to end on the embedded default (tiny model, generated dataset).
 
-It runs what exists today and names what is not there yet, so `make demo` stays honest as issues land.
+Dataset → tag with the tiny WD14-contract ONNX tagger and a trigger word → train a LoRA in-process on the
+loaded model (character recipe, scaled down) → render with and without it → a block-weight grid of presets ×
+strengths → check the model's weights are bit-identical to before. Everything is written under one folder laid
+out as the standalone app's workspace (`Lora/`, `datasets/`, `tagger/`, `lora_studio/`), so
+`python -m lib_lora serve --workspace <folder>` (what `make demo` does next) shows it all in the tabs.
 """
 
 from __future__ import annotations
@@ -10,61 +14,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
+from .blocks.apply import LoraLibrary
+from .blocks.grid import Axis, GridSpec, new_output_path, plan_grid, run_grid
+from .blocks.presets import PresetBook
+from .blocks.session import LoraSession
+from .dataset.tagger import Tagger, TaggerOptions, tag_folder
+from .dataset.tagger_models import resolve_model
 from .hosts.base import GenerationRequest, Host
 from .hosts.diffusers import load_diffusers_host
-from .networks.attach import WeightMerger
-from .networks.files import save_lora_file, short_hash
-from .networks.keys import build_target_index
-from .networks.metadata import LoraMetadata
-from .networks.network import as_applied, load_network
-from .tiny.images import GeneratedDataset, generate_dataset
-from .tiny.loras import random_lora_state_dict
+from .jobs import Job
+from .networks.network import load_network
+from .pnginfo import save_png
+from .tiny.images import generate_dataset
+from .tiny.tagger import write_tiny_wd14_tagger
+from .train.config import TrainConfig
+from .train.loop import TrainRun
+from .train.recipes import RECIPES
 
-# What the full loop has that this build does not do yet, with the issue that brings it.
-NOT_YET: tuple[str, ...] = (
-    "tag the dataset with a WD14 ONNX tagger and edit tags (issue #5)",
-    "train a LoRA on the cached latents and conditionings (issue #6)",
-    "apply LoRAs with per-block strengths, e.g. <lora:name:0.8:NCNF> (issue #4)",
-)
+DEMO_RECIPE = "character-sd1"
+# The recipe's values, scaled to the tiny model: 64 px, a few dozen steps, AdamW (no optional package needed).
+DEMO_OVERRIDES: dict[str, object] = {
+    "resolution": "64", "max_train_steps": 60, "train_batch_size": 2, "network_dim": 4, "network_alpha": 4,
+    "optimizer_type": "AdamW", "optimizer_args": [], "learning_rate": 1e-3, "seed": 1,
+}
+GRID_X = "preset: NONE, ALL, CHAR, NCNF"
+GRID_Y = "strength: 0.5, 1"
+SIZE = 64
+STEPS = 6
 
 
 @dataclass
 class DemoReport:
-    """What the demo did, where it wrote it, and what it skipped."""
+    """What the demo did and where it wrote it."""
 
     model: str
     output_dir: Path
     done: list[str] = field(default_factory=list)
-    not_yet: tuple[str, ...] = NOT_YET
-    sample: Path | None = None
-
-
-def load_pixels(path: Path, size: int) -> torch.Tensor:
-    """An image file as [3, size, size] in [-1, 1]: transparency onto white, centre crop, bicubic resize."""
-    with Image.open(path) as image:
-        rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    rgb = Image.alpha_composite(canvas, rgba).convert("RGB")
-    side = min(rgb.size)
-    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-    square = rgb.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    array = np.asarray(square, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1)
+    outputs: list[Path] = field(default_factory=list)
 
 
 def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None] = lambda _: None,
              host: Host | None = None) -> DemoReport:
-    """Load the model, generate a dataset, cache latents and conditionings, render samples without and with a LoRA."""
+    """Run the loop on `host` (loaded from `model` when None), writing under `output_dir`; returns the report."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = DemoReport(model=model, output_dir=output_dir)
 
-    def step(message: str) -> None:
+    def step(message: str, *paths: Path) -> None:
         report.done.append(message)
+        report.outputs.extend(paths)
         log(message)
 
     if host is None:
@@ -72,71 +72,66 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
         host = load_diffusers_host(model)
         step(f"loaded model {model!r} in {time.perf_counter() - started:.1f}s")
     step(f"using {host.info().as_text()}")
+    base = {name: tensor.clone() for name, tensor in host.unet.state_dict().items()}
 
-    dataset = generate_dataset(output_dir / "dataset")
-    step(f"generated {len(dataset.images)} images with captions in {dataset.folder}")
+    dataset = generate_dataset(output_dir / "datasets", count=8, repeats=5)
+    step(f"generated {len(dataset.images)} images with captions in {dataset.folder}", dataset.folder)
 
-    resolution = 64
-    pixels = torch.stack([load_pixels(p, resolution) for p in dataset.images])
-    latents = host.encode_images(pixels)
-    cond = host.encode_prompts(list(dataset.captions), size=(resolution, resolution))
-    step(f"cached latents {tuple(latents.shape)} and text conditionings {tuple(cond.context.shape)} "
-         f"with the host's own VAE and text encoder")
+    tagger_dir = write_tiny_wd14_tagger(output_dir / "tagger" / "tiny-wd14").directory
+    tagger = Tagger.load(resolve_model(tagger_dir))
+    options = TaggerOptions(trigger=(dataset.trigger,), existing="overwrite")
+    tagged = tag_folder(dataset.folder, tagger, options)
+    first = dataset.caption_paths[0].read_text(encoding="utf-8").strip()
+    step(f"tagged them with the tiny WD14-contract model on {tagged.provider}, trigger word {dataset.trigger!r} "
+         f"first ({tagged.summary()}); e.g. {dataset.caption_paths[0].name}: {first!r}")
 
-    with host.training_mode():
-        noise = torch.randn_like(latents[:1])
-        schedule = host.alphas_cumprod()
-        t = torch.tensor([500])
-        noisy = schedule[t].sqrt() * latents[:1] + (1 - schedule[t]).sqrt() * noise
-        prediction = host.apply_unet(noisy.to(host.dtype), t, cond.select(slice(0, 1)))
-        loss = torch.nn.functional.mse_loss(prediction.float(), noise)
-    step(f"ran one denoiser pass in training mode (loss {loss.item():.4f}); the host's flags were restored")
-
-    request = GenerationRequest(prompt=dataset.captions[0], steps=4, width=resolution, height=resolution, seed=0)
-    image = host.generate(request)
-    report.sample = output_dir / "samples" / "sample.png"
-    report.sample.parent.mkdir(parents=True, exist_ok=True)
-    image.save(report.sample)
-    step(f"generated a {image.width}x{image.height} sample for {request.prompt!r} -> {report.sample}")
-
-    lora_path = write_demo_lora(host, dataset, output_dir / "loras" / f"{dataset.trigger}_demo.safetensors")
-    step(f"wrote a kohya-format LoRA with ss_*/modelspec metadata -> {lora_path} (random weights stand in for "
-         f"a trained LoRA until issue #6)")
-    network = load_network(lora_path)
+    lora_dir = output_dir / "Lora"
+    recipe = RECIPES[DEMO_RECIPE]
+    config = TrainConfig.from_dict({
+        **recipe.values, **DEMO_OVERRIDES, "pretrained_model_name_or_path": model,
+        "train_data_dir": str(output_dir / "datasets"), "output_dir": str(lora_dir),
+        "output_name": f"{dataset.trigger}_demo", "caption_extension": ".txt",
+    })
+    result = TrainRun(config, host).run()
+    step(f"trained {recipe.title!r} (scaled down: {config.max_train_steps} steps at {SIZE}px, blocks "
+         f"IN04-IN07/OUT03-OUT06) on the loaded model: {result.summary()}", *result.saved)
+    lora = result.output
+    assert lora is not None
+    network = load_network(lora)
     step(f"read it back: {network.format}, {len(network.modules)} modules, family {network.arch}, "
-         f"A1111 hash {short_hash(network.identity)} (details: python -m lib_lora lora info {lora_path})")
-    merger = WeightMerger(build_target_index(host))
-    before = {k: v.clone() for k, v in host.unet.state_dict().items()}
-    with merger.applied([as_applied(network, unet_multiplier=0.8, te_multiplier=0.8)]) as applied:
-        with_lora = host.generate(request)
-    with_lora.save(report.sample.with_name("sample_lora.png"))
-    exact = all(torch.equal(v, host.unet.state_dict()[k]) for k, v in before.items())
-    step(f"merged it at 0.8 into {applied.rebuilt} weights, rendered {report.sample.with_name('sample_lora.png')}, "
-         f"unmerged: weights {'bit-identical' if exact else 'CHANGED'} to before")
-    for item in report.not_yet:
-        log(f"not yet: {item}")
+         f"{len(_tags(network.metadata))} tags in its metadata (python -m lib_lora lora info {lora})")
+
+    session = LoraSession(host, LoraLibrary([lora_dir]), PresetBook.builtin(), model_name=model)
+    samples = output_dir / "samples"
+    prompt = f"{dataset.trigger}, portrait"
+    for name, text in (("without_lora", prompt), ("with_lora", f"<lora:{lora.stem}:1> {prompt}")):
+        generated = session.generate(GenerationRequest(prompt=text, steps=STEPS, width=SIZE, height=SIZE, seed=0))
+        path = save_png(generated.image, samples / f"{name}.png", generated.parameters)
+        step(f"rendered {text!r} -> {path}", path)
+
+    spec = GridSpec(prompt=prompt, x=Axis.parse(GRID_X), y=Axis.parse(GRID_Y), lora=lora.stem, seed=0,
+                    steps=STEPS, width=SIZE, height=SIZE)
+    grid_path = new_output_path(output_dir / "lora_studio" / "grids", "xy")
+    plan = plan_grid(spec)
+    grid = Job("demo grid", lambda control: run_grid(plan, session, control, model_name=model,
+                                                    save_to=grid_path)).run_here()
+    step(f"block-weight grid ({GRID_X}) x ({GRID_Y}) of the trained LoRA, {len(grid.cells)} images -> {grid.path}",
+         grid_path)
+
+    session.unmerge()
+    exact = all(torch.equal(tensor, base[name]) for name, tensor in host.unet.state_dict().items())
+    step(f"unmerged: the model's UNet weights are {'bit-identical' if exact else 'CHANGED'} to before the demo")
     return report
 
 
-def write_demo_lora(host: Host, dataset: GeneratedDataset, path: Path) -> Path:
-    """A random rank-4 LoRA for `host`, saved with the metadata a trained one would carry (tags of `dataset`)."""
-    rank = 4
-    tensors = random_lora_state_dict(build_target_index(host), rank=rank, alpha=rank / 2, seed=0)
+def _tags(metadata: dict[str, str] | object) -> dict[str, int]:
+    import json
+
+    text = getattr(metadata, "get", lambda _key, _default=None: None)("ss_tag_frequency", None)
+    if not text:
+        return {}
     tags: dict[str, int] = {}
-    for caption in dataset.captions:
-        for tag in (t.strip() for t in caption.split(",")):
-            tags[tag] = tags.get(tag, 0) + 1
-    folder = dataset.folder.name
-    metadata = LoraMetadata(
-        arch=host.arch.name,
-        network_dim=rank,
-        network_alpha=rank / 2,
-        output_name=path.stem,
-        resolution=(64, 64),
-        dataset_dirs={folder: {"n_repeats": dataset.repeats, "img_count": len(dataset.images)}},
-        tag_frequency={folder: tags},
-        training_comment="LoRA Studio demo: random weights, not trained",
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_lora_file(path, tensors, metadata.to_metadata())
-    return path
+    for folder in json.loads(text).values():
+        for tag, count in folder.items():
+            tags[tag] = tags.get(tag, 0) + count
+    return tags

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from PIL import Image
+
 from lib_lora.cli import build_parser, with_default_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +43,23 @@ def test_serve_is_the_default_command_and_listening_is_opt_in():
     assert build_parser().parse_args(with_default_command(["--listen"])).listen is True
 
 
-def test_demo_without_ui_says_what_it_did(tmp_path):
-    result = run_cli("demo", "--no-ui", "--output-dir", str(tmp_path / "out"))
+def test_demo_without_ui_runs_the_loop_and_lists_what_it_wrote(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("demo", "--no-ui", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
-    assert "demo: generated" in result.stdout
-    assert "not yet:" in result.stdout and "issue #6" in result.stdout
     assert "Running on" not in result.stdout and "serving on" not in result.stdout
-    assert (tmp_path / "out" / "samples" / "sample.png").is_file()
-    assert (tmp_path / "out" / "samples" / "sample_lora.png").is_file()
-    assert (tmp_path / "out" / "loras" / "tinychar_demo.safetensors").is_file()
-    assert "weights bit-identical to before" in result.stdout
+    captions = sorted((out / "datasets" / "5_tinychar").glob("*.txt"))
+    assert len(captions) == 8 and all(c.read_text(encoding="utf-8").startswith("tinychar, ") for c in captions)
+    lora = out / "Lora" / "tinychar_demo.safetensors"
+    assert lora.is_file() and (out / "Lora" / "tinychar_demo.json").is_file()
+    assert (out / "samples" / "with_lora.png").is_file() and (out / "samples" / "without_lora.png").is_file()
+    (grid,) = (out / "lora_studio" / "grids").glob("*-xy.png")
+    with Image.open(grid) as image:
+        assert "preset: NONE, ALL, CHAR, NCNF" in image.info["parameters"]
+    listed = result.stdout.split("demo: wrote\n", 1)[1]
+    for path in (lora, grid, out / "samples" / "with_lora.png"):
+        assert f"  {path}\n" in listed
+    assert "bit-identical to before the demo" in result.stdout
 
 
 def test_missing_model_is_one_line_and_exit_code_2():
