@@ -428,3 +428,30 @@ def test_generate_uses_webui_processing(
         7,
     )
     assert p.sd_model is a1111_host.sd_model and p.do_not_save_samples and p.closed and not grad_enabled
+
+
+def test_generate_runs_the_always_on_scripts_with_their_defaults_and_the_gate_holder(
+    monkeypatch: pytest.MonkeyPatch, a1111_host: A1111Host, webui: Any
+) -> None:
+    """Without p.scripts A1111 runs no script, so `<lora:x:0.8:NCNF>` would reach the built-in Lora unrewritten."""
+    from lib_lora.webui.blockweight import ALLOW_WHILE_HELD_ATTR
+    from lib_lora.webui.tabs import WEBUI_GPU
+
+    made: list[Any] = []
+    processing = ModuleType("modules.processing")
+    processing.StableDiffusionProcessingTxt2Img = lambda **kwargs: SimpleNamespace(**kwargs)
+    processing.process_images = lambda p: made.append(p) or SimpleNamespace(images=["image"])
+    runner = SimpleNamespace(inputs=[None, SimpleNamespace(value=True), SimpleNamespace(value=0.5), None])
+    scripts = ModuleType("modules.scripts")
+    scripts.scripts_txt2img = runner
+    for name, module in (("processing", processing), ("scripts", scripts)):
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+        monkeypatch.setattr(webui.modules, name, module, raising=False)
+
+    a1111_host.generate(GenerationRequest(prompt="a cat <lora:x:0.8:NCNF>"))
+    with WEBUI_GPU.hold("training"):
+        a1111_host.generate(GenerationRequest(prompt="a cat"))
+    first, second = made
+    assert first.scripts is runner and first.script_args == (0, True, 0.5, None)
+    assert first.prompt == "a cat <lora:x:0.8:NCNF>"  # the script rewrites it, not us
+    assert getattr(first, ALLOW_WHILE_HELD_ATTR) is None and getattr(second, ALLOW_WHILE_HELD_ATTR) == "training"

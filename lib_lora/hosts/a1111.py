@@ -316,6 +316,7 @@ class A1111Host:
             do_not_save_samples=True,
             do_not_save_grid=True,
         )
+        _run_always_on_scripts(p)
         try:
             with torch.no_grad():
                 processed = processing.process_images(p)
@@ -382,3 +383,29 @@ class A1111Host:
             _restore_placement(placement)
             if lowvram is not None:
                 lowvram.module_in_gpu = module_in_gpu
+
+
+def _run_always_on_scripts(p: Any) -> None:
+    """Let txt2img's always-on scripts see `p` (our block-weight script reads the `<lora:…>` tags' presets).
+
+    A processing object built in code has no `p.scripts`, so A1111 would run no script: `<lora:x:0.8:NCNF>`
+    would then reach the built-in Lora unrewritten. The arguments are each script control's default value (what
+    the API sends when a request names no script), index 0 = no selectable script. `p` carries the GPU gate's
+    holder: our own generations (the Block Weight tab, training samples) run while we hold it.
+    """
+    try:
+        from modules import scripts  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    runner = getattr(scripts, "scripts_txt2img", None)
+    if runner is None:
+        return
+    defaults = [getattr(control, "value", None) for control in getattr(runner, "inputs", None) or [None]]
+    defaults[0] = 0
+    p.scripts = runner
+    p.script_args = tuple(defaults)
+
+    from ..webui.blockweight import ALLOW_WHILE_HELD_ATTR
+    from ..webui.tabs import WEBUI_GPU
+
+    setattr(p, ALLOW_WHILE_HELD_ATTR, WEBUI_GPU.holder)
