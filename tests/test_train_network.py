@@ -346,3 +346,18 @@ def test_metadata_names_the_network(sd1_host):
     assert meta["ss_network_module"] == "lycoris.kohya"
     assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2.0")
     assert '"algo": "loha"' in meta["ss_network_args"]
+
+
+def test_autocast_bf16_trains_float32_parameters(sd1_host):
+    network = make_network(sd1_host, "lora")
+    probe = Probe(sd1_host)
+    with sd1_host.training_mode(), network.attached():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cond = sd1_host.encode_prompts(probe.texts, with_grad=True)
+            out = sd1_host.apply_unet(probe.x, probe.t, cond)
+        assert out.dtype == torch.bfloat16
+        F.mse_loss(out.float(), probe.target).backward()
+    grads = [p.grad for n, p in network.named_parameters() if n.endswith("lora_up")]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert {p.dtype for p in network.parameters()} == {torch.float32}
