@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,79 +27,31 @@ from .distributed import Distributed
 from .errors import ConfigError, TrainingError
 from .network import TrainableNetwork
 from .optim import build_optimizer, optimizer_notes
-from .progress import ProgressTracker, TrainProgress, path_text
-from .runtime import Precision, choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
-from .sampling import SamplePrompt, load_sample_prompts, render_samples
+from .outputs import PreparedRun, RunOutputs, TrainResult
+from .progress import ProgressTracker, TrainProgress
+from .runtime import choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
+from .sampling import load_sample_prompts
 from .saving import (
-    SAVE_DTYPES,
     RunFacts,
-    build_metadata,
-    card_sidecar,
     default_activation_text,
     epoch_name,
     host_model_name,
     lora_path,
-    read_sidecar,
     rotate_epoch_saves,
     rotate_step_saves,
-    save_network_file,
     step_name,
-    write_card_files,
 )
 from .schedule import build_scheduler
-from .state import TrainPosition, load_state, read_position, save_state
+from .state import TrainPosition, load_state, read_position
 from .steps import LossSettings, batch_loss
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
     from ..jobs import GpuGate
 
+__all__ = ["STAGES", "TrainResult", "TrainRun"]
+
 STAGES = ("prepare data", "build network", "build optimizer", "train", "save")
-
-
-@dataclass
-class TrainResult:
-    """What a run produced. `output` is the final LoRA (or, after a stop, the save of what was learned)."""
-
-    output: Path | None
-    steps: int
-    epochs: int
-    cancelled: bool = False
-    saved: list[Path] = field(default_factory=list)
-    samples: list[Path] = field(default_factory=list)
-    state_dirs: list[Path] = field(default_factory=list)
-    loss_history: list[float] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
-        verb = "stopped; saved" if self.cancelled else "wrote"
-        where = self.output if self.output is not None else "nothing"
-        return f"{verb} {where} ({self.steps} steps, {self.epochs} epochs{loss}, {self.seconds:.1f} s)"
-
-
-@dataclass
-class _Run:
-    """Everything the stages build, for the loop and the saves."""
-
-    data: TrainData
-    network: TrainableNetwork
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    params: list[torch.nn.Parameter]
-    precision: Precision
-    settings: LossSettings
-    alphas_cumprod: torch.Tensor
-    generator: torch.Generator
-    position: TrainPosition
-    batches_per_epoch: int
-    total_steps: int
-    total_epochs: int
-    facts: RunFacts
-    prompts: list[SamplePrompt]
-    encode_with_grad: bool
 
 
 class TrainRun:
@@ -127,9 +78,11 @@ class TrainRun:
         self.dist = distributed or Distributed()
         self.cache_dir = cache_dir
         self.on_step = on_step
+        self._outputs = RunOutputs(config, host, self.output_dir, self.dist)
         self._stop = False
         self._save_now = False
-        self._result: TrainResult | None = None
+        self.result: TrainResult | None = None
+        """The result once `run()` has returned."""
 
     @property
     def output_path(self) -> Path:
@@ -164,7 +117,7 @@ class TrainRun:
                 with run.network.attached():
                     result = self._train(run, control, notes)
         result.seconds = time.time() - started
-        self._result = result
+        self.result = result
         return result
 
     @contextmanager
@@ -183,7 +136,7 @@ class TrainRun:
             control.progress(message=f"{STAGES[index]} ({index + 1}/{len(STAGES)})", stage=STAGES[index])
 
     def _prepare(self, control: JobControl | None, notes: list[str], started: float, *, seed: int,
-                 resume: TrainPosition | None) -> _Run:
+                 resume: TrainPosition | None) -> PreparedRun:
         config, host, dist = self.config, self.host, self.dist
         run_cfg = config.run
         v_prediction = host.prediction_type == "v_prediction"
@@ -249,7 +202,7 @@ class TrainRun:
             activation_text=run_cfg.activation_text or default_activation_text(data_metadata.get("ss_dataset_dirs")),
         )
         prompts = load_sample_prompts(run_cfg.sample_prompts) if run_cfg.sample_prompts else []
-        return _Run(data=data, network=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        return PreparedRun(data=data, network=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                     params=params, precision=precision, settings=LossSettings.from_run(run_cfg,
                                                                                        v_prediction=v_prediction),
                     alphas_cumprod=host.alphas_cumprod(), generator=generator, position=position,
@@ -268,7 +221,7 @@ class TrainRun:
         return self.dist.broadcast_int(random.randrange(2**31))
 
     # --- stage: train ----------------------------------------------------------------------------------------------
-    def _train(self, run: _Run, control: JobControl | None, notes: list[str]) -> TrainResult:
+    def _train(self, run: PreparedRun, control: JobControl | None, notes: list[str]) -> TrainResult:
         self._stage(control, 3)
         cfg = self.config.run
         position = run.position
@@ -278,7 +231,7 @@ class TrainRun:
                              loss_history=tracker.losses)
         last_sample_step = -1
         if cfg.sample_at_first and position.step == 0 and run.prompts:
-            self._samples(run, result, tracker, step=0)
+            self._outputs.samples(run, result, tracker, step=0)
             last_sample_step = 0
         accumulation = cfg.gradient_accumulation_steps
         micro_losses: list[float] = []
@@ -308,12 +261,13 @@ class TrainRun:
                         stopped = True
                         break
                     if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0 and run.prompts:
-                        self._samples(run, result, tracker, step=step)
+                        self._outputs.samples(run, result, tracker, step=step)
                         last_sample_step = step
                     save_now = self.dist.any_true(self._save_now)
                     self._save_now = False
                     if save_now or (cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0):
-                        self._save(run, result, tracker, step_name(cfg.output_name, step), step=step, epoch=epoch)
+                        self._outputs.save(run, result, tracker, step_name(cfg.output_name, step), step=step,
+                                           epoch=epoch)
                         if cfg.save_last_n_steps and not save_now and self.dist.is_main:
                             rotate_step_saves(self.output_dir, cfg.output_name, current_step=step,
                                               keep_last_n_steps=cfg.save_last_n_steps)
@@ -323,10 +277,11 @@ class TrainRun:
             result.epochs = epoch + 1
             if epoch + 1 < run.total_epochs:
                 if cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0 and run.prompts:
-                    self._samples(run, result, tracker, step=step)
+                    self._outputs.samples(run, result, tracker, step=step)
                     last_sample_step = step
                 if cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
-                    self._save(run, result, tracker, epoch_name(cfg.output_name, epoch + 1), step=step, epoch=epoch + 1)
+                    self._outputs.save(run, result, tracker, epoch_name(cfg.output_name, epoch + 1), step=step,
+                                       epoch=epoch + 1)
                     if cfg.save_last_n_epochs and self.dist.is_main:
                         rotate_epoch_saves(self.output_dir, cfg.output_name, current_epoch=epoch + 1,
                                            keep_last_n=cfg.save_last_n_epochs, every_n_epochs=cfg.save_every_n_epochs)
@@ -338,20 +293,20 @@ class TrainRun:
         if stopped:
             result.cancelled = True
             if cfg.save_on_cancel and step > 0:
-                result.output = self._save(run, result, tracker, step_name(cfg.output_name, step), step=step,
-                                           epoch=result.epochs, card=True)
+                result.output = self._outputs.save(run, result, tracker, step_name(cfg.output_name, step),
+                                                   step=step, epoch=result.epochs, card=True)
         else:
             if run.prompts and last_sample_step != step:
-                self._samples(run, result, tracker, step=step)
-            result.output = self._save(run, result, tracker, cfg.output_name, step=step, epoch=result.epochs,
-                                       card=True, finished=True,
-                                       with_state=cfg.save_state or cfg.save_state_on_train_end)
+                self._outputs.samples(run, result, tracker, step=step)
+            with_state = cfg.save_state or cfg.save_state_on_train_end
+            result.output = self._outputs.save(run, result, tracker, cfg.output_name, step=step, epoch=result.epochs,
+                                               card=True, finished=True, with_state=with_state)
         if control is not None:  # the saves and the last sample come after the last step's report
             control.progress(message=("stopped at" if stopped else "finished after") + f" step {step}",
                              saved=tracker.saved, sample=tracker.sample)
         return result
 
-    def _backward(self, run: _Run, batch: Any, accumulation: int) -> float:
+    def _backward(self, run: PreparedRun, batch: Any, accumulation: int) -> float:
         loss = batch_loss(self.host, batch, settings=run.settings, alphas_cumprod=run.alphas_cumprod,
                           generator=run.generator, precision=run.precision, encode_with_grad=run.encode_with_grad)
         value = float(loss.detach())
@@ -362,7 +317,7 @@ class TrainRun:
         (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
         return value
 
-    def _optimizer_step(self, run: _Run) -> None:
+    def _optimizer_step(self, run: PreparedRun) -> None:
         self.dist.average_gradients(run.params)
         max_norm = self.config.optimizer.max_grad_norm
         if run.scaler is not None:
@@ -385,42 +340,6 @@ class TrainRun:
                              **progress.as_extra())
         if self.on_step is not None:
             self.on_step(progress)
-
-    # --- samples and saves -----------------------------------------------------------------------------------------
-    def _samples(self, run: _Run, result: TrainResult, tracker: ProgressTracker, *, step: int) -> None:
-        if self.dist.is_main:
-            paths = render_samples(self.host, run.prompts, modules=[run.network], output_dir=self.output_dir,
-                                   output_name=self.config.run.output_name, step=step, run_seed=run.position.seed,
-                                   default_size=self.config.data.resolution)
-            result.samples.extend(paths)
-            tracker.sample = path_text(paths[0]) if paths else tracker.sample
-        self.dist.barrier()
-
-    def _save(self, run: _Run, result: TrainResult, tracker: ProgressTracker, stem: str, *, step: int, epoch: int,
-              card: bool = False, finished: bool = False, with_state: bool | None = None) -> Path:
-        cfg = self.config.run
-        path = lora_path(self.output_dir, stem)
-        if self.dist.is_main:
-            metadata = build_metadata(self.config, run.facts, step=step, epoch=epoch, finished=finished)
-            tensors = run.network.kohya_state_dict(SAVE_DTYPES[cfg.save_precision])
-            save_network_file(path, tensors, metadata)
-            result.saved.append(path)
-            tracker.saved = str(path)
-            if card:
-                sidecar = card_sidecar(run.facts.arch, activation_text=run.facts.activation_text,
-                                       preferred_weight=cfg.preferred_weight, notes=cfg.notes,
-                                       existing=read_sidecar(path))
-                preview = Path(tracker.sample) if tracker.sample else None
-                write_card_files(path, sidecar, preview)
-            if with_state if with_state is not None else cfg.save_state:
-                run.position.loss_history = list(tracker.losses)
-                folder = self.output_dir / f"{stem}-state"
-                save_state(folder, position=run.position, network=run.network, optimizer=run.optimizer,
-                           scheduler=run.scheduler, noise_generator=run.generator, scaler=run.scaler)
-                result.state_dirs.append(folder)
-        self.dist.barrier()
-        return path
-
 
 def _current_lr(scheduler: Any) -> float | None:
     with contextlib.suppress(AttributeError, IndexError, TypeError):

@@ -36,10 +36,6 @@ _STEP_FILE = re.compile(r"-step(\d{8})")
 _EPOCH_FILE = re.compile(r"-(\d{6})")
 
 
-def final_name(name: str) -> str:
-    return name
-
-
 def epoch_name(name: str, epoch: int) -> str:
     return f"{name}-{epoch:06d}"
 
