@@ -121,3 +121,16 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_host):
     for name in grads[False]:
         assert torch.allclose(grads[True][name], grads[False][name], atol=1e-6, rtol=1e-4), name
     assert all("forward" not in module.__dict__ for module in host.unet.modules())
+
+
+def test_a_sample_that_cannot_render_is_noted_and_the_run_goes_on(tmp_path, dataset):
+    """Outside the WebUI the A1111 host cannot generate (no modules.processing): the run still trains and saves."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("tinychar --s 2\n", encoding="utf-8")
+    host = ldm_host("sd1")
+    config = tiny_config(dataset, tmp_path, max_train_steps=2, train_batch_size=1, sample_prompts=str(prompts),
+                         sample_every_n_steps=1)
+    result = TrainRun(config, host).run()
+    assert result.output.is_file() and result.samples == []
+    assert [note for note in result.notes if note.startswith("samples stopped at step 1: ")]
+    assert not (tmp_path / "tinylora.preview.png").exists()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import LoraStudioError
 from .progress import ProgressTracker, path_text
 from .sampling import SamplePrompt, render_samples
 from .saving import (
@@ -91,13 +92,25 @@ class RunOutputs:
         self.dist = dist
 
     def samples(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, *, step: int) -> None:
-        """Render the sample prompts with the network as it is at `step`; the first image becomes the preview."""
+        """Render the sample prompts with the network as it is at `step`; the first image becomes the preview.
+
+        A failing sample does not end the run (the weights matter more than a preview): it is noted in the result
+        and sampling stops for the rest of the run.
+        """
+        failed = False
         if self.dist.is_main:
-            paths = render_samples(self.host, run.prompts, modules=[run.network], output_dir=self.output_dir,
-                                   output_name=self.config.run.output_name, step=step, run_seed=run.position.seed,
-                                   default_size=self.config.data.resolution)
-            result.samples.extend(paths)
-            tracker.sample = path_text(paths[0]) if paths else tracker.sample
+            try:
+                paths = render_samples(self.host, run.prompts, modules=[run.network], output_dir=self.output_dir,
+                                       output_name=self.config.run.output_name, step=step,
+                                       run_seed=run.position.seed, default_size=self.config.data.resolution)
+            except LoraStudioError as error:
+                result.notes.append(f"samples stopped at step {step}: {error}")
+                failed = True
+            else:
+                result.samples.extend(paths)
+                tracker.sample = path_text(paths[0]) if paths else tracker.sample
+        if self.dist.any_true(failed):  # every rank stops sampling, so they keep meeting at the same points
+            run.prompts = []
         self.dist.barrier()
 
     def save(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, stem: str, *, step: int, epoch: int,
