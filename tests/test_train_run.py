@@ -12,6 +12,7 @@ from host_checks import assert_same_state, snapshot_host
 from PIL import Image
 from train_run_helpers import one_thread, tiny_config  # noqa: F401  (one_thread is a fixture)
 
+from lib_lora.blocks.presets import PresetBook
 from lib_lora.hosts.base import GenerationRequest
 from lib_lora.hosts.diffusers import load_diffusers_host
 from lib_lora.jobs import GpuBusyError, GpuGate, Job
@@ -19,6 +20,7 @@ from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import load_lora_file
 from lib_lora.networks.keys import build_target_index
 from lib_lora.networks.network import as_applied, load_network
+from lib_lora.networks.tools.info import network_info
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.loop import TrainRun
@@ -325,3 +327,14 @@ def test_vram_estimate_counts_the_parts(tmp_path, dataset, host):
     assert lighter.parts["activations"] < estimate.parts["activations"] / 4
     assert lighter.parts["optimizer state"] == 2 * estimate.lora_parameters
     assert "activations:" in estimate.describe() and "GiB" in estimate.describe()
+
+
+def test_train_blocks_can_name_a_user_preset(tmp_path, dataset, host):
+    # SD1's 17-value LoRA vector: BASE, IN01, IN02, IN04, IN05, IN07, IN08, M00, OUT03..OUT11 — only OUT03-OUT05
+    presets = PresetBook.builtin().merge(PresetBook.parse_preset_text("FACEONLY:0,0,0,0,0,0,0,0,1,1,1,0,0,0,0,0,0"))
+    config = tiny_config(dataset, tmp_path, max_train_steps=1, network_args=["train_blocks=FACEONLY"])
+    with pytest.raises(ConfigError, match="FACEONLY"):
+        TrainRun(config, host).run()
+    result = TrainRun(config, host, presets=presets).run()
+    blocks = {module.block for module in network_info(result.output).modules}
+    assert blocks == {"OUT03", "OUT04", "OUT05"}

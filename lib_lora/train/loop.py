@@ -46,6 +46,7 @@ from .state import TrainPosition, load_state, read_position
 from .steps import LossSettings, batch_loss
 
 if TYPE_CHECKING:
+    from ..blocks.presets import PresetBook
     from ..hosts.base import Host
     from ..jobs import GpuGate
 
@@ -67,6 +68,7 @@ class TrainRun:
         distributed: Distributed | None = None,
         cache_dir: Path | None = None,
         on_step: Callable[[TrainProgress], None] | None = None,
+        presets: PresetBook | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -78,6 +80,7 @@ class TrainRun:
         self.dist = distributed or Distributed()
         self.cache_dir = cache_dir
         self.on_step = on_step
+        self.presets = presets
         self._outputs = RunOutputs(config, host, self.output_dir, self.dist)
         self._stop = False
         self._save_now = False
@@ -165,7 +168,7 @@ class TrainRun:
         precision = choose_precision(run_cfg.mixed_precision, full_fp16=run_cfg.full_fp16,
                                      full_bf16=run_cfg.full_bf16, host_dtype=host.dtype, device=host.device)
         notes.extend(precision.notes)
-        network = TrainableNetwork.create(config.network, host, seed=seed)
+        network = TrainableNetwork.create(config.network, host, seed=seed, presets=self.presets)
         if precision.network_dtype is not torch.float32:
             network.to(precision.network_dtype)
         network.train()
