@@ -246,6 +246,10 @@ def test_network_weights_and_dim_from_weights(sd1_host, tmp_path):
         got, _ = probe.outputs()
     assert torch.equal(expected, got)
     assert resumed.metadata()["ss_network_dim"] == "Dynamic"
+    unet_side = make_network(sd1_host, "lora", network_weights=str(path), dim_from_weights=True,
+                             network_train_unet_only=True)
+    assert unet_side.lora_modules and not unet_side.trains_text_encoder
+    assert source.trains_text_encoder
     with pytest.raises(ConfigError, match="no such file"):
         make_network(sd1_host, "lora", network_weights=str(tmp_path / "missing.safetensors"))
 

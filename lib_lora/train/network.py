@@ -28,7 +28,7 @@ from .network_loha import LohaTrainable
 from .network_lokr import LokrTrainable
 from .network_lora import LoraTrainable
 from .network_module import ModuleSpec, TrainableModule
-from .network_targets import ModulePlan, plan_modules
+from .network_targets import ModulePlan, plan_modules, refuse_unhookable
 
 ALGORITHMS: dict[str, type[TrainableModule]] = {
     "lora": LoraTrainable,
@@ -70,6 +70,9 @@ class TrainableNetwork(nn.Module):
         file_tensors = _read_weights(config.network_weights) if config.network_weights else None
         if config.dim_from_weights:
             plans = _plans_from_weights(file_tensors, index, config)
+            kept = {plan.target.key for plan in plans}
+            file_tensors = {k: v for k, v in file_tensors.items()
+                            if (target := index.lookup(k)) is not None and target.key in kept}
         if not plans:
             raise ConfigError("network_args", config.network_args, "no module to train: the settings leave no "
                                                                    "weight of this model selected")
@@ -235,7 +238,8 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 
 def _plans_from_weights(tensors: Mapping[str, torch.Tensor] | None, index: TargetIndex,
                         config: NetworkConfig) -> list[ModulePlan]:
-    """dim_from_weights: one plan per module of the file, with its rank and alpha; its kind must be the algo's."""
+    """dim_from_weights: a plan per module of the file on the sides trained, with its rank and alpha; its kind
+    must be the algo's."""
     try:
         modules = parse_modules(tensors or {})
     except LoraFormatError as error:
@@ -251,5 +255,9 @@ def _plans_from_weights(tensors: Mapping[str, torch.Tensor] | None, index: Targe
             raise ConfigError("network_weights", key, f"is a {kind} module; this network trains {config.algo}"
                                                       f"{' with DoRA' if config.args.dora_wd else ''}")
         rank = module.rank or config.network_dim
+        if (target.root == "unet" and config.network_train_text_encoder_only) or \
+                (target.root != "unet" and config.network_train_unet_only):
+            continue  # the file's modules on the side this run does not train
         plans.append(ModulePlan(target, rank, module.alpha if module.alpha is not None else float(rank), None))
+    refuse_unhookable(plans, index)
     return plans

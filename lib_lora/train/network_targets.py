@@ -132,7 +132,7 @@ def plan_modules(config: NetworkConfig, index: TargetIndex, *, presets: PresetBo
         if not dim:
             continue
         plans.append(ModulePlan(target, dim, alpha, position))
-    _refuse_unhookable(plans, index)
+    refuse_unhookable(plans, index)
     return plans, lr_weights
 
 
@@ -154,7 +154,7 @@ def _block_tables(config: NetworkConfig, arch: Arch, per_block: bool):
     return dims, alphas, conv_dims, conv_alphas
 
 
-def _refuse_unhookable(plans: list[ModulePlan], index: TargetIndex) -> None:
+def refuse_unhookable(plans: list[ModulePlan], index: TargetIndex) -> None:
     """ConfigError for text-encoder weights inside nn.MultiheadAttention (open_clip: A1111's SD2 and SDXL te2).
 
     Its fused q/k/v rows and out_proj are used by F.multi_head_attention_forward directly, so no forward hook
