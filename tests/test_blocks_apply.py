@@ -284,5 +284,6 @@ def test_format_block_weights_records_what_was_applied():
     assert line == ('Lora block weights: "a: te=0.8, unet=0.8, blocks=NCNF; b: te=0.5, unet=0.25; '
                     'c: te=1, unet=1, blocks=1,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1"')
     windows = parse_prompt("<lora:a:1:start=1> <lora:b:1:start=0.5:stop=1.0>")[1]
-    assert format_block_weights(windows) == 'Lora block weights: "a: te=1, unet=1, start=1; b: te=1, unet=1, start=0.5, stop=1.0"'
+    assert format_block_weights(windows) == ('Lora block weights: "a: te=1, unet=1, start=1; '
+                                             'b: te=1, unet=1, start=0.5, stop=1.0"')
     assert format_block_weights([]) == ""

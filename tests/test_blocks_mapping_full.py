@@ -59,7 +59,8 @@ def indices():
     sd1_encoders = build_full_text_encoders("sd1", device="meta")
     sdxl_encoders = build_full_text_encoders("sdxl", device="meta")
     return {
-        ("sd1", "diffusers"): build_target_index_for(build_full_unet("sd1", device="meta"), "diffusers", sd1_encoders, SD1),
+        ("sd1", "diffusers"): build_target_index_for(build_full_unet("sd1", device="meta"), "diffusers",
+                                                     sd1_encoders, SD1),
         ("sd1", "ldm"): build_target_index_for(build_full_unet("sd1", layout="ldm", device="meta"), "ldm",
                                                sd1_encoders, SD1),
         ("sdxl", "diffusers"): build_target_index_for(build_full_unet("sdxl", device="meta"), "diffusers",

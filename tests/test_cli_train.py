@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_run_helpers import one_thread  # noqa: F401  (fixture)
 
 from lib_lora.cli import main
 from lib_lora.networks.files import load_lora_file
@@ -18,7 +17,6 @@ from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.config import TrainConfig
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 # an sd-scripts style config file: sections, sd-scripts names, options that do not apply here

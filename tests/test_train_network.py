@@ -26,14 +26,6 @@ from lib_lora.train.network_config import NetworkConfig
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from threads, and two OpenMP threads on busy shared cores run 40× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 ALGO_ARGS: dict[str, tuple[str, dict[str, str]]] = {
     "lora": ("networks.lora", {}),
     "locon": ("networks.lora", {"conv_dim": "4", "conv_alpha": "2"}),

@@ -24,14 +24,6 @@ pytestmark = pytest.mark.hostcompat
 pytest_plugins = ("webui_standin.fixtures",)  # a1111_host, sd_model, standin_arch, webui, webui_opts
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes gain nothing from threads, and two OpenMP threads on busy shared cores run 40× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 CASES: dict[str, dict] = {
     # LoRA with the text encoder(s); LoKr with LyCORIS's "full" preset: ResBlock and sampler convolutions,
     # conv_in/conv_out and the time embedding too, so every LDM spelling of a UNet key is exercised

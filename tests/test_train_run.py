@@ -10,7 +10,7 @@ import pytest
 import torch
 from host_checks import assert_same_state, snapshot_host
 from PIL import Image
-from train_run_helpers import one_thread, tiny_config  # noqa: F401  (one_thread is a fixture)
+from train_run_helpers import tiny_config
 
 from lib_lora.blocks.presets import PresetBook
 from lib_lora.hosts.base import GenerationRequest
@@ -29,7 +29,6 @@ from lib_lora.train.queue import TrainQueue
 from lib_lora.train.vram import estimate_vram
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 REQUEST = GenerationRequest(prompt="tinychar, red hair", steps=3, cfg_scale=5.0, width=64, height=64, seed=3)
 

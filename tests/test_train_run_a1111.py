@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from host_checks import assert_same_state, snapshot_host
-from train_run_helpers import one_thread, tiny_config  # noqa: F401  (one_thread is a fixture)
+from train_run_helpers import tiny_config
 from webui_standin.fake_modules import make_opts
 from webui_standin.models import build_sd_model_standin
 
@@ -23,7 +23,7 @@ from lib_lora.train.network import TrainableNetwork
 from lib_lora.train.network_config import NetworkConfig
 from lib_lora.train.runtime import gradient_checkpointing
 
-pytestmark = [pytest.mark.hostcompat, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.hostcompat
 
 
 @pytest.fixture(scope="module")

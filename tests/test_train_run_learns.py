@@ -14,7 +14,6 @@ from train_run_helpers import (
     generated_latents,
     latent_distance,
     make_pattern_dataset,
-    one_thread,  # noqa: F401  (fixture)
     pattern_latent,
     tiny_config,
 )
@@ -28,7 +27,6 @@ from lib_lora.networks.keys import build_target_index
 from lib_lora.train.loop import TrainRun
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 200
 SEEDS = (0, 1, 2)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from train_run_helpers import one_thread, tiny_config  # noqa: F401  (one_thread is a fixture)
+from train_run_helpers import tiny_config
 
 from lib_lora.hosts.diffusers import load_diffusers_host
 from lib_lora.networks.files import load_lora_file
@@ -16,7 +16,6 @@ from lib_lora.train.loop import TrainRun
 from lib_lora.train.state import STATE_FILE, TrainPosition, read_position, save_state
 
 pytest.importorskip("diffusers")
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

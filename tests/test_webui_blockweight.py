@@ -159,14 +159,6 @@ def exec_script(path: Path) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """The merges here are many small matmuls: one thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(params=["sd1", "sdxl"])
 def arch(request: pytest.FixtureRequest) -> str:

@@ -4,9 +4,6 @@ The pattern is a blue/yellow checkerboard of 16-pixel cells, coarse enough to su
 (each cell is 2×2 latent pixels). Every training image is that pattern with a little per-image colour jitter,
 captioned with the trigger word. A random tiny VAE cannot draw the pattern, so closeness is measured on latents:
 `latent_distance` compares generated latents with the pattern's own latent.
-
-`one_thread` (a fixture) runs a test with one torch thread: the tiny models gain nothing from two, and on a
-shared, busy machine two threads spin against each other and run many times slower.
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -49,16 +45,6 @@ def make_pattern_dataset(root: Path, *, count: int = 4, repeats: int = 1, trigge
         pattern_image(jitter=12, rng=rng).save(folder / f"pattern_{index:02d}.png")
         (folder / f"pattern_{index:02d}{caption_extension}").write_text(f"{trigger}\n", encoding="utf-8")
     return Path(root)
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tiny_config(data_dir: Path, output_dir: Path, **overrides: Any) -> TrainConfig:
