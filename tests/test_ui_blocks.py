@@ -23,8 +23,9 @@ from lib_lora.ui import StudioContext
 from lib_lora.ui.blocks_editor import MAX_BLOCKS, SLIDER_KEYS, BlockEditor, copy_tag
 from lib_lora.ui.blocks_picker import LoraPicker, describe_lora, filter_names
 from lib_lora.ui.blocks_runs import BlockRuns, BlocksUIError, JobSlot, Settings, follow
-from lib_lora.ui.blocks_tab import _bind, build_blocks_tab
+from lib_lora.ui.blocks_tab import build_blocks_tab
 from lib_lora.ui.compat import event_functions
+from lib_lora.ui.wiring import bound
 
 pytestmark = pytest.mark.hostcompat
 
@@ -68,7 +69,8 @@ def test_tab_builds_with_prefixed_unique_ids_and_reads_nothing():
                    "analyzer_run", "analyzer_table", "steps", "width", "height"):
         assert f"lora_studio_blocks_{needed}" in ids
     names = {fn.__name__ for fn in event_functions(blocks)}
-    assert {"blocks_refresh", "blocks_load_preset", "blocks_run_grid", "blocks_run_analyzer", "blocks_cancel"} <= names
+    assert {"block_weight_refresh", "block_weight_load_preset", "block_weight_run_grid", "block_weight_run_analyzer",
+            "block_weight_cancel"} <= names
 
 
 # --- the editor: presets, sliders, vector, tag -------------------------------------------------------------------
@@ -277,10 +279,10 @@ def test_bind_turns_errors_into_the_status_line():
     def buggy(*_: Any) -> dict[str, Any]:
         return {"nonexistent": 1}
 
-    assert _bind(lambda: {"other": "x"}, outputs)() == {other: "x"}
-    assert _bind(fails, outputs)() == {status: r"**Error:** bad \<vector\>"}
-    assert list(_bind(streams, outputs)()) == [{other: "first"}, {status: "**Error:** stopped"}]
-    assert _bind(buggy, outputs)()[status].startswith("**Unexpected error**")
+    assert bound(lambda: {"other": "x"}, outputs, tab="Block Weight")() == {other: "x"}
+    assert bound(fails, outputs, tab="Block Weight")() == {status: r"**Error:** bad \<vector\>"}
+    assert list(bound(streams, outputs, tab="Block Weight")()) == [{other: "first"}, {status: "**Error:** stopped"}]
+    assert bound(buggy, outputs, tab="Block Weight")()[status].startswith("**Unexpected error**")
 
 
 @pytest.mark.parametrize(("inputs", "needle"), [

@@ -198,9 +198,9 @@ def test_export_then_import_gives_the_same_form(workspace):
 def test_importing_a_bad_config_says_what_is_wrong(workspace, text, expected):
     handlers = TrainHandlers(TrainSession(context_for(workspace)))
     outputs = {name: name for name in ("status",)}
-    from lib_lora.ui.train_tab import _bind
+    from lib_lora.ui.wiring import bound
 
-    status = _bind(handlers.import_toml, outputs)(text, None)["status"]
+    status = bound(handlers.import_toml, outputs, tab="Train")(text, None)["status"]
     assert status.startswith("**Error:**") and expected in status.replace("\\", "")
 
 
@@ -211,7 +211,7 @@ def test_importing_a_bad_config_says_what_is_wrong(workspace, text, expected):
     ({"dataset": "/"}, "outside the allowed folders"),
 ])
 def test_start_with_a_bad_value_is_a_message_naming_the_option_and_starts_nothing(workspace, changes, expected):
-    from lib_lora.ui.train_tab import _bind
+    from lib_lora.ui.wiring import bound
 
     session = TrainSession(context_for(workspace, host=object()))
     own = {"dataset": str(workspace / "datasets"), "output_name": "x", "overwrite": False, "trigger": "",
@@ -220,7 +220,7 @@ def test_start_with_a_bad_value_is_a_message_naming_the_option_and_starts_nothin
     own.update({k: v for k, v in changes.items() if k in own})
     args = [own[name] for name in OWN] + [values[name] for name in train_form.FIELD_NAMES]
     outputs = {name: name for name in ("progress", "curve", "sample", "output", "status")}
-    updates = list(_bind(TrainHandlers(session).start, outputs)(*args))
+    updates = list(bound(TrainHandlers(session).start, outputs, tab="Train")(*args))
     assert len(updates) == 1 and updates[0]["status"].startswith("**Error:**")
     assert expected in updates[0]["status"].replace("\\", "")
     assert session.job is None and not (workspace / "Lora" / "x.safetensors").exists()

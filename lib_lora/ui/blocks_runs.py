@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,10 +25,10 @@ from ..jobs import Job, JobControl, JobSnapshot
 from .blocks_editor import BlockEditor, BlockLayout, block_spec, code_span, copy_tag
 from .common import escape_markdown
 from .context import StudioContext
+from .jobs_ui import POLL_SECONDS, follow
 
 Updates = dict[str, Any]
 GRIDS_FOLDER = "grids"
-POLL_SECONDS = 0.3
 
 
 class BlocksUIError(LoraStudioError):
@@ -96,20 +95,6 @@ class JobSlot:
             return {"status": f"No {self.what} is running."}
         job.cancel()
         return {"status": f"Cancelling the {self.what} after the current image…"}
-
-
-def follow(job: Job[Any], poll_seconds: float = POLL_SECONDS) -> Iterator[JobSnapshot]:
-    """Snapshots of `job` while it runs (each new one once), then its final snapshot."""
-    last = None
-    while True:
-        snapshot = job.snapshot()
-        if not snapshot.active:
-            yield snapshot
-            return
-        if snapshot != last:
-            last = snapshot
-            yield snapshot
-        time.sleep(poll_seconds)
 
 
 class BlockRuns:

@@ -1,16 +1,14 @@
 """The Block Weight tab: pick a LoRA, set per-block strengths (presets, sliders, vector), generate, compare.
 
 Layout and wiring only; the handlers live in blocks_picker (LoRA list, metadata), blocks_editor (sliders,
-presets, tag) and blocks_runs (image, XY grid, analyzer). Handlers return {name: value} dicts; `_bind` maps
+presets, tag) and blocks_runs (image, XY grid, analyzer). Handlers return {name: value} dicts; `wiring.bound` maps
 them to components and turns a LoraStudioError into the status line, so no stack trace reaches the page.
 Nothing is read while building: the model, folders and presets are read by events (tab select, Refresh).
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gradio as gr
@@ -18,12 +16,11 @@ import gradio as gr
 from ..blocks.analyze import DEFAULT_THRESHOLD, THRESHOLD_HELP
 from ..blocks.grid import AXIS_HELP
 from ..blocks.presets import PresetBook
-from ..errors import LoraStudioError
 from .blocks_editor import DEFAULT_PRESET, SLIDER_KEYS, SLIDER_RANGE, BlockEditor, BlockLayout, vector_text
 from .blocks_picker import LoraPicker
 from .blocks_runs import BlockRuns
-from .common import escape_markdown
 from .context import StudioContext
+from .wiring import wire
 
 TAB_ID = "lora_studio_blocks"
 STATUS = (
@@ -37,51 +34,12 @@ SLIDERS_PER_ROW = 6
 ANALYZER_HEADERS = ["rank", "block", "changed %"]
 IMAGE_HEIGHT = 384
 
-_log = logging.getLogger(__name__)
 Component = Any
 
 
-def _message(error: BaseException) -> str:
-    if isinstance(error, LoraStudioError):
-        return f"**Error:** {escape_markdown(str(error))}"
-    _log.exception("LoRA Studio Block Weight: unexpected error")
-    return f"**Unexpected error** (details in the console): {escape_markdown(type(error).__name__ + ': ' + str(error))}"
-
-
-def _bind(fn: Callable[..., Any], outputs: Mapping[str, Component]) -> Callable[..., Any]:
-    """`fn`'s {name: value} results as {component: value}; an error becomes the `status` output instead."""
-    status = outputs["status"]
-
-    def mapped(updates: Mapping[str, Any]) -> dict[Component, Any]:
-        unknown = set(updates) - set(outputs)
-        if unknown:
-            raise KeyError(f"{fn.__name__} returned outputs it is not wired to: {sorted(unknown)}")
-        return {outputs[name]: value for name, value in updates.items()}
-
-    if inspect.isgeneratorfunction(fn):
-        def stream(*args: Any) -> Iterator[dict[Component, Any]]:
-            try:
-                for updates in fn(*args):
-                    yield mapped(updates)
-            except Exception as error:  # the edge: every failure is a message in the page
-                yield {status: _message(error)}
-
-        stream.__name__ = f"blocks_{fn.__name__}"
-        return stream
-
-    def call(*args: Any) -> dict[Component, Any]:
-        try:
-            return mapped(fn(*args))
-        except Exception as error:  # the edge: every failure is a message in the page
-            return {status: _message(error)}
-
-    call.__name__ = f"blocks_{fn.__name__}"
-    return call
-
-
 def _wire(listener: Callable[..., Any], fn: Callable[..., Any], inputs: list[Component],
-          outputs: Mapping[str, Component], **options: Any) -> None:
-    listener(_bind(fn, outputs), inputs=inputs, outputs=list(outputs.values()), api_name=False, **options)
+          outputs: Mapping[str, Component], **options: Any) -> Any:
+    return wire(listener, fn, inputs, outputs, tab='Block Weight', **options)
 
 
 def build_blocks_tab(context: StudioContext) -> gr.Tab:

@@ -2,21 +2,18 @@
 save now, live progress (loss curve, samples), TOML import/export.
 
 Layout and wiring only: the form is data (train_form), the handlers live in train_session. Handlers return
-{name: value} dicts; `_bind` maps them to components and turns any error into the status line, so no stack trace
+{name: value} dicts; `wiring.bound` maps them to components and turns any error into the status line, so no stack trace
 reaches the page. Nothing is read while building: folders, model and presets are read by events.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import gradio as gr
 
 from ..blocks.presets import PresetBook, family_of
-from ..errors import LoraStudioError
 from ..train.config import TRAIN_HELP
 from . import train_form, train_recipes
 from .common import escape_markdown
@@ -24,6 +21,7 @@ from .context import StudioContext
 from .train_queue import QueuePanel
 from .train_session import OwnFields, TrainSession
 from .train_view import CURVE_SIZE
+from .wiring import bound, wire
 
 TAB_ID = "lora_studio_train"
 STATUS = (
@@ -34,51 +32,12 @@ OWN = ("dataset", "output_name", "overwrite", "trigger", "prompts")
 FIELDS_PER_ROW = 3
 IMAGE_HEIGHT = 256
 
-_log = logging.getLogger(__name__)
 Component = Any
-
-
-def _message(error: BaseException) -> str:
-    if isinstance(error, LoraStudioError):
-        return f"**Error:** {escape_markdown(str(error))}"
-    _log.exception("LoRA Studio Train: unexpected error")
-    return f"**Unexpected error** (details in the console): {escape_markdown(type(error).__name__ + ': ' + str(error))}"
-
-
-def _bind(fn: Callable[..., Any], outputs: Mapping[str, Component]) -> Callable[..., Any]:
-    """`fn`'s {name: value} results as {component: value}; an error becomes the `status` output instead."""
-    status = outputs["status"]
-
-    def mapped(updates: Mapping[str, Any]) -> dict[Component, Any]:
-        unknown = set(updates) - set(outputs)
-        if unknown:
-            raise KeyError(f"{fn.__name__} returned outputs it is not wired to: {sorted(unknown)}")
-        return {outputs[name]: value for name, value in updates.items()}
-
-    if inspect.isgeneratorfunction(fn):
-        def stream(*args: Any) -> Iterator[dict[Component, Any]]:
-            try:
-                for updates in fn(*args):
-                    yield mapped(updates)
-            except Exception as error:  # the edge: every failure is a message in the page
-                yield {status: _message(error)}
-
-        stream.__name__ = f"train_{fn.__name__}"
-        return stream
-
-    def call(*args: Any) -> dict[Component, Any]:
-        try:
-            return mapped(fn(*args))
-        except Exception as error:  # the edge: every failure is a message in the page
-            return {status: _message(error)}
-
-    call.__name__ = f"train_{fn.__name__}"
-    return call
 
 
 def _wire(listener: Callable[..., Any], fn: Callable[..., Any], inputs: list[Component],
           outputs: Mapping[str, Component], **options: Any) -> Any:
-    return listener(_bind(fn, outputs), inputs=inputs, outputs=list(outputs.values()), api_name=False, **options)
+    return wire(listener, fn, inputs, outputs, tab='Train', **options)
 
 
 class TrainHandlers:
@@ -277,7 +236,7 @@ def _wire_events(c: dict[str, Component], handlers: TrainHandlers, tab: gr.Tab) 
               _pick(c, "dataset_info", "status"))
     recipe_outputs = {**_pick(c, *train_form.FIELD_NAMES), **_pick(c, "recipe_info", "status")}
     _wire(c["recipe"].input, handlers.recipe, [c["recipe"]], recipe_outputs).then(
-        _bind(handlers.estimate, estimate), inputs=form, outputs=list(estimate.values()), api_name=False)
+        bound(handlers.estimate, estimate, tab='Train'), inputs=form, outputs=list(estimate.values()), api_name=False)
     _wire(c["estimate_button"].click, handlers.estimate, form, estimate)
     for name in train_form.BASIC + ("gradient_checkpointing", "mixed_precision", "full_fp16", "full_bf16",
                                     "network_train_unet_only", "cache_text_encoder_outputs"):
