@@ -8,13 +8,13 @@ text of each field lives in its metadata; DATA_HELP collects it so the CLI and t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .values import read_bool, read_number
 
 
 def _help(text: str) -> dict[str, str]:
@@ -118,39 +118,9 @@ class DataConfig:
 # --- coercion: one checker per field kind, applied by name ----------------------------------------------------
 
 
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise ConfigError(key, value, "expected true or false")
-
-
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def _number(key: str, value: object, kind: type) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(key, value, f"expected {'an integer' if kind is int else 'a number'}, not a boolean")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip()) if kind is float else int(value.strip())
-        except ValueError:
-            raise ConfigError(key, value, f"expected {'an integer' if kind is int else 'a number'}") from None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(key, value, f"expected {'an integer' if kind is int else 'a number'}")
-    if not math.isfinite(value):
-        raise ConfigError(key, value, "must be a finite number")
-    return kind(value)
-
-
 def _int_at_least(minimum: int) -> Callable[[str, object], int]:
     def check(key: str, value: object) -> int:
-        number = int(_number(key, value, int))
+        number = int(read_number(key, value, int))
         if number < minimum:
             raise ConfigError(key, value, f"must be at least {minimum}")
         return number
@@ -160,7 +130,7 @@ def _int_at_least(minimum: int) -> Callable[[str, object], int]:
 
 def _float_range(low: float, high: float | None) -> Callable[[str, object], float]:
     def check(key: str, value: object) -> float:
-        number = _number(key, value, float)
+        number = read_number(key, value, float)
         if number < low or (high is not None and number > high):
             raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
                               else f"must be at least {low}")
@@ -234,13 +204,13 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "reg_data_dir": _optional_folder,
     "prior_loss_weight": _float_range(0.0, None),
     "resolution": _resolution,
-    "enable_bucket": _bool,
+    "enable_bucket": read_bool,
     "min_bucket_reso": _int_at_least(8),
     "max_bucket_reso": _int_at_least(8),
     "bucket_reso_steps": _multiple_of_8,
-    "bucket_no_upscale": _bool,
+    "bucket_no_upscale": read_bool,
     "caption_extension": _caption_extension,
-    "shuffle_caption": _bool,
+    "shuffle_caption": read_bool,
     "keep_tokens": _int_at_least(0),
     "keep_tokens_separator": _text,
     "caption_separator": _non_empty,
@@ -249,11 +219,11 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "caption_tag_dropout_rate": _float_range(0.0, 1.0),
     "caption_prefix": _optional_text,
     "caption_suffix": _optional_text,
-    "flip_aug": _bool,
-    "color_aug": _bool,
-    "random_crop": _bool,
-    "cache_latents": _bool,
-    "cache_latents_to_disk": _bool,
+    "flip_aug": read_bool,
+    "color_aug": read_bool,
+    "random_crop": read_bool,
+    "cache_latents": read_bool,
+    "cache_latents_to_disk": read_bool,
     "vae_batch_size": _int_at_least(1),
     "train_batch_size": _int_at_least(1),
 }

@@ -8,13 +8,13 @@ section live in the field's metadata; RUN_HELP collects the help so the command 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
 from .noise import HUBER_SCHEDULES, LOSS_TYPES, NUM_TIMESTEPS
+from .values import read_bool, read_number
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -150,36 +150,6 @@ class RunConfig:
 
 # --- coercion: one checker per field, applied by name -------------------------------------------------------------
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def _bool(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise ConfigError(key, value, "expected true or false")
-
-
-def _number(key: str, value: object, kind: type) -> int | float:
-    noun = "an integer" if kind is int else "a number"
-    if isinstance(value, bool):
-        raise ConfigError(key, value, f"expected {noun}, not a boolean")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip()) if kind is float else int(float(value.strip()))
-        except ValueError:
-            raise ConfigError(key, value, f"expected {noun}") from None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(key, value, f"expected {noun}")
-    if not math.isfinite(value):
-        raise ConfigError(key, value, "must be a finite number")
-    return kind(value)
-
 
 def _int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[str, object], int | None]:
     def check(key: str, value: object) -> int | None:
@@ -187,7 +157,7 @@ def _int_range(low: int, high: int | None = None, *, optional: bool = False) -> 
             if optional:
                 return None
             raise ConfigError(key, value, "must be set")
-        number = int(_number(key, value, int))
+        number = int(read_number(key, value, int))
         if number < low or (high is not None and number > high):
             raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
                               else f"must be at least {low}")
@@ -203,7 +173,7 @@ def _float_range(low: float, high: float | None = None, *, optional: bool = Fals
             if optional:
                 return None
             raise ConfigError(key, value, "must be set")
-        number = float(_number(key, value, float))
+        number = float(read_number(key, value, float))
         too_low = number <= low if exclusive_low else number < low
         if too_low or (high is not None and number > high):
             bound = f"greater than {low}" if exclusive_low else f"at least {low}"
@@ -271,19 +241,19 @@ def _save_format(key: str, value: object) -> str:
 
 _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "pretrained_model_name_or_path": _optional_path,
-    "v_parameterization": _bool,
+    "v_parameterization": read_bool,
     "clip_skip": _int_range(1, 12, optional=True),
     "max_train_steps": _int_range(1),
     "max_train_epochs": _int_range(1, optional=True),
     "gradient_accumulation_steps": _int_range(1),
     "mixed_precision": _mixed_precision,
-    "full_fp16": _bool,
-    "full_bf16": _bool,
-    "gradient_checkpointing": _bool,
+    "full_fp16": read_bool,
+    "full_bf16": read_bool,
+    "gradient_checkpointing": read_bool,
     "seed": _int_range(0, 2**32 - 1, optional=True),
-    "cache_text_encoder_outputs": _bool,
+    "cache_text_encoder_outputs": read_bool,
     "noise_offset": _float_range(0.0, optional=True),
-    "noise_offset_random_strength": _bool,
+    "noise_offset_random_strength": read_bool,
     "adaptive_noise_scale": _float_range(-1.0, optional=True),
     "multires_noise_iterations": _int_range(1, optional=True),
     "multires_noise_discount": _float_range(0.0, 1.0),
@@ -301,9 +271,9 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "save_every_n_steps": _int_range(1, optional=True),
     "save_last_n_epochs": _int_range(1, optional=True),
     "save_last_n_steps": _int_range(1, optional=True),
-    "save_state": _bool,
-    "save_state_on_train_end": _bool,
-    "save_on_cancel": _bool,
+    "save_state": read_bool,
+    "save_state_on_train_end": read_bool,
+    "save_on_cancel": read_bool,
     "resume": _optional_path,
     "training_comment": _optional_text,
     "activation_text": _optional_text,
@@ -312,7 +282,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "sample_prompts": _optional_path,
     "sample_every_n_steps": _int_range(1, optional=True),
     "sample_every_n_epochs": _int_range(1, optional=True),
-    "sample_at_first": _bool,
+    "sample_at_first": read_bool,
 }
 
 RUN_HELP: dict[str, str] = {item.name: item.metadata["help"] for item in fields(RunConfig)}
