@@ -78,7 +78,8 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
 
     from .dataset.errors import DatasetError
     from .dataset.folder import scan_dataset
-    from .dataset.tagger import Tagger, TaggerOptions, tag_folder
+    from .dataset.tag_run import tag_folder
+    from .dataset.tagger import Tagger, TaggerOptions
     from .dataset.tagger_models import resolve_model
 
     options = TaggerOptions(

@@ -20,7 +20,8 @@ from .blocks.apply import LoraLibrary
 from .blocks.grid import Axis, GridSpec, new_output_path, plan_grid, run_grid
 from .blocks.presets import PresetBook
 from .blocks.session import LoraSession
-from .dataset.tagger import Tagger, TaggerOptions, tag_folder
+from .dataset.tag_run import tag_folder
+from .dataset.tagger import Tagger, TaggerOptions
 from .dataset.tagger_models import resolve_model
 from .hosts.base import GenerationRequest, Host
 from .hosts.diffusers import load_diffusers_host

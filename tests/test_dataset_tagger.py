@@ -15,7 +15,8 @@ from test_dataset_tagger_preprocess import reference
 from lib_lora.dataset.captions import read_caption
 from lib_lora.dataset.folder import scan_dataset
 from lib_lora.dataset.images import open_image
-from lib_lora.dataset.tagger import Tagger, TaggerOptions, merge_caption, tag_folder, tags_from_scores
+from lib_lora.dataset.tag_run import tag_folder
+from lib_lora.dataset.tagger import Tagger, TaggerOptions, merge_caption, tags_from_scores
 from lib_lora.dataset.tagger_models import REGISTRY, TaggerModelError, resolve_model
 from lib_lora.jobs import Job, JobCancelled
 from lib_lora.tiny.images import generate_dataset, make_corrupt_files
@@ -65,7 +66,27 @@ def test_session_contract_is_read(taggers: dict[str, Tagger]) -> None:
     assert dynamic.provider_in_use == fixed.provider_in_use == "CPUExecutionProvider"
     assert dynamic.warnings == () and len(dynamic.labels.names) == 28
     assert fixed.plan(8).batch_size == 1 and dynamic.plan(8).batch_size == 8
-    assert dynamic.plan().batch_size >= 1 and dynamic.plan().decode_workers >= 1
+
+
+def test_cpu_plans_one_single_threaded_run_per_core(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+    from lib_lora.dataset import tagger as tagger_module
+
+    files = resolve_model(str(models["dynamic"]))
+    monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 4)
+    per_core = Tagger.load(files, providers=["cpu"])
+    assert per_core.threads == 1 and per_core.session.get_session_options().intra_op_num_threads == 1
+    plan = per_core.plan()
+    assert (plan.batch_size, plan.model_runs, plan.decode_workers, plan.intra_op_threads) == (1, 4, 0, 1)
+    assert per_core.plan(3).batch_size == 3 and per_core.plan(3).model_runs == 4
+    monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 64)
+    assert per_core.plan().model_runs == tagger_module.MAX_CPU_RUNS  # each run holds its own activations
+    monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 4)
+    two_threads = Tagger.load(files, providers=["cpu"], threads=2).plan()
+    assert (two_threads.model_runs, two_threads.decode_workers, two_threads.intra_op_threads) == (2, 0, 2)
+    default = Tagger.load(files, providers=["cpu"], threads=0).plan()  # onnxruntime's own: every core
+    assert (default.model_runs, default.decode_workers) == (1, 1)
+    assert "runs at once" in plan.describe() and "runs at once" not in default.describe()
 
 
 OPTION_SETS = [
@@ -97,15 +118,24 @@ def test_captions_are_the_tags_the_scores_imply(kind: str, option_set: int, mode
         assert red.startswith("tinychar, ") and "1girl" not in red and len(red.split(", ")) == 4
 
 
-def test_batched_and_single_runs_give_the_same_tags(taggers: dict[str, Tagger], tmp_path: Path) -> None:
+def test_batched_and_single_runs_give_the_same_tags(models: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from lib_lora.dataset import tagger as tagger_module
+
     images = uncaptioned(tmp_path, count=9)
-    captions = {}
-    for batch in (1, 4, "auto"):
-        ext = f".b{batch}"
-        tag_folder(tmp_path, taggers["dynamic"], TaggerOptions(recursive=True, caption_ext=ext, batch_size=batch))
-        captions[batch] = [read_caption(p.with_suffix(ext)).text for p in images]
-    assert captions[1] == captions[4] == captions["auto"]
-    assert len(set(captions[1])) > 3  # the images differ, so do their captions
+    files = resolve_model(str(models["dynamic"]))
+    monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 3)
+    runs = {"one": Tagger.load(files, providers=["cpu"], threads=0), "three": Tagger.load(files, providers=["cpu"])}
+    assert (runs["one"].plan().model_runs, runs["three"].plan().model_runs) == (1, 3)
+    captions, folder_order = {}, [Path(item.image) for item in scan_dataset(tmp_path).items]
+    for name, tagger in runs.items():
+        for batch in (1, 4, "auto"):
+            ext = f".{name}{batch}"
+            report = tag_folder(tmp_path, tagger, TaggerOptions(recursive=True, caption_ext=ext, batch_size=batch))
+            assert [r.image for r in report.results] == folder_order  # however the runs finished
+            captions[name, batch] = [read_caption(p.with_suffix(ext)).text for p in images]
+    assert len(set(map(tuple, captions.values()))) == 1
+    assert len(set(captions["one", 1])) > 3  # the images differ, so do their captions
 
 
 def test_existing_caption_policies(taggers: dict[str, Tagger], tmp_path: Path) -> None:
@@ -157,9 +187,13 @@ def test_cancel_after_the_first_batch_keeps_its_captions(taggers: dict[str, Tagg
     with pytest.raises(JobCancelled):
         job.run_here()
     written = [p for p in images if p.with_suffix(".txt").exists()]
-    assert written == images[:3] == [r.image for r in seen] and all(r.status == "tagged" for r in seen)
-    assert [read_caption(p.with_suffix(".txt")).text for p in written] == [r.caption for r in seen]
-    assert job.snapshot().state == "cancelled" and (job.snapshot().done, job.snapshot().total) == (3, len(images))
+    # whole batches from the start: the first, and any that were already running beside it; none starts after
+    batches = len(written) // 3
+    assert written == images[:3 * batches] and 1 <= batches <= min(2, tagger.plan(3).model_runs)
+    assert sorted(written) == sorted(r.image for r in seen) and all(r.status == "tagged" for r in seen)
+    assert {p: read_caption(p.with_suffix(".txt")).text for p in written} == {r.image: r.caption for r in seen}
+    snapshot = job.snapshot()
+    assert snapshot.state == "cancelled" and (snapshot.done, snapshot.total) == (len(written), len(images))
 
 
 def test_unreadable_images_are_reported_and_the_rest_tagged(taggers: dict[str, Tagger], tmp_path: Path) -> None:

@@ -1,33 +1,26 @@
-"""WD14 tagging: options, scores to tags, the onnxruntime session, and a pipelined run over a folder.
+"""WD14 tagging: options, scores to tags, and the onnxruntime session with its run plan.
 
 `tags_from_scores` is pure (thresholds or MCut per category, rating, exclude, max tags, formatting), and
 `merge_caption` applies the existing-caption policy and the trigger words. `Tagger` wraps one
 `InferenceSession`, reading the input name, side and batch dimension from it and saying which execution
-provider really runs (a requested GPU provider that fell back to CPU is a warning, never silent).
-`tag_folder` decodes images in a small thread pool while the model runs batches, and writes each caption as
-soon as its image is tagged.
+provider really runs (a requested GPU provider that fell back to CPU is a warning, never silent), and
+`Tagger.plan` says how a folder is run on that provider (`tag_run.tag_folder` runs it).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ..errors import LoraStudioError
-from ..jobs import JobControl
-from .captions import save_caption
 from .errors import DatasetError
-from .folder import Dataset, DatasetItem, scan_dataset, validate_caption_ext
-from .images import open_image
+from .folder import validate_caption_ext
 from .preprocess import prepare_image
 from .tagger_models import TaggerFiles, TaggerModelError
 from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
@@ -39,16 +32,13 @@ if TYPE_CHECKING:
 __all__ = [
     "EXISTING_POLICIES",
     "OPTION_HELP",
-    "ImageResult",
     "RunPlan",
     "TagLabels",
-    "TagReport",
     "Tagger",
     "TaggerOptionError",
     "TaggerOptions",
     "mcut_threshold",
     "merge_caption",
-    "tag_folder",
     "tags_from_scores",
 ]
 
@@ -227,11 +217,18 @@ def merge_caption(new_tags: Sequence[str], existing: str | None, options: Tagger
 
 @dataclass(frozen=True)
 class RunPlan:
-    """How a folder is run: images per model call, decoding threads, onnxruntime intra-op threads."""
+    """How a folder is run: images per model call, model runs at once (each decoding its own images when
+    decode_workers is 0), decoding threads feeding them otherwise, onnxruntime intra-op threads per run
+    (0: onnxruntime's default, one per physical core)."""
 
     batch_size: int
+    model_runs: int
     decode_workers: int
     intra_op_threads: int
+
+    def describe(self) -> str:
+        runs = f", {self.model_runs} runs at once" if self.model_runs > 1 else ""
+        return f"batch {self.batch_size}{runs}"
 
 
 def _cpu_count() -> int:
@@ -269,6 +266,7 @@ PROVIDER_ALIASES = {
     "openvino": "OpenVINOExecutionProvider",
 }
 _AUTO_GPU_PROVIDERS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
+MAX_CPU_RUNS = 8
 
 
 class Tagger:
@@ -290,7 +288,8 @@ class Tagger:
     @classmethod
     def load(cls, files: TaggerFiles, *, providers: Sequence[str] | None = None,
              threads: int | None = None) -> Tagger:
-        """Open the model with the given execution providers (None: the best available GPU one, then CPU)."""
+        """Open the model with the given execution providers (None: the best available GPU one, then CPU) and
+        intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default)."""
         import onnxruntime as ort
 
         labels = TagLabels.from_csv(files.tags_path)
@@ -300,7 +299,8 @@ class Tagger:
         else:
             requested = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers]
         usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
-        threads = threads or _physical_cores()  # 0: onnxruntime's default
+        if threads is None:  # on the CPU one single-threaded run per core (see plan); elsewhere the default
+            threads = 1 if usable == ["CPUExecutionProvider"] else 0
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -328,20 +328,29 @@ class Tagger:
         return self.provider_in_use != "CPUExecutionProvider"
 
     def plan(self, batch_size: int | Literal["auto"] = "auto") -> RunPlan:
-        """Batch and threads for this provider.
+        """Batch, concurrent runs and threads for this provider.
 
-        CPU: the model takes ~35x the decoding time (bench_tagger.py), so one decoding thread runs beside the
-        model's threads (more only steal its cores), and batches stay small: on 2 cores batch 2 was the fastest
-        (1, 2 and 4 within a few percent); larger machines get up to 8 (not measured). GPU: the model is fast and
-        decoding is the limit, so several decoding threads feed batches of 16.
+        CPU: the model takes ~20x the decoding time, and a decoding thread beside a model that uses every core
+        slows it more than the decoding costs (a stalled core holds up each parallel step). So each core runs
+        its own single-threaded model run over batch-1 inputs and decodes its own next image: on 2 cores
+        that matched the model alone and beat one-at-a-time tagging (bench_tagger.py, bench/RESULTS.md).
+        At most 8 runs (each holds its own activations); a session opened with more intra-op threads gets
+        fewer runs, and with onnxruntime's default (all cores) one run with a decoding thread beside it.
+        GPU: the model is fast and decoding is the limit, so several decoding threads feed batches of 16.
         """
         cpus = _cpu_count()
+        if self.gpu:
+            runs, decoders, auto_batch = 1, max(2, min(8, cpus - 1)), 16
+        else:
+            cores = _physical_cores() or cpus
+            runs = max(1, min(MAX_CPU_RUNS, cores // self.threads)) if self.threads else 1
+            decoders, auto_batch = (0, 1) if runs > 1 else (1, 2)
         if batch_size == "auto":
-            batch_size = 16 if self.gpu else max(2, min(8, cpus // 2))
+            batch_size = auto_batch
         if self.fixed_batch is not None:
             batch_size = self.fixed_batch
-        workers = max(2, min(8, cpus - 1)) if self.gpu else 1
-        return RunPlan(batch_size=batch_size, decode_workers=workers, intra_op_threads=self.threads)
+        return RunPlan(batch_size=batch_size, model_runs=runs, decode_workers=decoders,
+                       intra_op_threads=self.threads)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Scores [n, tags] for a float32 [n, S, S, 3] batch; split or padded to a fixed batch size as needed."""
@@ -390,156 +399,3 @@ def _check_contract(session: ort.InferenceSession, labels: TagLabels, files: Tag
     if isinstance(width, int) and width != len(labels.names):
         raise TaggerModelError(f"{files.model_path}: the model has {width} outputs but {files.tags_path} lists "
                                f"{len(labels.names)} tags; use the tag list that came with the model")
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """What happened to one image: tagged (caption written), skipped, unreadable, or not written (failed)."""
-
-    image: Path
-    caption_path: Path
-    status: Literal["tagged", "skipped", "unreadable", "failed"]
-    tags: tuple[str, ...] = ()
-    caption: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class TagReport:
-    """The results of a folder run, in folder order, plus the provider that ran and its warnings."""
-
-    provider: str
-    warnings: tuple[str, ...]
-    plan: RunPlan
-    results: list[ImageResult] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def of(self, status: str) -> list[ImageResult]:
-        return [r for r in self.results if r.status == status]
-
-    def summary(self) -> str:
-        """One line of counts, time, provider and batch (the warnings are shown apart)."""
-        counts = {s: len(self.of(s)) for s in ("tagged", "skipped", "unreadable", "failed")}
-        text = (f"tagged {counts['tagged']}, skipped {counts['skipped']} (existing caption), unreadable "
-                f"{counts['unreadable']}, not written {counts['failed']} in {self.seconds:.1f}s on "
-                f"{self.provider.removesuffix('ExecutionProvider')} (batch {self.plan.batch_size})")
-        return text
-
-
-def _existing_text(item: DatasetItem) -> str | None:
-    caption = item.caption
-    text = getattr(caption, "text", caption)
-    return text if isinstance(text, str) and text.strip() else None
-
-
-def _decode(path: Path, size: int) -> np.ndarray:
-    return prepare_image(open_image(path), size)
-
-
-def _batches(pool: ThreadPoolExecutor, items: Sequence[DatasetItem], size: int, batch_size: int
-             ) -> Iterator[list[tuple[DatasetItem, Future[np.ndarray]]]]:
-    """Batches of (item, decoding future), keeping the next batch decoding while the current one runs."""
-    pending: deque[tuple[DatasetItem, Future[np.ndarray]]] = deque()
-    queue = iter(items)
-    while True:
-        while len(pending) < 2 * batch_size:
-            item = next(queue, None)
-            if item is None:
-                break
-            pending.append((item, pool.submit(_decode, Path(item.image), size)))
-        if not pending:
-            return
-        yield [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-
-
-def tag_folder(
-    dataset_or_root: Dataset | Path | str,
-    tagger: Tagger,
-    options: TaggerOptions,
-    control: JobControl | None = None,
-    *,
-    on_image: Callable[[ImageResult], None] | None = None,
-    backup_dir: Path | None = None,
-) -> TagReport:
-    """Tag every image of a dataset (or folder) and write its caption as soon as it is tagged.
-
-    Images whose caption exists are skipped without decoding under `existing="skip"`; unreadable images and
-    captions that cannot be written are reported, not fatal. Cancel (JobCancelled) is checked between batches,
-    so the captions of finished batches stay written.
-    """
-    start = time.perf_counter()
-    if isinstance(dataset_or_root, Dataset):
-        dataset = dataset_or_root
-    else:
-        dataset = scan_dataset(Path(dataset_or_root), caption_ext=options.caption_ext, recursive=options.recursive)
-    plan = tagger.plan(options.batch_size)
-    report = TagReport(tagger.provider_in_use, tagger.warnings, plan, problems=[str(p) for p in dataset.problems])
-
-    def record(result: ImageResult) -> None:
-        report.results.append(result)
-        if on_image is not None:
-            on_image(result)
-
-    todo: list[DatasetItem] = []
-    for item in dataset.items:
-        if options.existing == "skip" and _existing_text(item) is not None:
-            record(ImageResult(Path(item.image), Path(item.caption_path), "skipped"))
-        else:
-            todo.append(item)
-    total, done = len(todo), 0
-    if control is not None:
-        control.progress(0, total, f"tagging {total} images with {tagger.files.name}",
-                         provider=tagger.provider_in_use, warnings=list(tagger.warnings))
-
-    def finish(item: DatasetItem, scores: np.ndarray | None, error: str | None) -> None:
-        """On the writer thread, in order: tags -> caption -> disk, then report it."""
-        nonlocal done
-        if scores is None:
-            result = ImageResult(Path(item.image), Path(item.caption_path), "unreadable", error=error)
-        else:
-            result = _write(item, tags_from_scores(scores, tagger.labels, options), options, dataset.root, backup_dir)
-        record(result)
-        done += 1
-        if control is not None:
-            control.progress(done, total, f"{result.status} {result.image.name}")
-
-    # Captions are saved (fsync) on their own thread so the model never waits for the disk.
-    decoders = ThreadPoolExecutor(plan.decode_workers, thread_name_prefix="lora-studio-decode")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="lora-studio-write")
-    writes: list[Future[None]] = []
-    try:
-        for batch in _batches(decoders, todo, tagger.input_size, plan.batch_size):
-            if control is not None:
-                control.check()
-            decoded: list[tuple[DatasetItem, np.ndarray]] = []
-            for item, future in batch:
-                try:
-                    decoded.append((item, future.result()))
-                except DatasetError as error:
-                    writes.append(writer.submit(finish, item, None, str(error)))
-            if decoded:
-                scores = tagger.predict(np.stack([array for _, array in decoded]))
-                writes.extend(writer.submit(finish, item, row, None) for (item, _), row in zip(decoded, scores))
-    finally:
-        decoders.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)  # every tagged image's caption is on disk before this returns or raises
-        order = {Path(item.image): i for i, item in enumerate(dataset.items)}
-        report.results.sort(key=lambda result: order[result.image])  # skipped ones were recorded first
-        report.seconds = time.perf_counter() - start
-    for write in writes:
-        write.result()  # a bug on the writer thread is raised here, not lost
-    return report
-
-
-def _write(item: DatasetItem, tags: list[str], options: TaggerOptions, root: Path,
-           backup_dir: Path | None) -> ImageResult:
-    """Save one caption (atomic, the old one backed up under the dataset root); a write error becomes "failed"."""
-    existing = _existing_text(item)
-    caption = merge_caption(tags, existing, options)
-    image, caption_path = Path(item.image), Path(item.caption_path)
-    try:
-        save_caption(caption_path, caption, expected=item.caption, backup_dir=backup_dir, root=root)
-    except DatasetError as error:
-        return ImageResult(image, caption_path, "failed", tuple(tags), caption, str(error))
-    return ImageResult(image, caption_path, "tagged", tuple(tags), caption)

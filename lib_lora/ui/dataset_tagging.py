@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..dataset.tagger import RATING, Tagger, TaggerOptions, TagLabels, TagReport, tag_folder
+from ..dataset.tag_run import TagReport, tag_folder
+from ..dataset.tagger import RATING, Tagger, TaggerOptions, TagLabels
 from ..dataset.tagger_models import MODEL_FILE, REGISTRY, TAGS_FILE, TaggerFiles, known_model, resolve_model
 from ..dataset.tags import underscores_to_spaces
 from ..errors import LoraStudioError
