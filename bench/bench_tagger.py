@@ -7,7 +7,8 @@ dynamic batch; random weights, exported with torch into a temp folder) tags gene
     and our session run our way (the plan's batch size and concurrent runs);
 (c) `tag_folder`: scan, decode + preprocess and model runs per the plan, each caption written.
 Targets: (c) >= 0.95x (b) and >= 1.0x (a) in images per second. The three are interleaved in rounds over
-disjoint parts of the images (each part its own folder), so a load change on the machine hits all alike.
+disjoint parts of the images (each part its own folder), in alternating order, so a load change on the
+machine hits all alike.
 
     .venv/bin/python bench/bench_tagger.py [--images 200] [--rounds 10] [--model saved.onnx]
 """
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,10 @@ def model_alone(session, tensors: np.ndarray, batch: int, runs: int = 1) -> floa
     return time.perf_counter() - start
 
 
+def tagged_seconds(folder: Path, tagger: Tagger, options: TaggerOptions) -> float:
+    return tag_folder(folder, tagger, options).seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -176,12 +182,15 @@ def main() -> None:
             start = time.perf_counter()
             tensors = np.stack([prepare_image(open_image(p), side) for p in paths])
             timings["prep"] += time.perf_counter() - start
-            timings["b_default"] += model_alone(default, tensors, 1)
-            timings["b_ours"] += model_alone(tagger.session, tensors, plan.batch_size, plan.model_runs)
-            timings["a"] += one_at_a_time(default, paths)
-            report = tag_folder(paths[0].parents[1], tagger, options)
-            assert len(report.of("tagged")) == len(paths), report.summary()
-            timings["c"] += report.seconds
+            runs = {
+                "b_default": partial(model_alone, default, tensors, 1),
+                "b_ours": partial(model_alone, tagger.session, tensors, plan.batch_size, plan.model_runs),
+                "a": partial(one_at_a_time, default, paths),
+                "c": partial(tagged_seconds, paths[0].parents[1], tagger, options),
+            }
+            for key in (list(runs) if r % 2 == 0 else list(runs)[::-1]):  # no side always runs first or last
+                timings[key] += runs[key]()
+            assert all(p.with_suffix(".txt").exists() for p in paths)
             per_round.append({k: timings[k] - before[k] for k in timings})
             print(f"round {r + 1}/{len(parts)}: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()),
                   flush=True)
