@@ -41,6 +41,26 @@ class LoraTrainable(TrainableModule):
     def norm_pair(self) -> tuple[Tensor, Tensor]:
         return self.lora_up, self.lora_down
 
+    def add_delta(self, module: nn.Module, x: Tensor, output: Tensor, multiplier: float) -> Tensor:
+        """output + up·(down·x)·scale·multiplier as one accumulating product (addmm / baddbmm), so neither
+        scale nor the add costs a pass over the activations, forward or backward; a 1×1 convolution's down
+        is a matrix product too (torch's CPU convolution is slow at rank-sized channel counts). Dropout, and
+        an output in another dtype than x, take the general path."""
+        if (self.training and (self.neuron_dropout or self.rank_dropout)) or output.dtype != x.dtype:
+            return super().add_delta(module, x, output, multiplier)
+        alpha = self.scale * multiplier
+        down, up = self.lora_down.to(x.dtype), self.lora_up.to(x.dtype)
+        if down.dim() == 2:  # linear: [..., in] -> [..., out]
+            hidden = F.linear(x, down).reshape(-1, self.dim)
+            return torch.addmm(output.reshape(-1, output.shape[-1]), hidden, up.t(), alpha=alpha).view(output.shape)
+        if down.shape[2:] == (1, 1) and _is_pointwise(module):  # [B, in, H, W] -> [B, r, H·W]
+            hidden = torch.matmul(down.flatten(1), x.flatten(2))
+        else:
+            hidden = apply_weight(module, x, down).flatten(2)
+        batch = output.shape[0]
+        result = torch.baddbmm(output.flatten(2), up.flatten(1).expand(batch, -1, -1), hidden, alpha=alpha)
+        return result.view(output.shape)
+
     def delta_output(self, module: nn.Module, x: Tensor) -> Tensor:
         hidden = apply_weight(module, x, self.lora_down.to(x.dtype))
         if self.training and self.neuron_dropout:
@@ -57,3 +77,12 @@ class LoraTrainable(TrainableModule):
         up = self.lora_up.to(hidden.dtype)
         out = F.linear(hidden, up) if up.dim() == 2 else F.conv2d(hidden, up)
         return out * scale
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    """Whether a 1×1 convolution is a plain per-pixel product (stride 1, no padding, one group)."""
+    def ones(value: object, one: int) -> bool:
+        return all(v == one for v in (value if isinstance(value, tuple) else (value,)))
+
+    return (ones(getattr(module, "stride", 1), 1) and ones(getattr(module, "padding", 0), 0)
+            and getattr(module, "groups", 1) == 1)

@@ -127,10 +127,13 @@ class TrainableModule(nn.Module, ABC):
             return output
         h = x if torch.is_autocast_enabled(x.device.type) else x.to(torch.float32)
         if self.dora_scale is None:
-            delta = self.delta_output(module, h) * multiplier
-        else:
-            delta = apply_weight(module, h, self.dora_delta(multiplier).to(h.dtype))
+            return self.add_delta(module, h, output, multiplier)
+        delta = apply_weight(module, h, self.dora_delta(multiplier).to(h.dtype))
         return output + delta.to(output.dtype)
+
+    def add_delta(self, module: nn.Module, x: Tensor, output: Tensor, multiplier: float) -> Tensor:
+        """output + Δ(x)·multiplier (no DoRA); LoRA folds the add and the scales into its last product."""
+        return output + (self.delta_output(module, x) * multiplier).to(output.dtype)
 
     def dora_delta(self, multiplier: float = 1.0) -> Tensor:
         """W'−W for DoRA: W' = (W+ΔW)·(m·(d/‖W+ΔW‖−1)+1), norms per output row or input column."""
