@@ -75,3 +75,4 @@ def test_dropout_and_dtype_mismatch_take_the_general_path(monkeypatch: pytest.Mo
     lora.rank_dropout = None
     lora.add_delta(module, x, module(x).half(), 1.0)
     assert calls == [1, 1]
+

@@ -119,6 +119,38 @@ def test_sgd_nesterov_and_relative_adafactor_get_sd_scripts_defaults():
         == "AdafactorSchedule"
 
 
+def test_adamw_runs_fused_where_torch_can_and_steps_as_the_default():
+    def trained(config: OptimizerConfig) -> tuple[torch.optim.Optimizer, torch.Tensor]:
+        groups, loss = _toy_problem()
+        optimizer = build_optimizer(config, groups)
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss().backward()
+            optimizer.step()
+        return optimizer, torch.cat([p.detach().flatten() for g in groups for p in g["params"]])
+
+    fused, fused_weights = trained(OptimizerConfig(optimizer_args=["weight_decay=0.1"]))
+    plain, plain_weights = trained(OptimizerConfig(optimizer_args=["weight_decay=0.1", "fused=False"]))
+    assert fused.defaults["fused"] is True  # torch >= 2.4 has the CPU kernel
+    assert not plain.defaults["fused"] and fused.defaults["weight_decay"] == 0.1
+    torch.testing.assert_close(fused_weights, plain_weights, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(plain_weights, trained(OptimizerConfig(optimizer_args=["fused=False"]))[1])
+
+
+def test_adamw_falls_back_where_torch_has_no_fused_kernel(monkeypatch):
+    original = torch.optim.AdamW.__init__
+
+    def no_fused_kernel(self, params, *args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                               "devices: ['cuda']")  # torch 2.1 on the CPU
+        original(self, params, *args, fused=fused, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", no_fused_kernel)
+    optimizer = build_optimizer(OptimizerConfig(), _toy_problem()[0])
+    assert not optimizer.defaults["fused"]
+
+
 @pytest.mark.parametrize(("name", "fragment"), [
     ("AdamW8bit", "CUDA GPU only|'bitsandbytes'"),
     ("PagedLion8bit", "CUDA GPU only|'bitsandbytes'"),

@@ -54,7 +54,7 @@ class LoraTrainable(TrainableModule):
             hidden = F.linear(x, down).reshape(-1, self.dim)
             return torch.addmm(output.reshape(-1, output.shape[-1]), hidden, up.t(), alpha=alpha).view(output.shape)
         if down.shape[2:] == (1, 1) and _is_pointwise(module):  # [B, in, H, W] -> [B, r, H·W]
-            hidden = torch.matmul(down.flatten(1), x.flatten(2))
+            hidden = torch.bmm(down.flatten(1).expand(output.shape[0], -1, -1), x.flatten(2))
         else:
             hidden = apply_weight(module, x, down).flatten(2)
         batch = output.shape[0]

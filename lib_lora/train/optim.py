@@ -212,8 +212,9 @@ def build_optimizer(config: OptimizerConfig, param_groups: list[dict]) -> torch.
     """The optimizer for `param_groups` (from TrainableNetwork.param_groups), with optimizer_args as keywords.
 
     As sd-scripts: SGDNesterov adds nesterov=True and momentum 0.9 unless given; relative-step Adafactor gets no
-    learning rate (its groups' lr are dropped). ConfigError for a missing package, 8-bit optimizers without
-    CUDA parameters, and arguments the optimizer does not take.
+    learning rate (its groups' lr are dropped). torch's Adam/AdamW run fused where this torch has the kernel for
+    the parameters' device, unless optimizer_args choose (fused=False / foreach=...). ConfigError for a missing
+    package, 8-bit optimizers without CUDA parameters, and arguments the optimizer does not take.
     """
     cls, spec = optimizer_class(config)
     kwargs = dict(spec.defaults if spec else ())
@@ -233,6 +234,11 @@ def build_optimizer(config: OptimizerConfig, param_groups: list[dict]) -> torch.
         for group in groups:
             group.pop("lr", None)
         lr = None
+    if cls in (torch.optim.AdamW, torch.optim.Adam) and not {"fused", "foreach"} & kwargs.keys():
+        try:  # one kernel per parameter instead of a dozen ops (on the CPU the for-loop is torch's default)
+            return cls(groups, lr=lr, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # no fused kernel in this torch for these parameters' device: its default implementation
     try:
         return cls(groups, lr=lr, **kwargs)
     except TypeError as error:
