@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .values import read_bool, read_number
+from .values import float_range, int_range, read_bool
 
 
 def _help(text: str) -> dict[str, str]:
@@ -118,29 +118,8 @@ class DataConfig:
 # --- coercion: one checker per field kind, applied by name ----------------------------------------------------
 
 
-def _int_at_least(minimum: int) -> Callable[[str, object], int]:
-    def check(key: str, value: object) -> int:
-        number = int(read_number(key, value, int))
-        if number < minimum:
-            raise ConfigError(key, value, f"must be at least {minimum}")
-        return number
-
-    return check
-
-
-def _float_range(low: float, high: float | None) -> Callable[[str, object], float]:
-    def check(key: str, value: object) -> float:
-        number = read_number(key, value, float)
-        if number < low or (high is not None and number > high):
-            raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
-                              else f"must be at least {low}")
-        return number
-
-    return check
-
-
 def _multiple_of_8(key: str, value: object) -> int:
-    number = _int_at_least(8)(key, value)
+    number = int_range(8)(key, value)
     if number % 8:
         raise ConfigError(key, value, "must be a multiple of 8 (the VAE works on 8×8 pixel cells)")
     return number
@@ -202,21 +181,21 @@ def _caption_extension(key: str, value: object) -> str:
 _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "train_data_dir": _optional_folder,
     "reg_data_dir": _optional_folder,
-    "prior_loss_weight": _float_range(0.0, None),
+    "prior_loss_weight": float_range(0.0),
     "resolution": _resolution,
     "enable_bucket": read_bool,
-    "min_bucket_reso": _int_at_least(8),
-    "max_bucket_reso": _int_at_least(8),
+    "min_bucket_reso": int_range(8),
+    "max_bucket_reso": int_range(8),
     "bucket_reso_steps": _multiple_of_8,
     "bucket_no_upscale": read_bool,
     "caption_extension": _caption_extension,
     "shuffle_caption": read_bool,
-    "keep_tokens": _int_at_least(0),
+    "keep_tokens": int_range(0),
     "keep_tokens_separator": _text,
     "caption_separator": _non_empty,
-    "caption_dropout_rate": _float_range(0.0, 1.0),
-    "caption_dropout_every_n_epochs": _int_at_least(0),
-    "caption_tag_dropout_rate": _float_range(0.0, 1.0),
+    "caption_dropout_rate": float_range(0.0, 1.0),
+    "caption_dropout_every_n_epochs": int_range(0),
+    "caption_tag_dropout_rate": float_range(0.0, 1.0),
     "caption_prefix": _optional_text,
     "caption_suffix": _optional_text,
     "flip_aug": read_bool,
@@ -224,8 +203,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "random_crop": read_bool,
     "cache_latents": read_bool,
     "cache_latents_to_disk": read_bool,
-    "vae_batch_size": _int_at_least(1),
-    "train_batch_size": _int_at_least(1),
+    "vae_batch_size": int_range(1),
+    "train_batch_size": int_range(1),
 }
 
 DATA_HELP: dict[str, str] = {item.name: item.metadata["help"] for item in fields(DataConfig)}

@@ -11,13 +11,13 @@ is its typed reading (NetworkArgs), checked once in `__post_init__`. Settings th
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .values import check_number
 
 NETWORK_MODULES: tuple[str, ...] = ("networks.lora", "lycoris.kohya")
 ALGOS: tuple[str, ...] = ("lora", "locon", "loha", "lokr")
@@ -135,10 +135,10 @@ class NetworkConfig:
             raise ConfigError("network_module", self.network_module, f"expected one of {', '.join(NETWORK_MODULES)}"
                               f"{_close(self.network_module, NETWORK_MODULES)}")
         _check_int("network_dim", self.network_dim, minimum=1)
-        _check_number("network_alpha", self.network_alpha, minimum=0.0)
+        check_number("network_alpha", self.network_alpha, minimum=0.0)
         _check_fraction("network_dropout", self.network_dropout)
         if self.scale_weight_norms is not None:
-            _check_number("scale_weight_norms", self.scale_weight_norms, minimum=0.0, exclusive=True)
+            check_number("scale_weight_norms", self.scale_weight_norms, minimum=0.0, exclusive=True)
         for name in ("network_train_unet_only", "network_train_text_encoder_only", "dim_from_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "expected true or false")
@@ -276,7 +276,7 @@ def _opt(raw: Mapping[str, str], key: str, read, **bounds: Any) -> Any:
         return None
     value = read(f"network_args.{key}", text)
     if bounds:
-        _check_number(f"network_args.{key}", value, **bounds)
+        check_number(f"network_args.{key}", value, **bounds)
     return value
 
 
@@ -367,13 +367,6 @@ def _close(word: str, choices: Iterable[str]) -> str:
 def _check_int(key: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(key, value, f"expected a whole number of at least {minimum}")
-
-
-def _check_number(key: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (exclusive and value == minimum):
-        relation = "above" if exclusive else "at least"
-        raise ConfigError(key, value, f"expected a number {relation} {minimum:g}")
 
 
 def _check_fraction(key: str, value: object) -> None:

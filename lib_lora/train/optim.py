@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .values import check_number
 
 
 @dataclass(frozen=True)
@@ -97,19 +97,19 @@ class OptimizerConfig:
         self.optimizer_args = parse_optimizer_args(self.optimizer_args)
         if not isinstance(self.optimizer_type, str) or not self.optimizer_type.strip():
             raise ConfigError("optimizer_type", self.optimizer_type, "expected an optimizer name")
-        _number("learning_rate", self.learning_rate, minimum=0.0)
+        check_number("learning_rate", self.learning_rate, minimum=0.0)
         for name in ("unet_lr", "text_encoder_lr"):
             if getattr(self, name) is not None:
-                _number(name, getattr(self, name), minimum=0.0)
-        _number("max_grad_norm", self.max_grad_norm, minimum=0.0)
-        _number("lr_warmup_steps", self.lr_warmup_steps, minimum=0.0)
+                check_number(name, getattr(self, name), minimum=0.0)
+        check_number("max_grad_norm", self.max_grad_norm, minimum=0.0)
+        check_number("lr_warmup_steps", self.lr_warmup_steps, minimum=0.0)
         if self.lr_warmup_steps >= 1 and self.lr_warmup_steps != int(self.lr_warmup_steps):
             raise ConfigError("lr_warmup_steps", self.lr_warmup_steps,
                               "expected whole steps, or a fraction below 1 of the total steps")
         if isinstance(self.lr_scheduler_num_cycles, bool) or not isinstance(self.lr_scheduler_num_cycles, int) \
                 or self.lr_scheduler_num_cycles < 1:
             raise ConfigError("lr_scheduler_num_cycles", self.lr_scheduler_num_cycles, "expected a whole number ≥ 1")
-        _number("lr_scheduler_power", self.lr_scheduler_power, minimum=0.0, exclusive=True)
+        check_number("lr_scheduler_power", self.lr_scheduler_power, minimum=0.0, exclusive=True)
         if self.lr_scheduler not in SCHEDULERS:
             close = difflib.get_close_matches(str(self.lr_scheduler), SCHEDULERS, n=2)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -261,9 +261,3 @@ def optimizer_notes(config: OptimizerConfig, param_groups: list[dict]) -> list[s
     if name == "adafactor" and not config.adafactor_relative_step and config.max_grad_norm:
         notes.append("Adafactor clips updates itself; max_grad_norm = 0 is usual with it")
     return notes
-
-
-def _number(key: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (exclusive and value == minimum):
-        raise ConfigError(key, value, f"expected a number {'above' if exclusive else 'at least'} {minimum:g}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .noise import HUBER_SCHEDULES, LOSS_TYPES, NUM_TIMESTEPS
-from .values import read_bool, read_number
+from .values import float_range, int_range, read_bool
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
@@ -151,38 +151,6 @@ class RunConfig:
 # --- coercion: one checker per field, applied by name -------------------------------------------------------------
 
 
-def _int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[str, object], int | None]:
-    def check(key: str, value: object) -> int | None:
-        if value is None or (optional and value == ""):
-            if optional:
-                return None
-            raise ConfigError(key, value, "must be set")
-        number = int(read_number(key, value, int))
-        if number < low or (high is not None and number > high):
-            raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
-                              else f"must be at least {low}")
-        return number
-
-    return check
-
-
-def _float_range(low: float, high: float | None = None, *, optional: bool = False,
-                 exclusive_low: bool = False) -> Callable[[str, object], float | None]:
-    def check(key: str, value: object) -> float | None:
-        if value is None or (optional and value == ""):
-            if optional:
-                return None
-            raise ConfigError(key, value, "must be set")
-        number = float(read_number(key, value, float))
-        too_low = number <= low if exclusive_low else number < low
-        if too_low or (high is not None and number > high):
-            bound = f"greater than {low}" if exclusive_low else f"at least {low}"
-            raise ConfigError(key, value, f"must be {bound}" + (f" and at most {high}" if high is not None else ""))
-        return number
-
-    return check
-
-
 def _choice(choices: tuple[str, ...], *, optional: bool = False) -> Callable[[str, object], str | None]:
     def check(key: str, value: object) -> str | None:
         if value is None and optional:
@@ -242,46 +210,46 @@ def _save_format(key: str, value: object) -> str:
 _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "pretrained_model_name_or_path": _optional_path,
     "v_parameterization": read_bool,
-    "clip_skip": _int_range(1, 12, optional=True),
-    "max_train_steps": _int_range(1),
-    "max_train_epochs": _int_range(1, optional=True),
-    "gradient_accumulation_steps": _int_range(1),
+    "clip_skip": int_range(1, 12, optional=True),
+    "max_train_steps": int_range(1),
+    "max_train_epochs": int_range(1, optional=True),
+    "gradient_accumulation_steps": int_range(1),
     "mixed_precision": _mixed_precision,
     "full_fp16": read_bool,
     "full_bf16": read_bool,
     "gradient_checkpointing": read_bool,
-    "seed": _int_range(0, 2**32 - 1, optional=True),
+    "seed": int_range(0, 2**32 - 1, optional=True),
     "cache_text_encoder_outputs": read_bool,
-    "noise_offset": _float_range(0.0, optional=True),
+    "noise_offset": float_range(0.0, optional=True),
     "noise_offset_random_strength": read_bool,
-    "adaptive_noise_scale": _float_range(-1.0, optional=True),
-    "multires_noise_iterations": _int_range(1, optional=True),
-    "multires_noise_discount": _float_range(0.0, 1.0),
-    "min_snr_gamma": _float_range(0.0, optional=True, exclusive_low=True),
-    "min_timestep": _int_range(0, NUM_TIMESTEPS - 1, optional=True),
-    "max_timestep": _int_range(1, NUM_TIMESTEPS, optional=True),
+    "adaptive_noise_scale": float_range(-1.0, optional=True),
+    "multires_noise_iterations": int_range(1, optional=True),
+    "multires_noise_discount": float_range(0.0, 1.0),
+    "min_snr_gamma": float_range(0.0, optional=True, exclusive_low=True),
+    "min_timestep": int_range(0, NUM_TIMESTEPS - 1, optional=True),
+    "max_timestep": int_range(1, NUM_TIMESTEPS, optional=True),
     "loss_type": _choice(LOSS_TYPES),
     "huber_schedule": _choice(HUBER_SCHEDULES),
-    "huber_c": _float_range(0.0, 1.0, exclusive_low=True),
+    "huber_c": float_range(0.0, 1.0, exclusive_low=True),
     "output_dir": _optional_path,
     "output_name": _output_name,
     "save_model_as": _save_format,
     "save_precision": _save_precision,
-    "save_every_n_epochs": _int_range(1, optional=True),
-    "save_every_n_steps": _int_range(1, optional=True),
-    "save_last_n_epochs": _int_range(1, optional=True),
-    "save_last_n_steps": _int_range(1, optional=True),
+    "save_every_n_epochs": int_range(1, optional=True),
+    "save_every_n_steps": int_range(1, optional=True),
+    "save_last_n_epochs": int_range(1, optional=True),
+    "save_last_n_steps": int_range(1, optional=True),
     "save_state": read_bool,
     "save_state_on_train_end": read_bool,
     "save_on_cancel": read_bool,
     "resume": _optional_path,
     "training_comment": _optional_text,
     "activation_text": _optional_text,
-    "preferred_weight": _float_range(-10.0, 10.0),
+    "preferred_weight": float_range(-10.0, 10.0),
     "notes": _optional_text,
     "sample_prompts": _optional_path,
-    "sample_every_n_steps": _int_range(1, optional=True),
-    "sample_every_n_epochs": _int_range(1, optional=True),
+    "sample_every_n_steps": int_range(1, optional=True),
+    "sample_every_n_epochs": int_range(1, optional=True),
     "sample_at_first": read_bool,
 }
 

@@ -1,11 +1,13 @@
-"""Reading config values as TOML, the CLI's `--set` and the Train tab give them: booleans and numbers.
+"""Reading config values as TOML, the CLI's `--set` and the Train tab give them: booleans and numbers, and
+range checks for the readers of each config section.
 
-Every reader raises ConfigError naming the key, the value and what was expected.
+Every reader and check raises ConfigError naming the key, the value and what was expected.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from .errors import ConfigError
 
@@ -40,3 +42,44 @@ def read_number(key: str, value: object, kind: type) -> int | float:
     if not math.isfinite(value):
         raise ConfigError(key, value, "must be a finite number")
     return kind(value)
+
+
+def check_number(key: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
+    """ConfigError unless `value` is a finite number at least (or, `exclusive`, above) `minimum`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (exclusive and value == minimum):
+        raise ConfigError(key, value, f"expected a number {'above' if exclusive else 'at least'} {minimum:g}")
+
+
+def int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[str, object], int | None]:
+    """A reader of whole numbers from `low` to `high` (None: no upper bound); `optional` takes None or "" as unset."""
+    def check(key: str, value: object) -> int | None:
+        if value is None or (optional and value == ""):
+            if optional:
+                return None
+            raise ConfigError(key, value, "must be set")
+        number = int(read_number(key, value, int))
+        if number < low or (high is not None and number > high):
+            raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
+                              else f"must be at least {low}")
+        return number
+
+    return check
+
+
+def float_range(low: float, high: float | None = None, *, optional: bool = False,
+                exclusive_low: bool = False) -> Callable[[str, object], float | None]:
+    """A reader of numbers from `low` (or above it, `exclusive_low`) to `high`; `optional` as int_range."""
+    def check(key: str, value: object) -> float | None:
+        if value is None or (optional and value == ""):
+            if optional:
+                return None
+            raise ConfigError(key, value, "must be set")
+        number = float(read_number(key, value, float))
+        too_low = number <= low if exclusive_low else number < low
+        if too_low or (high is not None and number > high):
+            bound = f"greater than {low}" if exclusive_low else f"at least {low}"
+            raise ConfigError(key, value, f"must be {bound}" + (f" and at most {high}" if high is not None else ""))
+        return number
+
+    return check
