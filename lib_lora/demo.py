@@ -26,7 +26,7 @@ from .dataset.tagger_models import resolve_model
 from .hosts.base import GenerationRequest, Host
 from .hosts.diffusers import load_diffusers_host
 from .jobs import Job
-from .networks.network import load_network
+from .networks.tools.info import network_info
 from .pnginfo import save_png
 from .tiny.images import generate_dataset
 from .tiny.tagger import write_tiny_wd14_tagger
@@ -98,9 +98,9 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
          f"IN04-IN07/OUT03-OUT06) on the loaded model: {result.summary()}", *result.saved)
     lora = result.output
     assert lora is not None
-    network = load_network(lora)
-    step(f"read it back: {network.format}, {len(network.modules)} modules, family {network.arch}, "
-         f"{len(_tags(network.metadata))} tags in its metadata (python -m lib_lora lora info {lora})")
+    info = network_info(lora)
+    step(f"read it back: {info.format}, {len(info.modules)} modules, family {info.arch}, "
+         f"{len(info.top_tags(None))} tags in its metadata (python -m lib_lora lora info {lora})")
 
     session = LoraSession(host, LoraLibrary([lora_dir]), PresetBook.builtin(), model_name=model)
     samples = output_dir / "samples"
@@ -123,16 +123,3 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
     exact = all(torch.equal(tensor, base[name]) for name, tensor in host.unet.state_dict().items())
     step(f"unmerged: the model's UNet weights are {'bit-identical' if exact else 'CHANGED'} to before the demo")
     return report
-
-
-def _tags(metadata: dict[str, str] | object) -> dict[str, int]:
-    import json
-
-    text = getattr(metadata, "get", lambda _key, _default=None: None)("ss_tag_frequency", None)
-    if not text:
-        return {}
-    tags: dict[str, int] = {}
-    for folder in json.loads(text).values():
-        for tag, count in folder.items():
-            tags[tag] = tags.get(tag, 0) + count
-    return tags

@@ -85,8 +85,9 @@ class NetworkInfo:
             "metadata": self.metadata,
         }
 
-    def top_tags(self, count: int = TOP_TAGS) -> list[tuple[str, int]]:
-        """The most frequent training tags (ss_tag_frequency summed over folders), most frequent first."""
+    def top_tags(self, count: int | None = TOP_TAGS) -> list[tuple[str, int]]:
+        """The most frequent training tags (ss_tag_frequency summed over folders), most frequent first; all of
+        them when `count` is None."""
         frequency = self.metadata.get("ss_tag_frequency")
         totals: Counter[str] = Counter()
         if isinstance(frequency, dict):
