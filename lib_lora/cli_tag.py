@@ -1,6 +1,6 @@
 """`python -m lib_lora tag DIR --model NAME_OR_DIR`: caption a folder with a WD14 tagger, headless.
 
-The work is done by lib_lora.dataset.tagger; this module parses (help texts from its OPTION_HELP, so the CLI
+The work is done by lib_lora.dataset.tagger and tag_run; this module parses (help texts from its OPTION_HELP, so the CLI
 and the Dataset tab say the same words), shows a progress bar on stderr and prints what happened. An unusable
 folder or model is a typed error: cli.main prints it as one line and exits with 2.
 """

@@ -145,7 +145,6 @@ class TrainRun:
         v_prediction = host.prediction_type == "v_prediction"
         if run_cfg.v_parameterization and not v_prediction:
             raise ConfigError("v_parameterization", True, "the loaded model predicts epsilon (noise), not v")
-        resume_position = resume
 
         self._stage(control, 0)
         data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,
@@ -188,9 +187,9 @@ class TrainRun:
         position = TrainPosition(step=0, epoch=0, batch_in_epoch=0, seed=seed,
                                  session_id=random.Random(seed ^ int(started)).randrange(2**31), started_at=started,
                                  world_size=dist.world_size)
-        if resume_position is not None:
-            if resume_position.world_size != dist.world_size:
-                raise TrainingError(f"resume: the state was written by {resume_position.world_size} process(es), "
+        if resume is not None:
+            if resume.world_size != dist.world_size:
+                raise TrainingError(f"resume: the state was written by {resume.world_size} process(es), "
                                     f"this run has {dist.world_size}")
             position = load_state(Path(run_cfg.resume), network=network, optimizer=optimizer, scheduler=scheduler,
                                   noise_generator=generator, scaler=scaler)

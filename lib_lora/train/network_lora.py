@@ -53,11 +53,11 @@ class LoraTrainable(TrainableModule):
         if down.dim() == 2:  # linear: [..., in] -> [..., out]
             hidden = F.linear(x, down).reshape(-1, self.dim)
             return torch.addmm(output.reshape(-1, output.shape[-1]), hidden, up.t(), alpha=alpha).view(output.shape)
+        batch = output.shape[0]
         if down.shape[2:] == (1, 1) and _is_pointwise(module):  # [B, in, H, W] -> [B, r, H·W]
-            hidden = torch.bmm(down.flatten(1).expand(output.shape[0], -1, -1), x.flatten(2))
+            hidden = torch.bmm(down.flatten(1).expand(batch, -1, -1), x.flatten(2))
         else:
             hidden = apply_weight(module, x, down).flatten(2)
-        batch = output.shape[0]
         result = torch.baddbmm(output.flatten(2), up.flatten(1).expand(batch, -1, -1), hidden, alpha=alpha)
         return result.view(output.shape)
 
@@ -81,8 +81,8 @@ class LoraTrainable(TrainableModule):
 
 def _is_pointwise(module: nn.Module) -> bool:
     """Whether a 1×1 convolution is a plain per-pixel product (stride 1, no padding, one group)."""
-    def ones(value: object, one: int) -> bool:
-        return all(v == one for v in (value if isinstance(value, tuple) else (value,)))
+    def all_equal(value: object, wanted: int) -> bool:  # an int, or a per-dimension tuple
+        return all(v == wanted for v in (value if isinstance(value, tuple) else (value,)))
 
-    return (ones(getattr(module, "stride", 1), 1) and ones(getattr(module, "padding", 0), 0)
+    return (all_equal(getattr(module, "stride", 1), 1) and all_equal(getattr(module, "padding", 0), 0)
             and getattr(module, "groups", 1) == 1)
