@@ -18,7 +18,11 @@ class HostSnapshot:
     training: dict[str, bool]
     hooks: dict[str, tuple[int, ...]]
     attention: dict[str, Any]
+    instance_calls: dict[str, tuple[str, ...]]
+    """Per module, which of INSTANCE_CALLS it holds as an instance attribute (a run's patches must be gone after)."""
 
+
+INSTANCE_CALLS = ("forward", "_conv_forward")
 
 def _roots(host) -> dict[str, torch.nn.Module]:
     roots = {"unet": host.unet, "vae": host.vae}
@@ -36,7 +40,7 @@ def _attention_impl(module: torch.nn.Module) -> Any:
 
 
 def snapshot_host(host) -> HostSnapshot:
-    weights, requires_grad, grads, training, hooks, attention = {}, {}, {}, {}, {}, {}
+    weights, requires_grad, grads, training, hooks, attention, instance_calls = {}, {}, {}, {}, {}, {}, {}
     for root_name, root in _roots(host).items():
         for name, tensor in root.state_dict(keep_vars=True).items():
             weights[f"{root_name}.{name}"] = tensor.detach().clone()
@@ -47,9 +51,10 @@ def snapshot_host(host) -> HostSnapshot:
             key = f"{root_name}.{name}"
             training[key] = module.training
             hooks[key] = tuple(len(getattr(module, d, {}) or {}) for d in HOOK_DICTS)
+            instance_calls[key] = tuple(name for name in INSTANCE_CALLS if name in module.__dict__)
             if "attn" in name.split(".")[-1] or "Attention" in type(module).__name__:
                 attention[key] = _attention_impl(module)
-    return HostSnapshot(weights, requires_grad, grads, training, hooks, attention)
+    return HostSnapshot(weights, requires_grad, grads, training, hooks, attention, instance_calls)
 
 
 def assert_same_state(before: HostSnapshot, after: HostSnapshot) -> None:
@@ -64,6 +69,8 @@ def assert_same_state(before: HostSnapshot, after: HostSnapshot) -> None:
     assert not grads_changed, f"gradients left on host parameters: {grads_changed[:5]}"
     assert before.training == after.training
     assert before.hooks == after.hooks
+    left = [k for k in before.instance_calls if before.instance_calls[k] != after.instance_calls[k]]
+    assert not left, f"instance-level forward / _conv_forward changed: {left[:5]}"
     assert before.attention.keys() == after.attention.keys()
     differing = [k for k in before.attention if before.attention[k] != after.attention[k]]
     assert not differing, f"attention implementation changed: {differing[:5]}"

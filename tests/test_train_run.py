@@ -118,6 +118,7 @@ def test_the_host_is_bit_identical_after_a_run(tmp_path, dataset, host, ending):
 
     def on_step(progress):
         assert host.clip_skip == 2  # set for the run only
+        assert any("_conv_forward" in module.__dict__ for module in host.unet.modules())  # CPU kernel routing on
         if progress.step == 2 and ending == "stopped":
             run_holder[0].request_stop()
         if progress.step == 2 and ending == "crashed":

@@ -2,9 +2,10 @@
 
 Stages: prepare data → build network → build optimizer → train → save. All of it runs inside
 `host.training_mode()` (base model frozen, restored on exit, also on errors and stops) with the network hooked on
-by `network.attached()`, the GPU gate held, and gradient checkpointing / clip skip set for the run only. A stop
-(JobControl cancel or `request_stop()`) ends the run between steps and, unless save_on_cancel is off, saves what
-was learned; `request_save()` saves now and goes on. Exceptions propagate once the host is restored.
+by `network.attached()`, the GPU gate held, and gradient checkpointing, clip skip and the CPU convolution kernel
+(`cpu_convs`) set for the run only. A stop (JobControl cancel or `request_stop()`) ends the run between steps and,
+unless save_on_cancel is off, saves what was learned; `request_save()` saves now and goes on. Exceptions
+propagate once the host is restored.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from ..jobs import Job, JobControl
 from .config import TrainConfig
+from .cpu_convs import small_map_convolutions
 from .data import TrainData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingError
@@ -113,7 +115,8 @@ class TrainRun:
         seed = self._seed(resume, notes)
         with self._gpu_held(), self.host.training_mode(), seeded_global_rng(seed):
             with clip_skip_set(self.host, self.config.run.clip_skip) as clip_note, \
-                    gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing):
+                    gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing), \
+                    small_map_convolutions(self.host.unet, enabled=self.host.device.type == "cpu"):
                 if clip_note:
                     notes.append(clip_note)
                 run = self._prepare(control, notes, started, seed=seed, resume=resume)
