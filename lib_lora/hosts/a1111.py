@@ -19,6 +19,7 @@ import torch
 
 from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
+from .a1111_switches import model_switches_refused
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
 
@@ -129,6 +130,7 @@ class A1111Host:
         *,
         devices: Any | None = None,
         cmd_opts: Any | None = None,
+        opts: Any | None = None,
     ) -> None:
         if sd_model is None:
             raise HostError("no model is loaded in the WebUI; load a checkpoint first")
@@ -136,6 +138,7 @@ class A1111Host:
         self._model = sd_model
         self._devices = devices
         self._cmd_opts = cmd_opts
+        self._opts = opts
 
     @classmethod
     def from_webui(cls) -> A1111Host:
@@ -144,7 +147,7 @@ class A1111Host:
             from modules import devices, shared  # type: ignore[import-not-found]
         except ImportError as error:
             raise HostError(f"the A1111 WebUI's `modules` package is not importable: {error}") from error
-        return cls(shared.sd_model, devices=devices, cmd_opts=shared.cmd_opts)
+        return cls(shared.sd_model, devices=devices, cmd_opts=shared.cmd_opts, opts=shared.opts)
 
     # --- what the model is -------------------------------------------------------------------------------------
 
@@ -339,7 +342,8 @@ class A1111Host:
     def training_mode(self) -> Iterator[None]:
         """Clear the built-in Lora's loaded networks and freeze UNet, text encoders, VAE; restore every flag on exit.
 
-        With --medvram / --medvram-sdxl the model stays on the device for the run (see `_medvram_paused`).
+        With --medvram / --medvram-sdxl the model stays on the device for the run (see `_medvram_paused`); switching
+        the checkpoint, VAE or SD-UNet in the settings is refused until exit (`a1111_switches`).
         """
         if getattr(self._cmd_opts, "lowvram", False):
             raise HostError(
@@ -347,7 +351,7 @@ class A1111Host:
                 "restart the WebUI with --medvram, or without either, to train"
             )
         roots = self._state_roots()
-        with preserved_state(roots), self._medvram_paused():
+        with preserved_state(roots), self._medvram_paused(), model_switches_refused(self._opts, "training"):
             networks = _builtin_networks()
             if networks is not None:
                 networks.load_networks([])

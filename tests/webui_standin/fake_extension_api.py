@@ -60,11 +60,13 @@ def options_section(
 
 
 class OptionsStandIn:
-    """`modules.options.Options`: values over `data_labels` defaults; `add_option` registers one more."""
+    """`modules.options.Options`: values over `data_labels` defaults; `add_option` registers one more; `set` and
+    `onchange` with A1111 1.10's contract (a raising callback puts the old value back and `set` says False)."""
 
     def __init__(self, data_labels: dict[str, OptionInfo], values: dict[str, Any]) -> None:
         object.__setattr__(self, "data_labels", data_labels)
         object.__setattr__(self, "data", dict(values))
+        object.__setattr__(self, "shown_errors", [])  # what A1111's errors.display would have shown
 
     def __getattr__(self, key: str) -> Any:
         if key in self.data:
@@ -78,6 +80,26 @@ class OptionsStandIn:
 
     def add_option(self, key: str, info: OptionInfo) -> None:
         self.data_labels[key] = info
+
+    def set(self, key: str, value: Any, is_api: bool = False, run_callbacks: bool = True) -> bool:
+        old = self.data.get(key)
+        if old == value:
+            return False
+        self.data[key] = value
+        option = self.data_labels[key]
+        if run_callbacks and option.onchange is not None:
+            try:
+                option.onchange()
+            except Exception as error:
+                self.shown_errors.append(f"changing setting {key} to {value}: {error}")
+                self.data[key] = old
+                return False
+        return True
+
+    def onchange(self, key: str, func: Callable[[], None], call: bool = True) -> None:
+        self.data_labels[key].onchange = func
+        if call:
+            func()
 
 
 def install_extension_api(
