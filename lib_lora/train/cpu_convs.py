@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from .runtime import instance_attributes
+
 SMALL_MAP_PIXELS = 64
 """Input maps of at most this many pixels (8×8) take the im2col + GEMM kernel."""
 
@@ -32,19 +34,11 @@ def small_map_convolutions(model: nn.Module, enabled: bool = True) -> Iterator[i
     routed; the instance attributes are removed on exit, also on errors. Convolutions someone else already
     routes (an instance `_conv_forward`), grouped, dilated, or padded other than with zeros are left alone.
     """
-    routed: list[tuple[nn.Conv2d, _ConvForward]] = []
-    try:
-        if enabled and hasattr(torch._C._nn, "thnn_conv2d"):
-            for module in model.modules():
-                if isinstance(module, nn.Conv2d) and _plain(module) and "_conv_forward" not in module.__dict__:
-                    replacement = _routed(module)
-                    module._conv_forward = replacement  # type: ignore[method-assign]
-                    routed.append((module, replacement))
-        yield len(routed)
-    finally:
-        for module, replacement in routed:
-            if module.__dict__.get("_conv_forward") is replacement:
-                del module.__dict__["_conv_forward"]
+    usable = enabled and hasattr(torch._C._nn, "thnn_conv2d")
+    convolutions = (module for module in model.modules() if usable and isinstance(module, nn.Conv2d)
+                    and _plain(module) and "_conv_forward" not in module.__dict__)
+    with instance_attributes((conv, "_conv_forward", _routed(conv)) for conv in convolutions) as routed:
+        yield routed
 
 
 def im2col_kernel_fits(x: Tensor, weight: Tensor) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -90,19 +90,26 @@ def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Itera
     reentrant checkpointing do not. Yields how many blocks were wrapped; the instance attributes are removed on
     exit. Blocks that already have an instance-level forward (someone else's patch) are left alone.
     """
-    wrapped: list[tuple[torch.nn.Module, Any]] = []
+    blocks = (module for module in unet.modules()
+              if enabled and type(module).__name__ in CHECKPOINTED_BLOCKS and "forward" not in module.__dict__)
+    with instance_attributes((block, "forward", _checkpointed(block.forward)) for block in blocks) as wrapped:
+        yield wrapped
+
+
+@contextmanager
+def instance_attributes(settings: Iterable[tuple[Any, str, Any]]) -> Iterator[int]:
+    """Set each (object, name, value) of `settings` as an instance attribute for the block; yields how many were
+    set. On exit, also on errors, each is removed where it still holds the value set (a later patch stays)."""
+    done: list[tuple[Any, str, Any]] = []
     try:
-        if enabled:
-            for module in unet.modules():
-                if type(module).__name__ in CHECKPOINTED_BLOCKS and "forward" not in module.__dict__:
-                    replacement = _checkpointed(module.forward)
-                    module.forward = replacement
-                    wrapped.append((module, replacement))
-        yield len(wrapped)
+        for target, name, value in settings:
+            setattr(target, name, value)
+            done.append((target, name, value))
+        yield len(done)
     finally:
-        for module, replacement in wrapped:
-            if module.__dict__.get("forward") is replacement:
-                del module.__dict__["forward"]
+        for target, name, value in done:
+            if target.__dict__.get(name) is value:
+                del target.__dict__[name]
 
 
 def _checkpointed(forward: Any) -> Any:
