@@ -13,7 +13,7 @@ from webui_standin.fake_modules import make_opts
 from webui_standin.models import build_sd_model_standin
 
 from lib_lora.hosts.a1111 import A1111Host
-from lib_lora.hosts.a1111_switches import MODEL_SETTINGS, model_switches_refused
+from lib_lora.hosts.a1111_training import MODEL_SETTINGS, model_switches_refused
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.loop import TrainRun
 

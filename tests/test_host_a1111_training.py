@@ -17,7 +17,8 @@ from host_checks import assert_same_state, snapshot_host
 from webui_standin.fake_modules import install_fake_modules, make_opts
 
 from lib_lora.errors import HostError
-from lib_lora.hosts.a1111 import LOWVRAM_HOOK_NAME, A1111Host
+from lib_lora.hosts.a1111 import A1111Host
+from lib_lora.hosts.a1111_training import LOWVRAM_HOOK_NAME
 
 pytestmark = pytest.mark.hostcompat
 pytest_plugins = ("webui_standin.fixtures",)  # a1111_host, sd_model, standin_arch, webui, webui_opts

@@ -19,7 +19,7 @@ import torch
 
 from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
-from .a1111_switches import model_switches_refused
+from .a1111_training import medvram_paused, model_switches_refused
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
 
@@ -76,42 +76,6 @@ def _builtin_networks() -> ModuleType | None:
     ):
         return module
     return None
-
-
-LOWVRAM_HOOK_NAME = "send_me_to_gpu"
-"""The name of the forward pre-hook `modules.lowvram.setup_for_low_vram` registers (A1111 1.0 to 1.10)."""
-
-_Placement = list[tuple[torch.nn.Module, str, bool, torch.device]]
-
-
-def _remove_lowvram_hooks(module: torch.nn.Module) -> None:
-    """Drop the WebUI's medvram/lowvram pre-hooks from `module` (only those: other hooks stay)."""
-    for key, hook in list(module._forward_pre_hooks.items()):
-        if getattr(hook, "__name__", None) == LOWVRAM_HOOK_NAME:
-            del module._forward_pre_hooks[key]
-            getattr(module, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
-
-
-def _tensor_placement(root: torch.nn.Module) -> _Placement:
-    """Where each parameter and buffer under `root` is: (module, name, is_parameter, device)."""
-    placement: _Placement = []
-    for module in root.modules():
-        placement += [(module, name, True, p.device) for name, p in module._parameters.items() if p is not None]
-        placement += [(module, name, False, b.device) for name, b in module._buffers.items() if b is not None]
-    return placement
-
-
-def _restore_placement(placement: _Placement) -> None:
-    """Move each recorded tensor back to its device; parameters stay the same objects (as `Module.to` does)."""
-    for module, name, is_parameter, device in placement:
-        tensors = module._parameters if is_parameter else module._buffers
-        tensor = tensors.get(name)
-        if tensor is None or tensor.device == device:
-            continue
-        if is_parameter:
-            tensor.data = tensor.data.to(device)
-        else:
-            tensors[name] = tensor.to(device)
 
 
 class A1111Host:
@@ -342,8 +306,8 @@ class A1111Host:
     def training_mode(self) -> Iterator[None]:
         """Clear the built-in Lora's loaded networks and freeze UNet, text encoders, VAE; restore every flag on exit.
 
-        With --medvram / --medvram-sdxl the model stays on the device for the run (see `_medvram_paused`); switching
-        the checkpoint, VAE or SD-UNet in the settings is refused until exit (`a1111_switches`).
+        With --medvram / --medvram-sdxl the model stays on the device for the run, and switching the checkpoint, VAE
+        or SD-UNet in the settings is refused until exit (`a1111_training`).
         """
         if getattr(self._cmd_opts, "lowvram", False):
             raise HostError(
@@ -351,42 +315,13 @@ class A1111Host:
                 "restart the WebUI with --medvram, or without either, to train"
             )
         roots = self._state_roots()
-        with preserved_state(roots), self._medvram_paused(), model_switches_refused(self._opts, "training"):
+        with preserved_state(roots), medvram_paused(self._model, self.device), \
+                model_switches_refused(self._opts, "training"):
             networks = _builtin_networks()
             if networks is not None:
                 networks.load_networks([])
             freeze_for_training(roots)
             yield
-
-    @contextmanager
-    def _medvram_paused(self) -> Iterator[None]:
-        """With --medvram (`sd_model.lowvram` set, no --lowvram): the whole model on the device for the run.
-
-        The WebUI's `modules.lowvram` keeps the text encoder, VAE and UNet on the CPU and moves "the one in use" to
-        the GPU from forward pre-hooks (`send_me_to_gpu`), sending the previous one back. Training must not see
-        that: a swap between a forward and its backward would move weights the autograd graph holds, and swapping
-        every step would be slow. So the hooks are taken off (`preserved_state` puts them back), nothing counts as
-        "the module in the GPU" (the WebUI's processing may send that one to the CPU between samples), every part
-        goes to the device, and on exit each tensor goes back where it was and `module_in_gpu` is restored.
-        """
-        model = self._model
-        if not getattr(model, "lowvram", False) or not isinstance(model, torch.nn.Module):
-            yield
-            return
-        lowvram = sys.modules.get("modules.lowvram")
-        module_in_gpu = getattr(lowvram, "module_in_gpu", None)
-        placement = _tensor_placement(model)
-        try:
-            for module in model.modules():
-                _remove_lowvram_hooks(module)
-            if lowvram is not None:
-                lowvram.module_in_gpu = None
-            model.to(self.device)
-            yield
-        finally:
-            _restore_placement(placement)
-            if lowvram is not None:
-                lowvram.module_in_gpu = module_in_gpu
 
 
 def _run_always_on_scripts(p: Any) -> None:
