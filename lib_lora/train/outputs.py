@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import LoraStudioError
+from ..wording import plural
 from .progress import ProgressTracker, path_text
 from .sampling import SamplePrompt, render_samples
 from .saving import (
@@ -56,7 +57,8 @@ class TrainResult:
         loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
         verb = "stopped; saved" if self.cancelled else "wrote"
         where = self.output if self.output is not None else "nothing"
-        return f"{verb} {where} ({self.steps} steps, {self.epochs} epochs{loss}, {self.seconds:.1f} s)"
+        return (f"{verb} {where} ({plural(self.steps, 'step')}, {plural(self.epochs, 'full epoch')}{loss}, "
+                f"{self.seconds:.1f} s)")
 
 
 @dataclass

@@ -13,8 +13,9 @@ from typing import Any
 from ..dataset.captions import normalise_text
 from ..dataset.consolidate import Consolidate, ConsolidationProposal, propose_consolidation
 from ..dataset.tags import AddTags, join_tags, split_tags
+from ..wording import plural
 from .common import escape_markdown
-from .dataset_session import DatasetSession, DatasetUIError, plural
+from .dataset_session import DatasetSession, DatasetUIError
 
 
 def _chip(session: DatasetSession, key: str, index: Any, tag: Any) -> tuple[list[str], int]:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_captions
 from ..dataset.errors import CaptionConflictError, DatasetError
-from .dataset_session import DatasetSession, code, plural
+from ..wording import plural
+from .dataset_session import DatasetSession, code
 
 
 def save(session: DatasetSession) -> str:

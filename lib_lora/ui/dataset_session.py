@@ -29,6 +29,7 @@ from ..dataset.roots import AllowedRoots
 from ..dataset.tags import TagEdit, TagFilter, split_tags
 from ..errors import LoraStudioError
 from ..jobs import Job
+from ..wording import plural
 from .common import escape_markdown
 
 PAGE_SIZE = 48
@@ -57,10 +58,6 @@ def code(text: str) -> str:
     """`text` as a Markdown code span (shown literally, so nothing inside is escaped)."""
     fence = "``" if "`" in text else "`"
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 class DatasetSession:

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..dataset.folder import ROOT_SUBSET
 from ..jobs import JobSnapshot
+from ..wording import plural
 from .common import escape_markdown
 from .dataset_session import PAGE_SIZE, DatasetSession, code
 from .dataset_thumbs import PREVIEW_SIDE, image_uri
@@ -45,14 +46,10 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
 def status_html(session: DatasetSession) -> str:
     """The unsaved-changes bar; `data-lora-studio-unsaved` is what the page's unload guard reads."""
     unsaved = len(session.unsaved_keys()) if session.dataset is not None else 0
-    parts = [f"<strong>{_plural(unsaved, 'unsaved caption')}</strong>" if unsaved else "All captions saved"]
+    parts = [f"<strong>{plural(unsaved, 'unsaved caption')}</strong>" if unsaved else "All captions saved"]
     if session.history.undo_description:
         parts.append(f"Undo: {_e(session.history.undo_description)}")
     if session.history.redo_description:
@@ -97,7 +94,7 @@ def problems_html(session: DatasetSession) -> str:
     if not found:
         return '<p class="lora-studio-problems">No problems found.</p>'
     items = "".join(f"<li>{_e(text)}</li>" for text in found)
-    return (f'<div class="lora-studio-problems"><p><strong>{_plural(len(found), "problem")}</strong> (these files '
+    return (f'<div class="lora-studio-problems"><p><strong>{plural(len(found), "problem")}</strong> (these files '
             f"are left out):</p><ul>{items}</ul></div>")
 
 
@@ -131,7 +128,7 @@ def page_markdown(session: DatasetSession) -> str:
     if session.dataset is None:
         return ""
     matching = len(session.filtered_keys())
-    return (f"Page {session.page + 1} of {session.page_count()} · {_plural(matching, 'image')} in the filter "
+    return (f"Page {session.page + 1} of {session.page_count()} · {plural(matching, 'image')} in the filter "
             f"(of {len(session.texts)}, {PAGE_SIZE} per page)")
 
 
@@ -242,7 +239,7 @@ def render(session: DatasetSession, message: str, parts: Iterable[str] | None = 
     def scope() -> str:
         if not loaded:
             return ""
-        return f"Batch edits change the **{_plural(len(session.filtered_keys()), 'image')}** in the filter " \
+        return f"Batch edits change the **{plural(len(session.filtered_keys()), 'image')}** in the filter " \
                "(one Undo each)."
 
     renderers: dict[str, Callable[[], Any]] = {
