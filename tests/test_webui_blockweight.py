@@ -464,6 +464,45 @@ def test_generation_is_refused_while_training_holds_the_model(env: Env) -> None:
     assert len(env.generate("<lora:chara:0.8:NCNF>").infotexts) == 1
 
 
+class LbwScriptStandIn:
+    """sd-webui-lora-block-weight's always-on script as A1111's runner holds it: its title and the slice of
+    `p.script_args` its inputs own (presets text, Active, mode); its hooks record that they ran (and scale nothing
+    here, so what the weights show is what LoRA Studio did)."""
+
+    args_from, args_to = 0, 3
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def title(self) -> str:
+        return "LoRA Block Weight"
+
+    def __getattr__(self, hook: str) -> Any:
+        if hook.startswith("_"):
+            raise AttributeError(hook)
+        return lambda *args, **kwargs: self.calls.append(hook)
+
+
+@pytest.mark.parametrize("active", [True, None, False, "missing"])
+def test_lbw_active_too_is_left_the_block_weights(env: Env, active: Any) -> None:
+    """LBW scales the same tags in place: with both acting every block weight would apply twice."""
+    prompt = "<lora:chara:0.7:lbw=CHAR>"
+    lbw = LbwScriptStandIn()
+    p = env.processing(prompt, script_args=("", active, 0) if active != "missing" else ())
+    p.scripts.alwayson_scripts.insert(0, lbw)
+    processed = env.run(p)
+    assert "before_process" in lbw.calls
+    table = PresetBook.builtin().resolve("CHAR", env.world.arch)
+    if active is False:  # LBW is off: LoRA Studio applies the block weights, says nothing about LBW
+        assert "LoRA Block Weight" not in processed.comments
+        assert_weights(env, expected_weights(env, [("chara", 0.7, 0.7, table)]))
+        assert BLOCK_WEIGHTS_FIELD in processed.infotexts[0]
+    else:  # on, None (LBW's default) or unreadable: no block weights of ours, and the user is told why
+        assert "LoRA Block Weight (sd-webui-lora-block-weight) is active too" in processed.comments
+        assert_weights(env, expected_weights(env, [("chara", 0.7, 0.7, None)]))
+        assert BLOCK_WEIGHTS_FIELD not in processed.infotexts[0]
+
+
 def test_nothing_of_ours_stays_on_the_networks_after_a_generation_or_unload(env: Env) -> None:
     def ours() -> list[Any]:
         found = []

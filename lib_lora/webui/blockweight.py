@@ -1,8 +1,9 @@
 """Per-block LoRA strength in A1111 1.10: the logic of the always-on script `scripts/lora_studio.py` forwards to.
 
 One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hooks in A1111's order:
-- `before_process`: refuse the generation while training holds `tabs.WEBUI_GPU`; read the presets (built-in +
-  the user's `presets.txt`); register the `Lora block weights` infotext field.
+- `before_process`: refuse the generation while training holds `tabs.WEBUI_GPU`; stand aside when LBW
+  (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice; read the presets
+  (built-in + the user's `presets.txt`); register the `Lora block weights` infotext field.
 - `before_process_batch`: rewrite the batch's prompts and hires prompts so the built-in Lora accepts every tag
   (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we cannot parse stay as typed, reported once.
 - `after_extra_networks_activate` (first pass and hires pass): for the calls the built-in just loaded, install
@@ -53,6 +54,10 @@ SCRIPT_TITLE = "LoRA Studio block weights"
 ALLOW_WHILE_HELD_ATTR = "lora_studio_gpu_holder"
 """Set `p.<this> = gate.holder` on a generation the gate's holder runs itself (training's sample images)."""
 COMMENT_PREFIX = "LoRA Studio"
+LBW_TITLE = "LoRA Block Weight"
+"""The title of hako-mikan's sd-webui-lora-block-weight script, which scales the same `lbw=` tags in place."""
+LBW_ACTIVE_INPUT = 1
+"""The position of LBW's Active box among its script inputs (presets text, Active, …)."""
 
 logger = logging.getLogger("lora_studio")
 
@@ -86,7 +91,8 @@ class _Generation:
     """What one generation (one `process_images` call) carries between hooks."""
 
     presets: PresetBook
-    refused: bool = False
+    acting: bool = True
+    """False when this generation is refused, or left to LBW: the hooks then change nothing."""
     typed_hires: dict[int, str] = field(default_factory=dict)
 
 
@@ -115,10 +121,16 @@ class BlockWeightController:
         self.patch.restore()
         holder = self._gate().holder
         if holder is not None and getattr(p, ALLOW_WHILE_HELD_ATTR, None) != holder:
-            self._generation = _Generation(PresetBook.builtin(), refused=True)
+            self._generation = _Generation(PresetBook.builtin(), acting=False)
             self._report(p, f"generation refused: the model is busy with {holder}; "
                             "wait for it to finish or stop it, then generate again")
             self._interrupt()
+            return
+        if lbw_active(p):
+            self._generation = _Generation(PresetBook.builtin(), acting=False)
+            self._report(p, "LoRA Block Weight (sd-webui-lora-block-weight) is active too and scales the same tags, "
+                            "so LoRA Studio leaves block weights to it in this generation; untick its Active box, "
+                            "or disable it in Extensions, to use LoRA Studio's presets and syntax")
             return
         self._generation = _Generation(self._read_presets(p))
         p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext()
@@ -126,7 +138,7 @@ class BlockWeightController:
     def before_process_batch(self, p: Any, batch_number: int, prompts: MutableSequence[str]) -> None:
         """Rewrite the batch's prompts (the list A1111 passes is `p.prompts`) and its hires prompts, in place."""
         generation = self._current(p)
-        if generation.refused:
+        if not generation.acting:
             return
         problems = rewrite_prompts(prompts)
         restore_prompts(getattr(p, "all_hr_prompts", None) or [], generation.typed_hires)
@@ -137,7 +149,7 @@ class BlockWeightController:
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
         generation = self._current(p)
-        if generation.refused:
+        if not generation.acting:
             return
         calls, errors = calls_from_extra_network_data(extra_network_data)
         for error in errors:
@@ -232,6 +244,24 @@ class BlockWeightController:
             return
         p.comment(message)
         logger.warning(message)
+
+
+def lbw_active(p: Any) -> bool:
+    """Whether LBW runs in this generation: its always-on script is among `p.scripts` and its Active input is on
+    (None counts as on, as LBW reads it; an input we cannot find counts as LBW's default, on)."""
+    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or ():
+        try:
+            if script.title() != LBW_TITLE:
+                continue
+        except Exception:  # noqa: BLE001 - someone else's script: a broken title() is not ours to report
+            continue
+        args = tuple(getattr(p, "script_args", None) or ())
+        start = getattr(script, "args_from", None)
+        if not isinstance(start, int) or not 0 <= start + LBW_ACTIVE_INPUT < len(args):
+            return True
+        active = args[start + LBW_ACTIVE_INPUT]
+        return active is None or bool(active)
+    return False
 
 
 def _arch_of(sd_model: Any) -> Arch | None:

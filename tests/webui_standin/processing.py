@@ -77,6 +77,12 @@ class Txt2ImgStandIn:
             self.hr_prompts, self.hr_extra_network_data = parse_prompts(self.hr_prompts)
 
 
+def script_args(script: Any, p: Any) -> tuple[Any, ...]:
+    """The slice of `p.script_args` a script's inputs own (`args_from:args_to`, as A1111 sets them; all of them
+    for a script built without)."""
+    return tuple(p.script_args[getattr(script, "args_from", 0):getattr(script, "args_to", len(p.script_args))])
+
+
 class ScriptRunnerStandIn:
     """modules/scripts.py ScriptRunner for always-on scripts: every hook wrapped, exceptions reported."""
 
@@ -87,7 +93,7 @@ class ScriptRunnerStandIn:
     def _each(self, method: str, p: Any, *args: Any, **kwargs: Any) -> None:
         for script in self.alwayson_scripts:
             try:
-                getattr(script, method)(p, *args, *p.script_args, **kwargs)
+                getattr(script, method)(p, *args, *script_args(script, p), **kwargs)
             except Exception as error:  # A1111: errors.report(f"Error running {method}: …")
                 self.errors.append(f"Error running {method}: {error!r}")
 
@@ -109,7 +115,7 @@ class ScriptRunnerStandIn:
     def postprocess(self, p: Any, processed: Any) -> None:
         for script in self.alwayson_scripts:
             try:
-                script.postprocess(p, processed, *p.script_args)
+                script.postprocess(p, processed, *script_args(script, p))
             except Exception as error:
                 self.errors.append(f"Error running postprocess: {error!r}")
 
