@@ -501,6 +501,9 @@ def test_lbw_active_too_is_left_the_block_weights(env: Env, active: Any) -> None
         assert "LoRA Block Weight (sd-webui-lora-block-weight) is active too" in processed.comments
         assert_weights(env, expected_weights(env, [("chara", 0.7, 0.7, None)]))
         assert BLOCK_WEIGHTS_FIELD not in processed.infotexts[0]
+        plain = env.processing("<lora:chara:0.7>", script_args=p.script_args)
+        plain.scripts.alwayson_scripts.insert(0, lbw)
+        assert "LoRA Block Weight" not in env.run(plain).comments  # nothing to say without block weights
 
 
 def test_nothing_of_ours_stays_on_the_networks_after_a_generation_or_unload(env: Env) -> None:

@@ -2,8 +2,9 @@
 
 One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hooks in A1111's order:
 - `before_process`: refuse the generation while training holds `tabs.WEBUI_GPU`; stand aside when LBW
-  (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice; read the presets
-  (built-in + the user's `presets.txt`); register the `Lora block weights` infotext field.
+  (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice (said once a LoRA
+  with block weights comes); read the presets (built-in + the user's `presets.txt`); register the
+  `Lora block weights` infotext field.
 - `before_process_batch`: rewrite the batch's prompts and hires prompts so the built-in Lora accepts every tag
   (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we cannot parse stay as typed, reported once.
 - `after_extra_networks_activate` (first pass and hires pass): for the calls the built-in just loaded, install
@@ -93,6 +94,7 @@ class _Generation:
     presets: PresetBook
     acting: bool = True
     """False when this generation is refused, or left to LBW: the hooks then change nothing."""
+    left_to_lbw: bool = False
     typed_hires: dict[int, str] = field(default_factory=dict)
 
 
@@ -127,10 +129,7 @@ class BlockWeightController:
             self._interrupt()
             return
         if lbw_active(p):
-            self._generation = _Generation(PresetBook.builtin(), acting=False)
-            self._report(p, "LoRA Block Weight (sd-webui-lora-block-weight) is active too and scales the same tags, "
-                            "so LoRA Studio leaves block weights to it in this generation; untick its Active box, "
-                            "or disable it in Extensions, to use LoRA Studio's presets and syntax")
+            self._generation = _Generation(PresetBook.builtin(), acting=False, left_to_lbw=True)
             return
         self._generation = _Generation(self._read_presets(p))
         p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext()
@@ -149,9 +148,13 @@ class BlockWeightController:
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
         generation = self._current(p)
+        calls, errors = calls_from_extra_network_data(extra_network_data)
+        if generation.left_to_lbw and calls_with_block_weights(calls):
+            self._report(p, "LoRA Block Weight (sd-webui-lora-block-weight) is active too and scales the same tags, "
+                            "so LoRA Studio leaves block weights to it; untick its Active box, or disable it in "
+                            "Extensions, to use LoRA Studio's presets and syntax")
         if not generation.acting:
             return
-        calls, errors = calls_from_extra_network_data(extra_network_data)
         for error in errors:
             self._report_left_as_typed(p, RewriteProblem("", error))
         acting = calls_with_block_weights(calls)
