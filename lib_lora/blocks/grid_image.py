@@ -55,7 +55,8 @@ def line_height(font: object | None = None) -> int:
 def wrap_text(text: str, width: int, font: object | None = None) -> list[str]:
     """`text` broken into lines no wider than `width` pixels: after spaces and commas, else mid-word.
 
-    Explicit newlines are kept; a line never comes out empty unless the text is.
+    Explicit newlines are kept; a line never comes out empty unless the text is. The line being built always
+    fits (or is one character), so every line does.
     """
     font = font or label_font()
     lines: list[str] = []
@@ -65,10 +66,11 @@ def wrap_text(text: str, width: int, font: object | None = None) -> list[str]:
             candidate = current + char
             if current and text_width(candidate.rstrip(), font) > width:
                 cut = max(current.rfind(" "), current.rfind(","))
-                if 0 <= cut < len(current) - 1:
+                rest = current[cut + 1 :].lstrip() + char
+                if 0 <= cut < len(current) - 1 and text_width(rest.rstrip(), font) <= width:
                     lines.append(current[: cut + 1].rstrip())
-                    current = current[cut + 1 :].lstrip() + char
-                else:
+                    current = rest
+                else:  # no separator, or what follows it would not fit either: break here, mid-word
                     lines.append(current.rstrip())
                     current = char.lstrip()
             else:
