@@ -146,6 +146,7 @@ def test_compose_grid_places_tiles_and_labels(labelled):
 @given(st.text(alphabet="abc ,01:", min_size=0, max_size=80), st.integers(min_value=20, max_value=200))
 @settings(max_examples=60, deadline=None)
 @example(",000", 20)  # the part after the comma is wider than the line by itself
+@example("0aa ", 22)  # fits without its trailing space, which is not drawn
 def test_wrap_text_fits_and_keeps_every_character(text, width):
     lines = wrap_text(text, width)
     assert "".join(lines).replace(" ", "") == text.replace(" ", "")

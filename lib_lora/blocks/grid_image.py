@@ -75,7 +75,7 @@ def wrap_text(text: str, width: int, font: object | None = None) -> list[str]:
                     current = char.lstrip()
             else:
                 current = candidate
-        lines.append(current)
+        lines.append(current.rstrip())  # a trailing space is not drawn, and was not measured
     return lines
 
 
