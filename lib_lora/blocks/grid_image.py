@@ -1,14 +1,20 @@
-"""Labelled image grids drawn with PIL's default font (no font files, no downloads): XY grids and the analyzer.
+"""Labelled image grids: XY grids and the analyzer, labels drawn with a font already on the machine.
 
 `compose_grid` lays tiles out in rows and columns, with optional column labels above, row labels to the left,
 a label band above each tile and a title on top; long labels wrap (at spaces and commas) to their space.
-Pillow 9.5 (A1111) has a bitmap default font that covers Latin-1 only: other characters are drawn as `?`.
+
+Labels carry LoRA and preset names, often Japanese. PIL's own default fonts cover Latin only (Pillow 9.5's, in
+A1111, Latin-1: other characters come out as `?`), so `label_font` takes the font file named by
+$LORA_STUDIO_FONT, else the first CJK-capable system font of FONT_CANDIDATES (Windows, macOS, Linux), else PIL's
+default. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -20,11 +26,42 @@ BACKGROUND = (255, 255, 255)
 MIN_LABEL_WIDTH = 96
 MAX_ROW_LABEL_WIDTH = 240
 LABEL_SIZE = 13
+FONT_ENV = "LORA_STUDIO_FONT"
+"""A font file (.ttf/.ttc/.otf) for grid labels, taking precedence over FONT_CANDIDATES."""
+_WINDOWS_FONTS = Path(os.environ.get("WINDIR", "C:/Windows")) / "Fonts"
+FONT_CANDIDATES: tuple[Path, ...] = (
+    _WINDOWS_FONTS / "meiryo.ttc", _WINDOWS_FONTS / "YuGothM.ttc", _WINDOWS_FONTS / "msgothic.ttc",
+    _WINDOWS_FONTS / "msyh.ttc", _WINDOWS_FONTS / "malgun.ttf",
+    Path("/System/Library/Fonts/ヒラギノ角ゴシック W3.ttc"), Path("/System/Library/Fonts/Hiragino Sans GB.ttc"),
+    Path("/System/Library/Fonts/AppleSDGothicNeo.ttc"), Path("/Library/Fonts/Arial Unicode.ttf"),
+    Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc"),
+    Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"),
+)
+"""System fonts with Japanese (and Chinese/Korean) glyphs, in order of preference."""
+
+
+def find_label_font(environ: Mapping[str, str] = os.environ,
+                    candidates: Sequence[Path] = FONT_CANDIDATES) -> Path | None:
+    """The font file labels use: $LORA_STUDIO_FONT when it names a file, else the first candidate that exists."""
+    chosen = environ.get(FONT_ENV, "").strip()
+    for path in ([Path(chosen).expanduser()] if chosen else []) + list(candidates):
+        if path.is_file():
+            return path
+    return None
 
 
 @lru_cache(maxsize=1)
 def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's built-in default font: Pillow ≥ 10.1 a TrueType font at LABEL_SIZE px, 9.5 its fixed bitmap font."""
+    """`find_label_font`'s font at LABEL_SIZE px; where there is none, or it does not load, PIL's default font
+    (Pillow ≥ 10.1 a TrueType font at LABEL_SIZE px, 9.5 its fixed bitmap font)."""
+    path = find_label_font()
+    if path is not None:
+        try:
+            return ImageFont.truetype(str(path), LABEL_SIZE)
+        except OSError:  # not a font FreeType reads: the default below
+            pass
     try:
         return ImageFont.load_default(size=LABEL_SIZE)
     except TypeError:  # Pillow < 10.1 (A1111's 9.5): no size, the bitmap font
