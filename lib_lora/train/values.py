@@ -54,10 +54,8 @@ def check_number(key: str, value: object, *, minimum: float, exclusive: bool = F
 def int_range(low: int, high: int | None = None, *, optional: bool = False) -> Callable[[str, object], int | None]:
     """A reader of whole numbers from `low` to `high` (None: no upper bound); `optional` takes None or "" as unset."""
     def check(key: str, value: object) -> int | None:
-        if value is None or (optional and value == ""):
-            if optional:
-                return None
-            raise ConfigError(key, value, "must be set")
+        if _unset(key, value, optional):
+            return None
         number = int(read_number(key, value, int))
         if number < low or (high is not None and number > high):
             raise ConfigError(key, value, f"must be between {low} and {high}" if high is not None
@@ -71,10 +69,8 @@ def float_range(low: float, high: float | None = None, *, optional: bool = False
                 exclusive_low: bool = False) -> Callable[[str, object], float | None]:
     """A reader of numbers from `low` (or above it, `exclusive_low`) to `high`; `optional` as int_range."""
     def check(key: str, value: object) -> float | None:
-        if value is None or (optional and value == ""):
-            if optional:
-                return None
-            raise ConfigError(key, value, "must be set")
+        if _unset(key, value, optional):
+            return None
         number = float(read_number(key, value, float))
         too_low = number <= low if exclusive_low else number < low
         if too_low or (high is not None and number > high):
@@ -83,3 +79,13 @@ def float_range(low: float, high: float | None = None, *, optional: bool = False
         return number
 
     return check
+
+
+def _unset(key: str, value: object, optional: bool) -> bool:
+    """True for an unset value (None, or "" when `optional`) of an optional setting; ConfigError "must be set" for
+    None where the setting is required; False for a value to read."""
+    if value is None or (optional and value == ""):
+        if optional:
+            return True
+        raise ConfigError(key, value, "must be set")
+    return False
