@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -66,8 +67,13 @@ def _routed(module: nn.Conv2d) -> _ConvForward:
     return conv_forward
 
 
-def _cpu_autocast_on() -> bool:
+def _cpu_autocast_reader() -> Callable[[], bool]:
+    """torch's "is CPU autocast on" for this torch, chosen once (it is asked on every routed convolution)."""
     try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4
-        return torch.is_autocast_cpu_enabled()
+        torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled
+    return partial(torch.is_autocast_enabled, "cpu")
+
+
+_cpu_autocast_on = _cpu_autocast_reader()
