@@ -148,13 +148,11 @@ class BlockWeightController:
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
         generation = self._current(p)
-        calls, errors = calls_from_extra_network_data(extra_network_data)
-        if generation.left_to_lbw and calls_with_block_weights(calls):
-            self._report(p, "LoRA Block Weight (sd-webui-lora-block-weight) is active too and scales the same tags, "
-                            "so LoRA Studio leaves block weights to it; untick its Active box, or disable it in "
-                            "Extensions, to use LoRA Studio's presets and syntax")
+        if generation.left_to_lbw:
+            self._report_left_to_lbw(p, extra_network_data)
         if not generation.acting:
             return
+        calls, errors = calls_from_extra_network_data(extra_network_data)
         for error in errors:
             self._report_left_as_typed(p, RewriteProblem("", error))
         acting = calls_with_block_weights(calls)
@@ -235,6 +233,13 @@ class BlockWeightController:
         except BlockWeightError as error:
             self._report(p, f"{call.raw or call.name}: {error}; applied without block weights")
             return NetworkPlan(call)
+
+    def _report_left_to_lbw(self, p: Any, extra_network_data: Any) -> None:
+        """Say once that LBW has the block weights, when a LoRA of this generation has any."""
+        if calls_with_block_weights(calls_from_extra_network_data(extra_network_data)[0]):
+            self._report(p, "LoRA Block Weight (sd-webui-lora-block-weight) is active too and scales the same tags, "
+                            "so LoRA Studio leaves block weights to it; untick its Active box, or disable it in "
+                            "Extensions, to use LoRA Studio's presets and syntax")
 
     def _report_left_as_typed(self, p: Any, problem: RewriteProblem) -> None:
         self._report(p, f"{problem.reason}; left as typed (the built-in Lora applies it without block weights)")
