@@ -452,7 +452,7 @@ def test_queue_trains_its_runs_in_turn(workspace, tiny_host):
 @hostcompat
 @pytest.mark.parametrize("standin_arch", ["sd1"])
 def test_a_run_on_the_a1111_model_holds_the_webui_gate_and_writes_the_lora(workspace, a1111_host, sd_model):
-    from lib_lora.webui.tabs import WEBUI_GPU
+    from lib_lora.hosts.gate import WEBUI_GPU
 
     context = StudioContext(host_provider=lambda: a1111_host, lora_dirs=lambda: [workspace / "Lora"],
                             trained_dir=lambda: workspace / "Lora", data_roots=lambda: [workspace / "datasets"],

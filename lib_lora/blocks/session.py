@@ -71,7 +71,7 @@ class LoraSession:
         self.host = host
         self._library = library
         self._presets = presets
-        self.model_name = model_name or _model_name(host)
+        self.model_name = model_name or host.model_name
         self._networks = _NetworkCache()
         self._merger: WeightMerger | None = None
         self._lock = threading.Lock()
@@ -92,7 +92,7 @@ class LoraSession:
     def check(self, prompt: str) -> list[LoraCall]:
         """The prompt's calls, with names, presets and families checked (files loaded); raises what generate would."""
         _, calls = parse_prompt(prompt)
-        if not getattr(self.host, "handles_lora_tags", False):
+        if not self.host.handles_lora_tags:
             self._resolve(calls)
         else:
             library, presets = self.library, self.presets
@@ -107,7 +107,7 @@ class LoraSession:
         with self._lock:
             clean, calls = parse_prompt(request.prompt)
             report: ApplyReport | None = None
-            if getattr(self.host, "handles_lora_tags", False):
+            if self.host.handles_lora_tags:
                 self.check(request.prompt)
                 image = self.host.generate(request)
             else:
@@ -155,9 +155,6 @@ class LoraSession:
         return self._merger
 
 
-def _model_name(host: Host) -> str:
-    name = getattr(host, "model_name", None)
-    return str(name) if name else host.info().model_name
 
 
 _SESSIONS: weakref.WeakKeyDictionary[object, LoraSession] = weakref.WeakKeyDictionary()

@@ -22,6 +22,7 @@ from ..errors import HostError, UnsupportedArchError
 from .a1111_training import medvram_paused, model_switches_refused
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
+from .webui_processing import run_always_on_scripts
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -76,6 +77,13 @@ def _builtin_networks() -> ModuleType | None:
     ):
         return module
     return None
+
+
+def checkpoint_name(sd_model: Any) -> str:
+    """The name the WebUI shows for the loaded checkpoint (`sd_checkpoint_info`), else "unknown"."""
+    checkpoint = getattr(sd_model, "sd_checkpoint_info", None)
+    names = (getattr(checkpoint, attr, None) for attr in ("name_for_extra", "model_name", "title"))
+    return str(next((name for name in names if name), "unknown"))
 
 
 class A1111Host:
@@ -178,17 +186,17 @@ class A1111Host:
             schedule = self._model.alphas_cumprod
         return schedule.detach().to(device="cpu", dtype=torch.float32).clone()
 
+    @property
+    def model_name(self) -> str:
+        return checkpoint_name(self._model)
+
+    @property
+    def clip_skip(self) -> None:
+        """The WebUI's own Clip skip setting applies (its `get_learned_conditioning` reads it)."""
+        return None
+
     def info(self) -> HostInfo:
-        checkpoint = getattr(self._model, "sd_checkpoint_info", None)
-        name = next(
-            (
-                v
-                for v in (getattr(checkpoint, a, None) for a in ("name_for_extra", "model_name", "title"))
-                if v
-            ),
-            "unknown",
-        )
-        return host_info(self, str(name))
+        return host_info(self, self.model_name)
 
     # --- encoding and denoising with the host's own code -----------------------------------------------------------
 
@@ -283,7 +291,7 @@ class A1111Host:
             do_not_save_samples=True,
             do_not_save_grid=True,
         )
-        _run_always_on_scripts(p)
+        run_always_on_scripts(p)
         try:
             with torch.no_grad():
                 processed = processing.process_images(p)
@@ -323,28 +331,3 @@ class A1111Host:
             freeze_for_training(roots)
             yield
 
-
-def _run_always_on_scripts(p: Any) -> None:
-    """Let txt2img's always-on scripts see `p` (our block-weight script reads the `<lora:…>` tags' presets).
-
-    A processing object built in code has no `p.scripts`, so A1111 would run no script: `<lora:x:0.8:NCNF>`
-    would then reach the built-in Lora unrewritten. The arguments are each script control's default value (what
-    the API sends when a request names no script), index 0 = no selectable script. `p` carries the GPU gate's
-    holder: our own generations (the Block Weight tab, training samples) run while we hold it.
-    """
-    try:
-        from modules import scripts  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    runner = getattr(scripts, "scripts_txt2img", None)
-    if runner is None:
-        return
-    defaults = [getattr(control, "value", None) for control in getattr(runner, "inputs", None) or [None]]
-    defaults[0] = 0
-    p.scripts = runner
-    p.script_args = tuple(defaults)
-
-    from ..webui.blockweight import ALLOW_WHILE_HELD_ATTR
-    from ..webui.tabs import WEBUI_GPU
-
-    setattr(p, ALLOW_WHILE_HELD_ATTR, WEBUI_GPU.holder)

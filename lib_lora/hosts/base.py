@@ -115,9 +115,21 @@ class HostInfo:
 
 @runtime_checkable
 class Host(Protocol):
-    """The model that is loaded, whoever loaded it. Implementations: DiffusersHost, A1111Host."""
+    """The model that is loaded, whoever loaded it. Implementations: DiffusersHost, A1111Host, ForgeNeoHost."""
 
     kind: str
+    handles_lora_tags: bool
+    """Whether `generate` reads the prompt's `<lora:…>` tags itself (a WebUI: its Lora and our script do)."""
+
+    @property
+    def model_name(self) -> str:
+        """The loaded checkpoint's name, as the host shows it."""
+        ...
+    @property
+    def clip_skip(self) -> int | None:
+        """The CLIP layer captions are encoded with (A1111's meaning: 1 = last); None where the WebUI's own setting
+        applies, which LoRA Studio never changes. Hosts that return a number also let it be set."""
+        ...
 
     @property
     def arch(self) -> Arch: ...

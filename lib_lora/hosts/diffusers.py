@@ -30,6 +30,8 @@ class DiffusersHost:
     """
 
     kind = "diffusers"
+    handles_lora_tags = False
+    """generate() takes a clean prompt: the block-weight session merges the LoRAs itself."""
 
     def __init__(self, pipeline: Any, *, model_name: str = "pipeline", clip_skip: int = 1) -> None:
         if clip_skip < 1:

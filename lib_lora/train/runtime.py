@@ -125,8 +125,8 @@ def _checkpointed(forward: Any) -> Any:
 def clip_skip_set(host: Host, clip_skip: int | None) -> Iterator[str | None]:
     """Encode captions with `clip_skip` for the block where the host lets us choose it; yields a note otherwise.
 
-    The diffusers host has a `clip_skip` attribute (A1111's meaning). The WebUI host uses the WebUI's own
-    setting (never changed here), and SDXL always uses the penultimate layer, as sd-scripts does.
+    The diffusers host's `clip_skip` is set for the block (A1111's meaning); a WebUI host's is None: the WebUI's own
+    setting applies (never changed here). SDXL always uses the penultimate layer, as sd-scripts does.
     """
     if clip_skip is None:
         yield None
@@ -134,15 +134,15 @@ def clip_skip_set(host: Host, clip_skip: int | None) -> Iterator[str | None]:
     if host.arch.name == "sdxl":
         yield "clip_skip is not used for SDXL (it always uses the penultimate layer)"
         return
-    if not hasattr(host, "clip_skip"):
+    previous = host.clip_skip
+    if previous is None:
         yield "clip_skip: the WebUI's own Clip skip setting applies"
         return
-    previous = host.clip_skip  # type: ignore[attr-defined]
-    host.clip_skip = clip_skip  # type: ignore[attr-defined]
+    host.clip_skip = clip_skip  # type: ignore[misc]
     try:
         yield None
     finally:
-        host.clip_skip = previous  # type: ignore[attr-defined]
+        host.clip_skip = previous  # type: ignore[misc]
 
 
 @contextmanager

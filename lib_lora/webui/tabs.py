@@ -13,12 +13,10 @@ if TYPE_CHECKING:
 
     from ..ui.context import StudioContext
 
-from ..jobs import GpuGate
+from ..hosts.gate import WEBUI_GPU
 
 TAB_TITLE = "LoRA Studio"
 TAB_ID = "lora_studio"
-WEBUI_GPU = GpuGate()
-"""The one gate on the WebUI's loaded model: training holds it; generation (ours and the WebUI's) is refused."""
 
 
 def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:

@@ -1,0 +1,56 @@
+"""What every WebUI host (A1111, Forge Neo, Forge) does the same way around the WebUI's own processing.
+
+- `run_always_on_scripts(p)`: txt2img's always-on scripts see a processing object built in code.
+- `sized_prompts(texts, width, height)`: the prompt list `get_learned_conditioning` takes, carrying the image size.
+
+The WebUI's `modules.*` are looked up lazily (only `modules.scripts`, and `modules.prompt_parser` when it is loaded).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .gate import mark_own_generation
+
+
+class SizedPrompts(list):
+    """Fallback for `modules.prompt_parser.SdConditioning`: a list of prompts carrying the image size."""
+
+    def __init__(self, prompts: Sequence[str], width: int, height: int) -> None:
+        super().__init__(prompts)
+        self.width = width
+        self.height = height
+        self.is_negative_prompt = False
+
+
+def sized_prompts(texts: Sequence[str], *, width: int, height: int) -> list[str]:
+    """`texts` as the WebUI's `SdConditioning` (positive prompts of that size), or `SizedPrompts` outside it."""
+    prompt_parser = sys.modules.get("modules.prompt_parser")
+    sd_conditioning = getattr(prompt_parser, "SdConditioning", None)
+    if sd_conditioning is not None:
+        return sd_conditioning(list(texts), width=width, height=height)
+    return SizedPrompts(list(texts), width=width, height=height)
+
+
+def run_always_on_scripts(p: Any) -> None:
+    """Let txt2img's always-on scripts see `p` (our block-weight script reads the `<lora:…>` tags' presets).
+
+    A processing object built in code has no `p.scripts`, so the WebUI would run no script: `<lora:x:0.8:NCNF>`
+    would then reach the built-in Lora unrewritten. The arguments are each script control's default value (what
+    the API sends when a request names no script), index 0 = no selectable script. `p` carries the GPU gate's
+    holder: our own generations (the Block Weight tab, training samples) run while we hold it.
+    """
+    try:
+        from modules import scripts  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    runner = getattr(scripts, "scripts_txt2img", None)
+    if runner is None:
+        return
+    defaults = [getattr(control, "value", None) for control in getattr(runner, "inputs", None) or [None]]
+    defaults[0] = 0
+    p.scripts = runner
+    p.script_args = tuple(defaults)
+    mark_own_generation(p)
