@@ -111,3 +111,49 @@ def test_standalone_shows_the_tiny_model_on_page_load():
     assert len(texts) == 5  # refresh, three sub-tab selects, page load
     assert all(text == host.info().as_markdown() for text in texts)
     assert "tiny" in texts[0] and "sd1" in texts[0]
+
+
+class WebuiEventWrapper:
+    """Forge Neo's wrapping of component events, as read in its modules/gradio_extensions.py: a callable taking
+    (*args, **kwargs) that keeps gradio's own listener as `replaced_event`."""
+
+    def __init__(self, replaced_event: Any) -> None:
+        self.replaced_event = replaced_event
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.replaced_event(*args, **kwargs)
+
+
+@pytest.fixture
+def wrap_events_as_in_neo(monkeypatch):
+    """Call it to have every component built afterwards get its events replaced by WebuiEventWrapper (gradio 4)."""
+    import gradio as gr
+
+    if not hasattr(gr.Button, "EVENTS"):
+        pytest.skip("gradio 3.41 (A1111) has no EVENTS list; Forge Neo runs gradio 4")
+
+    def wrap() -> None:
+        classes = {cls for name in gr.components.__all__ + gr.layouts.__all__
+                   if isinstance(cls := getattr(gr, name, None), type) and getattr(cls, "EVENTS", None)}
+        for cls in classes:
+            def wrapped_init(self, *args, _original=cls.__init__, _cls=cls, **kwargs):
+                _original(self, *args, **kwargs)
+                if type(self) is _cls:
+                    for event in self.EVENTS:
+                        setattr(self, str(event), WebuiEventWrapper(getattr(self, str(event))))
+            monkeypatch.setattr(cls, "__init__", wrapped_init)
+
+    return wrap
+
+
+def dependency_shapes(blocks: Any) -> list[tuple[int, int]]:
+    return [(len(dep["inputs"]), len(dep["outputs"])) for dep in blocks.config["dependencies"]]
+
+
+def test_events_keep_their_inputs_and_outputs_when_the_webui_wraps_them(wrap_events_as_in_neo):
+    plain = studio(CountingProvider(), standalone=False)
+    wrap_events_as_in_neo()
+    wrapped = studio(CountingProvider(), standalone=False)
+    assert any(isinstance(getattr(block, "click", None), WebuiEventWrapper) for block in wrapped.blocks.values())
+    assert len(dependency_shapes(plain)) > 20
+    assert dependency_shapes(wrapped) == dependency_shapes(plain)

@@ -32,8 +32,14 @@ run in turn under the session's lock. gradio 3.41 has no trigger_mode and queues
 
 
 def listen(listener: Callable[..., Any], fn: Callable[..., Any], **options: Any) -> Any:
-    """`listener(fn, **options)` with only the options this gradio's listener accepts."""
-    accepted = inspect.signature(listener).parameters
+    """`listener(fn, **options)` with only the options this gradio's listener accepts.
+
+    Forge Neo wraps every component event in an `EventWrapper(*args, **kwargs)` that keeps gradio's own listener as
+    `replaced_event`: the options are read from that one, else every option (inputs and outputs too) would be
+    dropped."""
+    accepted = inspect.signature(getattr(listener, "replaced_event", listener)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return listener(fn, **options)
     return listener(fn, **{name: value for name, value in options.items() if name in accepted})
 
 
