@@ -44,14 +44,15 @@ from lib_lora.blocks.syntax import LoraCall, format_call, parse_prompt  # noqa: 
 from lib_lora.hosts.a1111 import A1111Host  # noqa: E402
 from lib_lora.networks.keys import Target, TargetIndex, build_target_index  # noqa: E402
 from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
-from lib_lora.webui.blockweight import ALLOW_WHILE_HELD_ATTR, CONTROLLER, SCRIPT_TITLE  # noqa: E402
+from lib_lora.hosts.gate import ALLOW_WHILE_HELD_ATTR  # noqa: E402
+from lib_lora.webui.blockweight import CONTROLLER, SCRIPT_TITLE  # noqa: E402
 from lib_lora.webui.blockweight_networks import ModuleMultiplier, TaggedMultiplier  # noqa: E402
 from lib_lora.webui.blockweight_prompts import (  # noqa: E402
     parse_block_weights_value,
     rewrite_prompt,
     rewrite_prompts,
 )
-from lib_lora.webui.tabs import WEBUI_GPU  # noqa: E402
+from lib_lora.hosts.gate import WEBUI_GPU  # noqa: E402
 
 pytestmark = pytest.mark.hostcompat
 
@@ -319,6 +320,45 @@ def test_unknown_preset_is_reported_and_the_lora_applied_without_block_weights(e
     assert env.extra.errors == []
     assert_weights(env, expected_weights(env, [("chara", 0.6, 0.6, None)]))
     assert "NOSUCHPRESET" in processed.comments and "without block weights" in processed.comments
+
+
+def infotext_fields(env: Env, processed: ProcessedStandIn) -> dict[str, Any]:
+    pasted = [callback for _, callback in env.webui.callbacks["infotext_pasted"]]
+    return parse_generation_parameters(processed.infotexts[0], tuple(pasted))
+
+
+@pytest.mark.parametrize(("prompt", "applied", "refused"), [
+    # an unknown preset: the field must not claim it, the refused field names it
+    ("x <lora:chara:0.6:NOSUCHPRESET>", None, ["<lora:chara:0.6:NOSUCHPRESET>: ", "NOSUCHPRESET"]),
+    # one applied, one refused: each field holds only its own
+    ("x <lora:chara:0.6:NOSUCHPRESET> <lora:styleb:1:CHAR>", "styleb: te=1, unet=1, blocks=CHAR",
+     ["<lora:chara:0.6:NOSUCHPRESET>"]),
+    # a vector of the wrong length
+    ("x <lora:chara:1:1,0,1>", None, ["<lora:chara:1:1,0,1>", "values"]),
+    # a tag we cannot parse: left as typed for the built-in, refused in the record
+    ("x <lora:chara:0.7:lbw=ALL:lbwe=ATTNDEEPON>", None, ["lbwe", "left as typed"]),
+    # nothing refused: no refused field
+    ("x <lora:chara:0.6:NCNF>", "chara: te=0.6, unet=0.6, blocks=NCNF", None),
+])
+def test_the_infotext_records_what_was_applied_and_what_was_refused(env: Env, prompt: str, applied: str | None,
+                                                                     refused: list[str] | None) -> None:
+    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+
+    fields = infotext_fields(env, env.generate(prompt))
+    assert fields.get(BLOCK_WEIGHTS_FIELD) == applied
+    if refused is None:
+        assert REFUSED_FIELD not in fields
+    else:
+        assert all(part in fields[REFUSED_FIELD] for part in refused), fields[REFUSED_FIELD]
+
+
+def test_without_the_built_in_lora_every_block_weight_is_refused_in_the_record(env: Env, monkeypatch) -> None:
+    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+
+    monkeypatch.setattr(CONTROLLER, "_networks", lambda: None)
+    fields = infotext_fields(env, env.generate("x <lora:chara:0.6:NCNF>"))
+    assert BLOCK_WEIGHTS_FIELD not in fields
+    assert "<lora:chara:0.6:NCNF>" in fields[REFUSED_FIELD] and "not applied" in fields[REFUSED_FIELD]
 
 
 def test_without_the_script_the_positional_preset_drops_every_lora(env: Env) -> None:

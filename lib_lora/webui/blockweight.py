@@ -1,45 +1,58 @@
-"""Per-block LoRA strength in A1111 1.10: the logic of the always-on script `scripts/lora_studio.py` forwards to.
+"""Per-block LoRA strength in A1111 1.10 and Forge Neo: the logic of the always-on script `scripts/lora_studio.py`
+forwards to.
 
-One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hooks in A1111's order:
-- `before_process`: refuse the generation while training holds `tabs.WEBUI_GPU`; stand aside when LBW
-  (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice (said once a LoRA
-  with block weights comes); read the presets (built-in + the user's `presets.txt`); register the
-  `Lora block weights` infotext field.
+One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hooks in the WebUI's order:
+- `before_process`: refuse the generation while training holds the GPU gate (`hosts.gate.WEBUI_GPU`); stand aside
+  when LBW (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice (said once a
+  LoRA with block weights comes); read the presets (built-in + the user's `presets.txt`); register the
+  `Lora block weights` and `Lora block weights refused` infotext fields; on Forge Neo, wrap its LoRA loader for
+  this generation (`blockweight_forge`).
 - `before_process_batch`: rewrite the batch's prompts and hires prompts so the built-in Lora accepts every tag
-  (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we cannot parse stay as typed, reported once.
-- `after_extra_networks_activate` (first pass and hires pass): for the calls the built-in just loaded, install
-  per-module multipliers on `networks.loaded_networks` (`blockweight_networks.BlockWeightPatch`).
+  (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we cannot parse stay as typed, reported once. On
+  Neo, plan the block weights of the LoRAs its loader is about to load (first pass and hires).
+- `after_extra_networks_activate` (first pass and hires pass): on A1111, install per-module multipliers on the
+  networks the built-in just loaded (`blockweight_networks.BlockWeightPatch`); on Neo the loader already weighted
+  the patches, and the step windows are set for the pass's first step.
 - `process_batch`: the hires prompts back as typed (the infotext compares them with the prompt).
 - `on_cfg_denoiser` (every sampling step): open or close `start=`/`stop=` windows. They gate the UNet part only:
   the text-encoder part is in the conditioning, computed before sampling. Steps mean what they mean in LBW
-  (`blocks.steps`), counted with the `sampling_step` A1111 reports to the callback, the number LBW reads too, so
+  (`blocks.steps`), counted with the `sampling_step` the WebUI reports to the callback, the number LBW reads too, so
   a tag switches at the same model call as with LBW. The hires pass counts its own steps.
-- `postprocess` and `on_script_unloaded`: remove every multiplier and tag; the networks stay loaded, as the
-  built-in leaves them.
+- `postprocess` and `on_script_unloaded`: remove every multiplier, tag and wrapper; the networks stay loaded, as
+  the built-in leaves them.
 - `on_infotext_pasted`: a malformed `Lora block weights` field is dropped; the prompt is never changed (the
   infotext holds it as typed, so pasting it back reproduces the image).
 
-Problems are reported at this edge: once per generation as an image comment and a console warning; generation
-goes on (a tag left as typed is still applied by the built-in, without block weights).
+The records say what was applied: `Lora block weights` lists only the tags whose block weights and windows were
+applied; each tag that was refused (unknown preset, wrong vector length, a tag we cannot parse, a WebUI whose
+loader we cannot weight) is in `Lora block weights refused` with its reason, in every image's infotext (and so in
+the API's answer), and is reported once per generation as an image comment and a console warning. Generation goes
+on: a refused tag is still applied by the built-in, without block weights.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterable, MutableMapping, MutableSequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..arch import Arch
+from ..arch import ARCHS, Arch
 from ..blocks.apply import BLOCK_WEIGHTS_FIELD
 from ..blocks.presets import PresetBook
-from ..errors import BlockWeightError, LoraStudioError, PromptSyntaxError
+from ..blocks.syntax import parse_prompt
+from ..errors import BlockWeightError, PromptSyntaxError
+from ..hosts.gate import ALLOW_WHILE_HELD_ATTR, WEBUI_GPU
 from ..jobs import GpuGate
+from .blockweight_forge import ForgePatchWeights, plan_key
 from .blockweight_networks import BlockWeightPatch, NetworkPlan
 from .blockweight_prompts import (
+    REFUSED_FIELD,
     BlockWeightsInfotext,
+    RefusedInfotext,
+    Refusals,
     RewriteProblem,
     calls_from_extra_network_data,
     calls_with_block_weights,
@@ -49,11 +62,9 @@ from .blockweight_prompts import (
     rewrite_prompts,
 )
 
-__all__ = ["ALLOW_WHILE_HELD_ATTR", "CONTROLLER", "SCRIPT_TITLE", "BlockWeightController", "builtin_networks"]
+__all__ = ["CONTROLLER", "SCRIPT_TITLE", "BlockWeightController", "builtin_networks"]
 
 SCRIPT_TITLE = "LoRA Studio block weights"
-ALLOW_WHILE_HELD_ATTR = "lora_studio_gpu_holder"
-"""Set `p.<this> = gate.holder` on a generation the gate's holder runs itself (training's sample images)."""
 COMMENT_PREFIX = "LoRA Studio"
 LBW_TITLE = "LoRA Block Weight"
 """The title of hako-mikan's sd-webui-lora-block-weight script, which scales the same `lbw=` tags in place."""
@@ -76,8 +87,6 @@ def _user_presets_file() -> Path:
 
 
 def _webui_gate() -> GpuGate:
-    from .tabs import WEBUI_GPU
-
     return WEBUI_GPU
 
 
@@ -95,7 +104,11 @@ class _Generation:
     acting: bool = True
     """False when this generation is refused, or left to LBW: the hooks then change nothing."""
     left_to_lbw: bool = False
+    forge: bool = False
+    """Forge Neo: block weights go on its LoRA patches (`blockweight_forge`), planned before the built-in loads."""
+    arch: Arch | None = None
     typed_hires: dict[int, str] = field(default_factory=dict)
+    refusals: Refusals = field(default_factory=Refusals)
 
 
 class BlockWeightController:
@@ -114,13 +127,16 @@ class BlockWeightController:
         self._presets_file = presets_file
         self._interrupt = interrupt
         self.patch = BlockWeightPatch()
+        self.forge = ForgePatchWeights()
         self._generation: _Generation | None = None
 
     # --- script hooks ------------------------------------------------------------------------------------------
 
     def before_process(self, p: Any) -> None:
-        """Start a generation: refuse it while another job holds the model, else read presets, add the field."""
+        """Start a generation: refuse it while another job holds the model, else read presets, add the fields and,
+        on Forge Neo, wrap its LoRA loader for this generation."""
         self.patch.restore()
+        self.forge.restore()
         holder = self._gate().holder
         if holder is not None and getattr(p, ALLOW_WHILE_HELD_ATTR, None) != holder:
             self._generation = _Generation(PresetBook.builtin(), acting=False)
@@ -131,8 +147,13 @@ class BlockWeightController:
         if lbw_active(p):
             self._generation = _Generation(PresetBook.builtin(), acting=False, left_to_lbw=True)
             return
-        self._generation = _Generation(self._read_presets(p))
-        p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext()
+        generation = self._generation = _Generation(self._read_presets(p), arch=_arch_of(p.sd_model))
+        p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext(generation.refusals)
+        p.extra_generation_params[REFUSED_FIELD] = RefusedInfotext(generation.refusals)
+        networks = self._networks()
+        if is_forge_neo(p.sd_model) and networks is not None and generation.arch is not None:
+            generation.forge = True
+            self.forge.install(networks, p.sd_model, generation.arch)
 
     def before_process_batch(self, p: Any, batch_number: int, prompts: MutableSequence[str]) -> None:
         """Rewrite the batch's prompts (the list A1111 passes is `p.prompts`) and its hires prompts, in place."""
@@ -144,6 +165,8 @@ class BlockWeightController:
         generation.typed_hires, hires_problems = rewrite_hires_prompts(p, batch_number)
         for problem in [*problems, *hires_problems]:
             self._report_left_as_typed(p, problem)
+        if generation.forge:
+            self._plan_forge_loads(p, [*prompts, *self._hires_batch(p, batch_number)])
 
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
@@ -159,12 +182,17 @@ class BlockWeightController:
         if not acting:
             self.patch.restore()
             return
+        if generation.forge:
+            self.forge.set_step(0, _pass_steps(p))
+            return
         networks = self._networks()
-        arch = _arch_of(p.sd_model)
-        if networks is None or arch is None:
+        arch = generation.arch
+        if networks is None or arch is None or is_forge(p.sd_model):
             self.patch.restore()
-            self._report(p, "block weights are not applied: they need A1111's built-in Lora and an SD1/SD2/SDXL "
-                            "model; the LoRAs are applied without them")
+            reason = ("this WebUI's LoRA loader is not one LoRA Studio can weight per block (A1111 1.10's built-in "
+                      "Lora, or Forge Neo's)" if is_forge(p.sd_model) else
+                      "they need the built-in Lora and an SD1/SD2/SDXL model")
+            self._refuse(p, acting, f"block weights not applied: {reason}; the LoRA is applied without them")
             return
         plans = {call.name: self._plan(p, call, generation.presets, arch) for call in acting}
         steps = _pass_steps(p)
@@ -183,6 +211,7 @@ class BlockWeightController:
         if self._generation is not None:
             restore_prompts(getattr(p, "all_hr_prompts", None) or [], self._generation.typed_hires)
         self.patch.restore()
+        self.forge.restore()
         self._generation = None
 
     # --- callbacks -----------------------------------------------------------------------------------------------
@@ -191,6 +220,8 @@ class BlockWeightController:
         """`on_cfg_denoiser`: switch the UNet part of windowed LoRAs at this step (the next forward re-merges)."""
         if self.patch.active:
             self.patch.set_step(int(params.sampling_step), int(params.total_sampling_steps))
+        if self.forge.installed:
+            self.forge.set_step(int(params.sampling_step), int(params.total_sampling_steps))
 
     def on_infotext_pasted(self, infotext: str, params: MutableMapping[str, Any]) -> None:
         """`on_infotext_pasted`: drop a `Lora block weights` field we cannot read; the prompt stays as pasted."""
@@ -206,6 +237,7 @@ class BlockWeightController:
     def unload(self) -> None:
         """`on_script_unloaded`: remove everything this script set on the built-in's networks."""
         self.patch.restore()
+        self.forge.restore()
         self._generation = None
 
     # --- internals -----------------------------------------------------------------------------------------------
@@ -231,8 +263,42 @@ class BlockWeightController:
         try:
             return NetworkPlan(call, presets.resolve(call.blocks, arch))
         except BlockWeightError as error:
-            self._report(p, f"{call.raw or call.name}: {error}; applied without block weights")
+            self._refuse(p, [call], f"{error}; applied without block weights")
             return NetworkPlan(call)
+
+    def _plan_forge_loads(self, p: Any, prompts: list[str]) -> None:
+        """Forge Neo: the block weights of every LoRA the built-in may load for this batch (first pass and hires),
+        by what its loader receives (name, te, unet); a tag given two ways keeps the first and is reported."""
+        generation = self._current(p)
+        assert generation.arch is not None
+        plans: dict[tuple[str, float, float], NetworkPlan] = {}
+        for prompt in prompts:
+            try:
+                calls = parse_prompt(prompt)[1]
+            except PromptSyntaxError:
+                continue  # a tag left as typed: reported by the rewrite
+            for call in calls_with_block_weights(calls):
+                key = plan_key(call.name, call.te, call.unet)
+                if key not in plans:
+                    plans[key] = self._plan(p, call, generation.presets, generation.arch)
+                elif plans[key].call != call:
+                    self._refuse(p, [call], f"{plans[key].call.raw or call.name} is used with other block weights "
+                                            "in the same batch; applied with the first one's")
+        self.forge.set_plans(plans)
+
+    @staticmethod
+    def _hires_batch(p: Any, batch_number: int) -> list[str]:
+        all_hr_prompts = getattr(p, "all_hr_prompts", None)
+        if not getattr(p, "enable_hr", False) or not isinstance(all_hr_prompts, list):
+            return []
+        size = int(p.batch_size)
+        return all_hr_prompts[batch_number * size:(batch_number + 1) * size]
+
+    def _refuse(self, p: Any, calls: Iterable[Any], reason: str) -> None:
+        """Record each call's block weights as not applied (the infotext's refused field) and report it once."""
+        for call in calls:
+            self._current(p).refusals.refuse(call, reason)
+            self._report(p, f"{call.raw or call.name}: {reason}")
 
     def _report_left_to_lbw(self, p: Any, extra_network_data: Any) -> None:
         """Say once that LBW has the block weights, when a LoRA of this generation has any."""
@@ -242,7 +308,10 @@ class BlockWeightController:
                             "Extensions, to use LoRA Studio's presets and syntax")
 
     def _report_left_as_typed(self, p: Any, problem: RewriteProblem) -> None:
-        self._report(p, f"{problem.reason}; left as typed (the built-in Lora applies it without block weights)")
+        reason = f"{problem.reason}; left as typed (the built-in Lora applies it without block weights)"
+        if problem.tag:
+            self._current(p).refusals.refuse_text(problem.tag, reason)
+        self._report(p, reason)
 
     @staticmethod
     def _report(p: Any, text: str) -> None:
@@ -273,12 +342,24 @@ def lbw_active(p: Any) -> bool:
 
 
 def _arch_of(sd_model: Any) -> Arch | None:
-    from ..hosts.a1111 import A1111Host
-
-    try:
-        return A1111Host(sd_model).arch
-    except LoraStudioError:
+    """The family of A1111's or Forge's loaded model from its `is_sdxl`/`is_sd2`/`is_sd1` flags; None for others."""
+    if getattr(sd_model, "is_sd3", False) is True:
         return None
+    for flag, name in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+        if getattr(sd_model, flag, False) is True:
+            return ARCHS[name]
+    return None
+
+
+def is_forge(sd_model: Any) -> bool:
+    """Whether the model is a Forge model (Forge 2 or Forge Neo): it carries `forge_objects`."""
+    return hasattr(sd_model, "forge_objects")
+
+
+def is_forge_neo(sd_model: Any) -> bool:
+    """Whether this is Forge Neo, whose LoRA patches `blockweight_forge` weights (`forge_version.version`)."""
+    version = getattr(sys.modules.get("modules_forge.forge_version"), "version", None)
+    return is_forge(sd_model) and version == "neo"
 
 
 def _pass_steps(p: Any) -> int:

@@ -25,7 +25,10 @@ from ..blocks.syntax import EXTRA_NETWORK_RE, LORA_KINDS, NAMED_KEYS, LoraCall, 
 from ..errors import PromptSyntaxError
 
 __all__ = [
+    "REFUSED_FIELD",
     "BlockWeightsInfotext",
+    "RefusedInfotext",
+    "Refusals",
     "RewriteProblem",
     "calls_from_extra_network_data",
     "calls_with_block_weights",
@@ -121,18 +124,76 @@ def calls_with_block_weights(calls: Iterable[LoraCall]) -> list[LoraCall]:
     return [call for call in calls if call.blocks is not None or is_gated(call)]
 
 
+REFUSED_FIELD = "Lora block weights refused"
+"""The infotext field that lists each tag whose block weights were not applied, and why."""
+
+
+class Refusals:
+    """The tags of one generation whose block weights were not applied: by call (tags we parsed) or by the text
+    of a tag we could not parse, each with its reason. The infotext fields read it per image."""
+
+    def __init__(self) -> None:
+        self.by_call: dict[LoraCall, str] = {}
+        self.by_text: dict[str, str] = {}
+
+    def refuse(self, call: LoraCall, reason: str) -> None:
+        self.by_call.setdefault(call, reason)
+
+    def refuse_text(self, tag: str, reason: str) -> None:
+        self.by_text.setdefault(tag, reason)
+
+    def applied(self, calls: Iterable[LoraCall]) -> list[LoraCall]:
+        """The calls with block weights or a window that were not refused."""
+        return [call for call in calls_with_block_weights(calls) if call not in self.by_call]
+
+    def of_prompt(self, prompt: str) -> list[tuple[str, str]]:
+        """(tag as typed, reason) for each refused tag in `prompt`, in prompt order."""
+        found: list[tuple[str, str]] = []
+        for match in EXTRA_NETWORK_RE.finditer(prompt):
+            tag = match.group(0)
+            reason = self.by_text.get(tag)
+            if reason is None:
+                try:
+                    calls = parse_prompt(tag)[1]
+                except PromptSyntaxError:
+                    continue
+                reason = next((self.by_call[call] for call in calls if call in self.by_call), None)
+            if reason is not None:
+                found.append((tag, reason))
+        return found
+
+
 class BlockWeightsInfotext:
-    """A `p.extra_generation_params` value: A1111 calls it per image with `prompt_text` (the prompt as typed)."""
+    """A `p.extra_generation_params` value: the WebUI calls it per image with `prompt_text` (the prompt as typed).
+    It records the block weights and windows that were applied: refused tags are left out."""
+
+    def __init__(self, refusals: Refusals | None = None) -> None:
+        self.refusals = refusals or Refusals()
 
     def __call__(self, prompt_text: str = "", **_: Any) -> str | None:
         try:
             calls = parse_prompt(str(prompt_text))[1]
         except PromptSyntaxError:
             return None
-        return block_weights_value(calls) if calls_with_block_weights(calls) else None
+        applied = self.refusals.applied(calls)
+        return block_weights_value(applied) if applied else None
 
     def __repr__(self) -> str:
         return f"<{BLOCK_WEIGHTS_FIELD} per image>"
+
+
+class RefusedInfotext:
+    """A `p.extra_generation_params` value: per image, `tag: reason; …` for each refused tag of its prompt."""
+
+    def __init__(self, refusals: Refusals) -> None:
+        self.refusals = refusals
+
+    def __call__(self, prompt_text: str = "", **_: Any) -> str | None:
+        found = self.refusals.of_prompt(str(prompt_text))
+        return "; ".join(f"{tag}: {reason.replace(';', ',')}" for tag, reason in found) or None
+
+    def __repr__(self) -> str:
+        return f"<{REFUSED_FIELD} per image>"
 
 
 _ITEM_RE = re.compile(r"\s*(\w+)=(.*)")

@@ -1,0 +1,187 @@
+"""Block weights on Forge Neo's LoRA patches: the controller's hooks driven in Neo's order against a stand-in of its
+loader and cache (webui_standin.neo_lora). The real Neo is checked by tests/realhost."""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from webui_standin.neo_lora import NeoModelStandIn, NeoNetworksStandIn
+
+from lib_lora.arch import get_arch
+from lib_lora.blocks.mapping import BASE
+from lib_lora.blocks.presets import PresetBook
+from lib_lora.blocks.syntax import EXTRA_NETWORK_RE
+from lib_lora.jobs import GpuGate
+from lib_lora.webui.blockweight import BlockWeightController
+from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+
+pytestmark = pytest.mark.hostcompat
+
+UNET_KEYS = {  # one key per kind of place: IN04, M00, OUT03, OUT11 and an unblocked part
+    "diffusion_model.input_blocks.4.1.proj_in.weight": "IN04",
+    "diffusion_model.middle_block.1.proj_in.weight": "M00",
+    "diffusion_model.output_blocks.3.1.proj_in.weight": "OUT03",
+    "diffusion_model.output_blocks.11.1.proj_in.weight": "OUT11",
+    "diffusion_model.out.2.weight": None,
+}
+CLIP_KEY = "transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+STEPS = 4
+
+
+class Generation:
+    """One txt2img through the script's hooks in Neo's order (processing.py, extra_networks.py)."""
+
+    def __init__(self, controller: BlockWeightController, model: NeoModelStandIn, networks: NeoNetworksStandIn,
+                 prompt: str) -> None:
+        self.controller, self.model, self.networks = controller, model, networks
+        self.p = SimpleNamespace(sd_model=model, extra_generation_params={}, comments={}, steps=STEPS,
+                                 enable_hr=False, batch_size=1, prompts=[prompt], all_prompts=[prompt])
+        self.p.comment = lambda text: self.p.comments.setdefault(text, 1)
+        self.typed = prompt
+
+    def run(self, *, until_step: int | None = None) -> None:
+        self.controller.before_process(self.p)
+        self.controller.before_process_batch(self.p, 0, self.p.prompts)
+        params = activate(self.networks, self.p.prompts[0])
+        self.controller.after_extra_networks_activate(self.p, {"lora": params})
+        for step in range(STEPS if until_step is None else until_step):
+            self.controller.on_cfg_denoiser(SimpleNamespace(sampling_step=step, total_sampling_steps=STEPS))
+        if until_step is None:
+            self.controller.postprocess(self.p)
+
+    def field(self, name: str) -> str | None:
+        value = self.p.extra_generation_params.get(name)
+        return value(prompt_text=self.typed) if callable(value) else value
+
+
+def activate(networks: NeoNetworksStandIn, prompt: str) -> list[Any]:
+    """Neo's `ExtraNetworkLora.activate`: te/unet parsed as floats from positional and named items."""
+    names, te, unet, params = [], [], [], []
+    for match in EXTRA_NETWORK_RE.finditer(prompt):
+        items = match.group(2).split(":")
+        positional = [item for item in items if "=" not in item]
+        named = dict(item.split("=", 1) for item in items if "=" in item)
+        te_value = float(named.get("te", positional[1] if len(positional) > 1 else 1.0))
+        unet_value = float(named.get("unet", positional[2] if len(positional) > 2 else te_value))
+        names.append(positional[0])
+        te.append(te_value)
+        unet.append(unet_value)
+        params.append(SimpleNamespace(items=items))
+    networks.load_networks(names, te, unet)  # the module attribute, as Neo calls it
+    return params
+
+
+@pytest.fixture
+def world(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modules_forge.forge_version", ModuleType("forge_version"))
+    sys.modules["modules_forge.forge_version"].version = "neo"
+    model = NeoModelStandIn(set(UNET_KEYS), {CLIP_KEY})
+    files = {name: {key: f"{name}:{key}" for key in [*UNET_KEYS, CLIP_KEY]} for name in ("chara", "styleb")}
+    networks = NeoNetworksStandIn(model, files)
+    controller = BlockWeightController(gate=lambda: GpuGate(), networks=lambda: networks,
+                                       presets_file=lambda: None, interrupt=lambda: None)
+    yield SimpleNamespace(model=model, networks=networks, controller=controller,
+                          run=lambda prompt, **kw: _run(controller, model, networks, prompt, **kw))
+    controller.unload()
+
+
+def _run(controller, model, networks, prompt: str, **kwargs: Any) -> Generation:
+    generation = Generation(controller, model, networks, prompt)
+    generation.run(**kwargs)
+    return generation
+
+
+def strengths(model: NeoModelStandIn, name: str) -> dict[str, float]:
+    """{key: strength of `name`'s entry} over the UNet and CLIP patchers the next sampling would load."""
+    objects = model.forge_objects_after_applying_lora
+    found = {}
+    for patcher in (objects.unet, objects.clip.patcher):
+        for key, entries in patcher.patches.items():
+            found.update({key: entry[0] for entry in entries if entry[1] == f"{name}:{key}"})
+    return found
+
+
+def expected(name_te_unet_table: tuple[float, float, dict[str, float] | None]) -> dict[str, float]:
+    te, unet, table = name_te_unet_table
+    weights = {key: unet * (1.0 if table is None or block is None else table[block]) for key, block in
+               UNET_KEYS.items()}
+    return {**weights, CLIP_KEY: te * (1.0 if table is None else table[BASE])}
+
+
+def table(spec: str) -> dict[str, float]:
+    return PresetBook.builtin().resolve(spec, get_arch("sd1"))
+
+
+GRADED = "0.5,1,0.25,0.75,0,1,1,1,0.3,0.3,0.3,0.6,0.6,0.6,0.6,0.6,0.9"
+
+
+@pytest.mark.parametrize(("prompt", "want"), [
+    ("<lora:chara:1>", (1.0, 1.0, None)),
+    ("<lora:chara:0.8:NCNF>", (0.8, 0.8, "NCNF")),
+    ("<lora:chara:1:OUTD>", (1.0, 1.0, "OUTD")),
+    ("<lora:chara:1:lbw=NCNF>", (1.0, 1.0, "NCNF")),
+    (f"<lora:chara:0.7:0.4:{GRADED}>", (0.7, 0.4, GRADED)),
+    ("<lora:chara:te=0.5:unet=0.9:lbw=CHAR>", (0.5, 0.9, "CHAR")),
+    ("<lora:chara:1:NONE>", (1.0, 1.0, "NONE")),
+])
+def test_each_patch_gets_its_block_weight(world, prompt: str, want: tuple) -> None:
+    generation = world.run(prompt)
+    te, unet, spec = want
+    assert strengths(world.model, "chara") == pytest.approx(expected((te, unet, table(spec) if spec else None)))
+    assert all(type(s) is float for s in strengths(world.model, "chara").values())  # no tag left in the entries
+    assert vars(world.networks).get("load_networks") is None  # the wrapper is gone after the generation
+    assert generation.field(REFUSED_FIELD) is None
+
+
+def test_an_unchanged_set_is_not_reloaded_and_a_changed_one_once(world) -> None:
+    world.run("<lora:chara:1:NCNF><lora:styleb:0.5>")
+    loaded = world.model.forge_objects_after_applying_lora
+    world.run("<lora:chara:1:NCNF><lora:styleb:0.5>")
+    assert world.networks.reads == ["chara", "styleb"]
+    assert world.model.forge_objects_after_applying_lora is loaded
+    world.run("<lora:chara:1:OUTD><lora:styleb:0.5>")
+    assert world.networks.reads == ["chara", "styleb"] * 2
+    assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, table("OUTD"))))
+    assert strengths(world.model, "styleb") == pytest.approx(expected((0.5, 0.5, None)))
+
+
+def test_a_plain_set_after_a_weighted_one_is_reloaded_without_weights(world) -> None:
+    world.run("<lora:chara:1:NCNF>")
+    world.run("<lora:chara:1>")
+    assert world.networks.reads == ["chara", "chara"]
+    assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, None)))
+    assert world.model.forge_objects_original.unet.patches == {}  # Neo's originals never carry our entries
+
+
+def test_step_windows_switch_the_unet_entries_online(world) -> None:
+    generation = world.run("<lora:chara:1:lbw=ALL:stop=3>", until_step=2)  # steps 0, 1: the window is open
+    unet = world.model.forge_objects_after_applying_lora.unet
+    entries = [unet.patches[key][0] for key in UNET_KEYS]
+    assert all(entry[5] is True and entry[0] == 1.0 for entry in entries)  # merged per forward by Neo
+    world.controller.on_cfg_denoiser(SimpleNamespace(sampling_step=2, total_sampling_steps=STEPS))
+    assert all(unet.patches[key][0][0] == 0.0 for key in UNET_KEYS)  # stop=3: off from the 3rd step
+    assert world.model.forge_objects_after_applying_lora.clip.patcher.patches[CLIP_KEY][0][0] == 1.0
+    world.controller.postprocess(generation.p)
+    world.run("<lora:chara:1:lbw=ALL:stop=3>", until_step=0)  # cached: the window starts open again
+    assert world.networks.reads == ["chara"]
+    assert all(unet.patches[key][0][0] == 1.0 for key in UNET_KEYS)
+
+
+def test_refused_block_weights_load_plain_and_are_recorded(world) -> None:
+    generation = world.run("<lora:chara:0.6:NOSUCH><lora:styleb:1:CHAR>")
+    assert strengths(world.model, "chara") == pytest.approx(expected((0.6, 0.6, None)))
+    assert strengths(world.model, "styleb") == pytest.approx(expected((1.0, 1.0, table("CHAR"))))
+    assert generation.field("Lora block weights") == "styleb: te=1, unet=1, blocks=CHAR"
+    assert "NOSUCH" in generation.field(REFUSED_FIELD)
+
+
+def test_forge_2_is_refused_in_the_record(world, monkeypatch) -> None:
+    monkeypatch.setattr(sys.modules["modules_forge.forge_version"], "version", "2.0.1v1.10.1", raising=False)
+    generation = world.run("<lora:chara:0.8:NCNF>")
+    assert strengths(world.model, "chara") == pytest.approx(expected((0.8, 0.8, None)))
+    assert generation.field("Lora block weights") is None
+    assert "not applied" in generation.field(REFUSED_FIELD)
