@@ -1,10 +1,8 @@
-"""scripts/lora_studio.py loaded as A1111 loads it, on the fake `modules`; install.py with a fake `launch`."""
+"""scripts/lora_studio.py loaded as A1111 loads it, on the fake `modules` (install.py: tests/test_install.py)."""
 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -113,94 +111,3 @@ def test_on_ui_settings_adds_missing_options_once(webui, script):
     on_ui_settings()
     assert webui.shared.opts.data_labels["lora_studio_tagger_dir"].section == SECTION
     assert sum(key.startswith("lora_studio_") for key in webui.shared.opts.data_labels) == 3
-
-
-# --- install.py ------------------------------------------------------------------------------------------
-
-FAKE_LAUNCH = '''
-"""A fake of the WebUI's `launch` module: records what install.py asks for."""
-import json, os
-INSTALLED = set(json.loads(os.environ["FAKE_LAUNCH_INSTALLED"]))
-LOG = os.environ["FAKE_LAUNCH_LOG"]
-
-def is_installed(package):
-    with open(LOG, "a") as log:
-        log.write("is_installed " + package + "\\n")
-    return package in INSTALLED
-
-def run_pip(command, desc=None):
-    with open(LOG, "a") as log:
-        log.write("run_pip " + command + "\\n")
-'''
-
-
-def run_installer(tmp_path: Path, installed: list[str]) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run install.py as the WebUI does: own process, cwd and PYTHONPATH = the (fake) WebUI root."""
-    import json
-    import os
-
-    webui_root = tmp_path / "webui"
-    webui_root.mkdir()
-    (webui_root / "launch.py").write_text(FAKE_LAUNCH)
-    log = tmp_path / "launch.log"
-    env = dict(
-        os.environ,
-        PYTHONPATH=str(webui_root),
-        FAKE_LAUNCH_LOG=str(log),
-        FAKE_LAUNCH_INSTALLED=json.dumps(installed),
-    )
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "install.py")],
-        cwd=webui_root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result, log.read_text().splitlines() if log.exists() else []
-
-
-def requirement_names() -> list[str]:
-    spec = importlib.util.spec_from_file_location("lora_studio_install", ROOT / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return [name for name, _ in module.requirements((ROOT / "requirements.txt").read_text().splitlines())]
-
-
-def test_install_is_silent_and_installs_nothing_when_all_present(tmp_path):
-    result, calls = run_installer(tmp_path, installed=requirement_names())
-    assert result.returncode == 0, result.stderr
-    assert (result.stdout, result.stderr) == ("", "")
-    assert not [call for call in calls if call.startswith("run_pip")]
-
-
-def test_install_installs_only_missing_and_never_the_host_stack(tmp_path):
-    result, calls = run_installer(tmp_path, installed=[])
-    assert result.returncode == 0, result.stderr
-    pips = [call.removeprefix("run_pip ") for call in calls if call.startswith("run_pip")]
-    assert pips, "every non-host requirement is missing, so some must be installed"
-    for host_package in ("torch", "gradio", "transformers", "huggingface_hub", "huggingface-hub"):
-        assert not any(f'"{host_package}' in pip for pip in pips), pips
-        assert f"is_installed {host_package}" not in calls
-    assert all(
-        pip.startswith('install "') and pip.endswith('"') for pip in pips
-    )  # quoted: run_pip uses a shell
-
-
-def test_install_skips_host_packages_even_when_listed():
-    spec = importlib.util.spec_from_file_location("lora_studio_install", ROOT / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    launch = SimpleNamespace(is_installed=lambda name: name == "present")
-    lines = [
-        "torch>=2.0",
-        "gradio==4.40",
-        "Transformers",
-        "huggingface_hub>=0.2",
-        "# comment",
-        "-r other.txt",
-        "present>=1",
-        "absent>=2  # trailing comment",
-        "",
-    ]
-    assert module.missing(lines, launch) == ["absent>=2"]

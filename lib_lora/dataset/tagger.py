@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from .tagger_models import TaggerFiles, TaggerModelError
 from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import onnxruntime as ort
     from PIL import Image
 
@@ -37,6 +40,7 @@ __all__ = [
     "Tagger",
     "TaggerOptionError",
     "TaggerOptions",
+    "TaggerUnavailableError",
     "mcut_threshold",
     "merge_caption",
     "tags_from_scores",
@@ -65,6 +69,26 @@ OPTION_HELP: dict[str, str] = {
     "recursive": "also tag the images in subfolders",
     "batch_size": "images per model run: auto (chosen per execution provider) or a number",
 }
+
+
+class TaggerUnavailableError(TaggerModelError):
+    """onnxruntime, which runs every tagger model, is not installed in this Python or cannot be loaded."""
+
+
+def _onnxruntime() -> ModuleType:
+    """The onnxruntime module; TaggerUnavailableError saying why not and what to do."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        where = f"this Python ({sys.executable})"
+        if isinstance(error, ModuleNotFoundError) and error.name == "onnxruntime":
+            raise TaggerUnavailableError(
+                f"tagging is unavailable: onnxruntime is not installed in {where}. In a WebUI, LoRA Studio's lines "
+                "in the start-up log say why (for example: no onnxruntime release fits the packages the WebUI "
+                "has); elsewhere: pip install onnxruntime") from error
+        raise TaggerUnavailableError(f"tagging is unavailable: onnxruntime is installed in {where} but cannot "
+                                     f"be loaded: {error}") from error
+    return onnxruntime
 
 
 class TaggerOptionError(LoraStudioError):
@@ -289,9 +313,9 @@ class Tagger:
     def load(cls, files: TaggerFiles, *, providers: Sequence[str] | None = None,
              threads: int | None = None) -> Tagger:
         """Open the model with the given execution providers (None: the best available GPU one, then CPU) and
-        intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default)."""
-        import onnxruntime as ort
-
+        intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default);
+        TaggerUnavailableError when onnxruntime is missing."""
+        ort = _onnxruntime()
         labels = TagLabels.from_csv(files.tags_path)
         available = ort.get_available_providers()
         if providers is None:
