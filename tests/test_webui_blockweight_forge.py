@@ -1,5 +1,6 @@
-"""Block weights on Forge Neo's LoRA patches: the controller's hooks driven in Neo's order against a stand-in of its
-loader and cache (webui_standin.neo_lora). The real Neo is checked by tests/realhost."""
+"""Block weights on the LoRA patches of Forge Neo and Forge 2: the controller's hooks driven in the WebUI's order
+against stand-ins of their loaders and caches (webui_standin.forge_lora_loader). The real Neo is checked by
+tests/realhost; no real Forge 2 build is at hand."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from webui_standin.neo_lora import NeoModelStandIn, NeoNetworksStandIn
+from webui_standin.forge_lora_loader import (
+    Forge2PatcherStandIn,
+    ForgeModelStandIn,
+    ForgeNetworksStandIn,
+    NeoPatcherStandIn,
+)
 
 from lib_lora.arch import get_arch
 from lib_lora.blocks.mapping import BASE
@@ -35,7 +41,7 @@ STEPS = 4
 class Generation:
     """One txt2img through the script's hooks in Neo's order (processing.py, extra_networks.py)."""
 
-    def __init__(self, controller: BlockWeightController, model: NeoModelStandIn, networks: NeoNetworksStandIn,
+    def __init__(self, controller: BlockWeightController, model: ForgeModelStandIn, networks: ForgeNetworksStandIn,
                  prompt: str) -> None:
         self.controller, self.model, self.networks = controller, model, networks
         self.p = SimpleNamespace(sd_model=model, extra_generation_params={}, comments={}, steps=STEPS,
@@ -58,7 +64,7 @@ class Generation:
         return value(prompt_text=self.typed) if callable(value) else value
 
 
-def activate(networks: NeoNetworksStandIn, prompt: str) -> list[Any]:
+def activate(networks: ForgeNetworksStandIn, prompt: str) -> list[Any]:
     """Neo's `ExtraNetworkLora.activate`: te/unet parsed as floats from positional and named items."""
     names, te, unet, params = [], [], [], []
     for match in EXTRA_NETWORK_RE.finditer(prompt):
@@ -75,16 +81,34 @@ def activate(networks: NeoNetworksStandIn, prompt: str) -> list[Any]:
     return params
 
 
+FLAVOURS = {"neo": ("neo", NeoPatcherStandIn), "forge2": ("2.0.1v1.10.1", Forge2PatcherStandIn)}
+
+
+@pytest.fixture(params=list(FLAVOURS))
+def world(request, monkeypatch):
+    yield from make_world(request.param, monkeypatch)
+
+
 @pytest.fixture
-def world(monkeypatch):
+def neo(monkeypatch):
+    yield from make_world("neo", monkeypatch)
+
+
+@pytest.fixture
+def forge2(monkeypatch):
+    yield from make_world("forge2", monkeypatch)
+
+
+def make_world(flavour: str, monkeypatch: Any) -> Any:
+    version, patcher = FLAVOURS[flavour]
     monkeypatch.setitem(sys.modules, "modules_forge.forge_version", ModuleType("forge_version"))
-    sys.modules["modules_forge.forge_version"].version = "neo"
-    model = NeoModelStandIn(set(UNET_KEYS), {CLIP_KEY})
+    sys.modules["modules_forge.forge_version"].version = version
+    model = ForgeModelStandIn(set(UNET_KEYS), {CLIP_KEY}, patcher=patcher)
     files = {name: {key: f"{name}:{key}" for key in [*UNET_KEYS, CLIP_KEY]} for name in ("chara", "styleb")}
-    networks = NeoNetworksStandIn(model, files)
+    networks = ForgeNetworksStandIn(model, files)
     controller = BlockWeightController(gate=lambda: GpuGate(), networks=lambda: networks,
                                        presets_file=lambda: None, interrupt=lambda: None)
-    yield SimpleNamespace(model=model, networks=networks, controller=controller,
+    yield SimpleNamespace(flavour=flavour, model=model, networks=networks, controller=controller,
                           run=lambda prompt, **kw: _run(controller, model, networks, prompt, **kw))
     controller.unload()
 
@@ -95,14 +119,19 @@ def _run(controller, model, networks, prompt: str, **kwargs: Any) -> Generation:
     return generation
 
 
-def strengths(model: NeoModelStandIn, name: str) -> dict[str, float]:
+def entries_of(patcher: Any) -> list[tuple[str, Any]]:
+    """(key, entry) for every patch entry: Neo's `patches[key]`, Forge 2's `lora_patches[identifier][key]`."""
+    if isinstance(patcher, NeoPatcherStandIn):
+        return [(key, entry) for key, entries in patcher.patches.items() for entry in entries]
+    return [(key, entry) for per_key in patcher.lora_patches.values() for key, entries in per_key.items()
+            for entry in entries]
+
+
+def strengths(model: ForgeModelStandIn, name: str) -> dict[str, float]:
     """{key: strength of `name`'s entry} over the UNet and CLIP patchers the next sampling would load."""
     objects = model.forge_objects_after_applying_lora
-    found = {}
-    for patcher in (objects.unet, objects.clip.patcher):
-        for key, entries in patcher.patches.items():
-            found.update({key: entry[0] for entry in entries if entry[1] == f"{name}:{key}"})
-    return found
+    return {key: entry[0] for patcher in (objects.unet, objects.clip.patcher)
+            for key, entry in entries_of(patcher) if entry[1] == f"{name}:{key}"}
 
 
 def expected(name_te_unet_table: tuple[float, float, dict[str, float] | None]) -> dict[str, float]:
@@ -154,10 +183,11 @@ def test_a_plain_set_after_a_weighted_one_is_reloaded_without_weights(world) -> 
     world.run("<lora:chara:1>")
     assert world.networks.reads == ["chara", "chara"]
     assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, None)))
-    assert world.model.forge_objects_original.unet.patches == {}  # Neo's originals never carry our entries
+    assert entries_of(world.model.forge_objects_original.unet) == []  # the originals never carry our entries
 
 
-def test_step_windows_switch_the_unet_entries_online(world) -> None:
+def test_step_windows_switch_the_unet_entries_online(neo) -> None:
+    world = neo
     generation = world.run("<lora:chara:1:lbw=ALL:stop=3>", until_step=2)  # steps 0, 1: the window is open
     unet = world.model.forge_objects_after_applying_lora.unet
     entries = [unet.patches[key][0] for key in UNET_KEYS]
@@ -179,9 +209,26 @@ def test_refused_block_weights_load_plain_and_are_recorded(world) -> None:
     assert "NOSUCH" in generation.field(REFUSED_FIELD)
 
 
-def test_forge_2_is_refused_in_the_record(world, monkeypatch) -> None:
-    monkeypatch.setattr(sys.modules["modules_forge.forge_version"], "version", "2.0.1v1.10.1", raising=False)
-    generation = world.run("<lora:chara:0.8:NCNF>")
+def test_forge_2_refuses_step_windows_in_the_record(forge2) -> None:
+    world = forge2
+    generation = world.run("<lora:chara:0.8:lbw=NCNF:stop=2><lora:styleb:1:OUTD>")
     assert strengths(world.model, "chara") == pytest.approx(expected((0.8, 0.8, None)))
+    assert strengths(world.model, "styleb") == pytest.approx(expected((1.0, 1.0, table("OUTD"))))
+    assert generation.field("Lora block weights") == "styleb: te=1, unet=1, blocks=OUTD"
+    assert "start=/stop=" in generation.field(REFUSED_FIELD)
+
+
+def test_forge_2_merges_again_exactly_when_the_block_weights_change(forge2) -> None:
+    world = forge2
+    merged = []
+    for prompt in ("<lora:chara:1:NCNF>", "<lora:chara:1:NCNF>", "<lora:chara:1:OUTD>", "<lora:chara:1>"):
+        world.run(prompt)
+        merged.append(world.model.forge_objects_after_applying_lora.unet.refresh_hash())
+    assert merged[0] == merged[1] and len({merged[1], merged[2], merged[3]}) == 3
+
+
+def test_a_webui_without_a_loader_we_know_refuses_in_the_record(world) -> None:
+    world.controller._networks = lambda: None
+    generation = world.run("<lora:chara:0.8:NCNF>")
     assert generation.field("Lora block weights") is None
     assert "not applied" in generation.field(REFUSED_FIELD)

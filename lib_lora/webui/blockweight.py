@@ -42,11 +42,12 @@ from typing import Any
 from ..arch import ARCHS, Arch
 from ..blocks.apply import BLOCK_WEIGHTS_FIELD
 from ..blocks.presets import PresetBook
+from ..blocks.steps import is_gated
 from ..blocks.syntax import parse_prompt
 from ..errors import BlockWeightError, PromptSyntaxError
 from ..hosts.gate import ALLOW_WHILE_HELD_ATTR, WEBUI_GPU
 from ..jobs import GpuGate
-from .blockweight_forge import ForgePatchWeights, plan_key
+from .blockweight_forge import ForgePatchWeights, is_neo, plan_key
 from .blockweight_networks import BlockWeightPatch, NetworkPlan
 from .blockweight_prompts import (
     REFUSED_FIELD,
@@ -105,7 +106,8 @@ class _Generation:
     """False when this generation is refused, or left to LBW: the hooks then change nothing."""
     left_to_lbw: bool = False
     forge: bool = False
-    """Forge Neo: block weights go on its LoRA patches (`blockweight_forge`), planned before the built-in loads."""
+    """Forge Neo or Forge 2: block weights go on the LoRA patches (`blockweight_forge`), planned before the built-in
+    loads them."""
     arch: Arch | None = None
     typed_hires: dict[int, str] = field(default_factory=dict)
     refusals: Refusals = field(default_factory=Refusals)
@@ -151,7 +153,7 @@ class BlockWeightController:
         p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext(generation.refusals)
         p.extra_generation_params[REFUSED_FIELD] = RefusedInfotext(generation.refusals)
         networks = self._networks()
-        if is_forge_neo(p.sd_model) and networks is not None and generation.arch is not None:
+        if is_forge(p.sd_model) and callable(getattr(networks, "load_networks", None)) and generation.arch:
             generation.forge = True
             self.forge.install(networks, p.sd_model, generation.arch)
 
@@ -187,11 +189,9 @@ class BlockWeightController:
             return
         networks = self._networks()
         arch = generation.arch
-        if networks is None or arch is None or is_forge(p.sd_model):
+        if networks is None or arch is None or is_forge(p.sd_model):  # Forge without a loader we can weight
             self.patch.restore()
-            reason = ("this WebUI's LoRA loader is not one LoRA Studio can weight per block (A1111 1.10's built-in "
-                      "Lora, or Forge Neo's)" if is_forge(p.sd_model) else
-                      "they need the built-in Lora and an SD1/SD2/SDXL model")
+            reason = "they need the WebUI's built-in Lora and an SD1/SD2/SDXL model"
             self._refuse(p, acting, f"block weights not applied: {reason}; the LoRA is applied without them")
             return
         plans = {call.name: self._plan(p, call, generation.presets, arch) for call in acting}
@@ -279,7 +279,10 @@ class BlockWeightController:
                 continue  # a tag left as typed: reported by the rewrite
             for call in calls_with_block_weights(calls):
                 key = plan_key(call.name, call.te, call.unet)
-                if key not in plans:
+                if is_gated(call) and not is_neo():
+                    self._refuse(p, [call], "step windows (start=/stop=) need Forge Neo or A1111 (Forge 2 merges "
+                                            "the LoRA once per generation); applied without block weights")
+                elif key not in plans:
                     plans[key] = self._plan(p, call, generation.presets, generation.arch)
                 elif plans[key].call != call:
                     self._refuse(p, [call], f"{plans[key].call.raw or call.name} is used with other block weights "
@@ -352,14 +355,11 @@ def _arch_of(sd_model: Any) -> Arch | None:
 
 
 def is_forge(sd_model: Any) -> bool:
-    """Whether the model is a Forge model (Forge 2 or Forge Neo): it carries `forge_objects`."""
+    """Whether the model is a Forge model (Forge 2 or Forge Neo): it carries `forge_objects`, and its LoRAs are
+    patches on them, weighted by `blockweight_forge`."""
     return hasattr(sd_model, "forge_objects")
 
 
-def is_forge_neo(sd_model: Any) -> bool:
-    """Whether this is Forge Neo, whose LoRA patches `blockweight_forge` weights (`forge_version.version`)."""
-    version = getattr(sys.modules.get("modules_forge.forge_version"), "version", None)
-    return is_forge(sd_model) and version == "neo"
 
 
 def _pass_steps(p: Any) -> int:

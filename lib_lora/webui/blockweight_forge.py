@@ -26,7 +26,8 @@ map), and keeping our own copy of the merged weights (a second copy of the base 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableSequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ from ..blocks.mapping import block_of_ldm_path
 from ..blocks.steps import is_gated
 from .blockweight_networks import NetworkPlan, TaggedMultiplier
 
-__all__ = ["ForgePatchWeights", "PlanKey", "UNET_PREFIX", "plan_key"]
+__all__ = ["ForgePatchWeights", "PlanKey", "UNET_PREFIX", "entry_lists", "is_neo", "plan_key"]
 
 UNET_PREFIX = "diffusion_model."
 """Neo's UNet parameter keys start here; what follows is the LDM module path (`input_blocks.4.1.…`)."""
@@ -47,6 +48,21 @@ PlanKey = tuple[str, float, float]
 
 def plan_key(name: str, te: float, unet: float) -> PlanKey:
     return (str(name), float(te), float(unet))
+
+
+def entry_lists(patcher: Any) -> Iterator[tuple[str, MutableSequence[Any]]]:
+    """(param key, its list of patch entries) of a Neo patcher (`patches[key]`, tuples) or a Forge 2 one
+    (`lora_patches[(filename, strength, strength_model, online)][key]`, lists)."""
+    patches = getattr(patcher, "patches", None)
+    if isinstance(patches, dict):
+        yield from patches.items()
+    for per_key in (getattr(patcher, "lora_patches", None) or {}).values():
+        yield from per_key.items()
+
+
+def is_neo() -> bool:
+    """Whether this WebUI is Forge Neo (`modules_forge.forge_version.version == "neo"`)."""
+    return getattr(sys.modules.get("modules_forge.forge_version"), "version", None) == "neo"
 
 
 @dataclass
@@ -141,7 +157,7 @@ class ForgePatchWeights:
         windows: list[_WindowEntry] = []
         fresh = False
         for patcher, is_unet in ((unet, True), (clip, False)):
-            for key, entries in (getattr(patcher, "patches", None) or {}).items():
+            for key, entries in entry_lists(patcher):
                 for index, entry in enumerate(entries):
                     strength = entry[_STRENGTH]
                     if isinstance(strength, TaggedMultiplier):
@@ -154,16 +170,17 @@ class ForgePatchWeights:
             self.loads += 1
             self._windows = windows
 
-    def _scaled(self, entry: tuple[Any, ...], key: str, plan: NetworkPlan, is_unet: bool) -> tuple[Any, ...]:
-        """The entry with its strength × BASE (text encoder) or × its block's weight (UNet; windowed: online)."""
+    def _scaled(self, entry: Sequence[Any], key: str, plan: NetworkPlan, is_unet: bool) -> Sequence[Any]:
+        """The entry (same type: Neo's tuple, Forge 2's list) with its strength × BASE (text encoder) or × its
+        block's weight (UNet; a windowed Neo entry also goes online)."""
         if not is_unet:
-            return (float(entry[_STRENGTH]) * plan.base, *entry[1:])
+            return type(entry)((float(entry[_STRENGTH]) * plan.base, *entry[1:]))
         assert self._arch is not None
         block = block_of_ldm_path(key.removeprefix(UNET_PREFIX), self._arch)
-        scaled = (float(entry[_STRENGTH]) * plan.block_weight(block), *entry[1:])
+        scaled = [float(entry[_STRENGTH]) * plan.block_weight(block), *entry[1:]]
         if is_gated(plan.call) and len(entry) == _NEO_ENTRY_LENGTH:
-            scaled = (*scaled[:_ONLINE], True)
-        return scaled
+            scaled[_ONLINE] = True
+        return type(entry)(scaled)
 
     def _set_windows(self, is_open: Callable[[NetworkPlan], bool]) -> bool:
         switched = False
