@@ -57,6 +57,7 @@ from .blockweight_prompts import (
     RewriteProblem,
     calls_from_extra_network_data,
     calls_with_block_weights,
+    hires_batch,
     parse_block_weights_value,
     restore_prompts,
     rewrite_hires_prompts,
@@ -168,7 +169,7 @@ class BlockWeightController:
         for problem in [*problems, *hires_problems]:
             self._report_left_as_typed(p, problem)
         if generation.forge:
-            self._plan_forge_loads(p, [*prompts, *self._hires_batch(p, batch_number)])
+            self._plan_forge_loads(p, [*prompts, *(p.all_hr_prompts[i] for i in hires_batch(p, batch_number))])
 
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
@@ -288,14 +289,6 @@ class BlockWeightController:
                     self._refuse(p, [call], f"{plans[key].call.raw or call.name} is used with other block weights "
                                             "in the same batch; applied with the first one's")
         self.forge.set_plans(plans)
-
-    @staticmethod
-    def _hires_batch(p: Any, batch_number: int) -> list[str]:
-        all_hr_prompts = getattr(p, "all_hr_prompts", None)
-        if not getattr(p, "enable_hr", False) or not isinstance(all_hr_prompts, list):
-            return []
-        size = int(p.batch_size)
-        return all_hr_prompts[batch_number * size:(batch_number + 1) * size]
 
     def _refuse(self, p: Any, calls: Iterable[Any], reason: str) -> None:
         """Record each call's block weights as not applied (the infotext's refused field) and report it once."""

@@ -32,6 +32,7 @@ __all__ = [
     "RewriteProblem",
     "calls_from_extra_network_data",
     "calls_with_block_weights",
+    "hires_batch",
     "parse_block_weights_value",
     "restore_prompts",
     "rewrite_hires_prompts",
@@ -74,13 +75,21 @@ def rewrite_prompts(prompts: MutableSequence[str]) -> list[RewriteProblem]:
     return problems
 
 
-def rewrite_hires_prompts(p: Any, batch_number: int) -> tuple[dict[int, str], list[RewriteProblem]]:
-    """Rewrite this batch's slice of `p.all_hr_prompts` in place; returns {index: prompt as typed} to restore."""
+def hires_batch(p: Any, batch_number: int) -> range:
+    """The indices of batch `batch_number`'s hires prompts in `p.all_hr_prompts` (empty without hires fix)."""
     all_hr_prompts = getattr(p, "all_hr_prompts", None)
     if not getattr(p, "enable_hr", False) or not isinstance(all_hr_prompts, list):
-        return {}, []
+        return range(0)
     size = int(p.batch_size)
-    indices = range(batch_number * size, min((batch_number + 1) * size, len(all_hr_prompts)))
+    return range(batch_number * size, min((batch_number + 1) * size, len(all_hr_prompts)))
+
+
+def rewrite_hires_prompts(p: Any, batch_number: int) -> tuple[dict[int, str], list[RewriteProblem]]:
+    """Rewrite this batch's slice of `p.all_hr_prompts` in place; returns {index: prompt as typed} to restore."""
+    indices = hires_batch(p, batch_number)
+    if not indices:
+        return {}, []
+    all_hr_prompts = p.all_hr_prompts
     batch = [all_hr_prompts[index] for index in indices]
     problems = rewrite_prompts(batch)
     typed: dict[int, str] = {}
