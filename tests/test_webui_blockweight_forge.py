@@ -49,8 +49,11 @@ class Generation:
         self.p.comment = lambda text: self.p.comments.setdefault(text, 1)
         self.typed = prompt
 
-    def run(self, *, until_step: int | None = None) -> None:
+    def run(self, *, until_step: int | None = None, loaded_late: bool = False) -> None:
+        if loaded_late:  # Neo loads the checkpoint inside processing, after before_process
+            self.p.sd_model = SimpleNamespace()
         self.controller.before_process(self.p)
+        self.p.sd_model = self.model
         self.controller.before_process_batch(self.p, 0, self.p.prompts)
         params = activate(self.networks, self.p.prompts[0])
         self.controller.after_extra_networks_activate(self.p, {"lora": params})
@@ -232,3 +235,9 @@ def test_a_webui_without_a_loader_we_know_refuses_in_the_record(world) -> None:
     generation = world.run("<lora:chara:0.8:NCNF>")
     assert generation.field("Lora block weights") is None
     assert "not applied" in generation.field(REFUSED_FIELD)
+
+
+def test_a_checkpoint_loaded_inside_processing_still_gets_block_weights(world) -> None:
+    generation = world.run("<lora:chara:0.8:NCNF>", loaded_late=True)
+    assert strengths(world.model, "chara") == pytest.approx(expected((0.8, 0.8, table("NCNF"))))
+    assert generation.field("Lora block weights") == "chara: te=0.8, unet=0.8, blocks=NCNF"

@@ -5,11 +5,12 @@ One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hoo
 - `before_process`: refuse the generation while training holds the GPU gate (`hosts.gate.WEBUI_GPU`); stand aside
   when LBW (sd-webui-lora-block-weight) is installed and active, so no block weight is applied twice (said once a
   LoRA with block weights comes); read the presets (built-in + the user's `presets.txt`); register the
-  `Lora block weights` and `Lora block weights refused` infotext fields; on Forge Neo, wrap its LoRA loader for
-  this generation (`blockweight_forge`).
-- `before_process_batch`: rewrite the batch's prompts and hires prompts so the built-in Lora accepts every tag
-  (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we cannot parse stay as typed, reported once. On
-  Neo, plan the block weights of the LoRAs its loader is about to load (first pass and hires).
+  `Lora block weights` and `Lora block weights refused` infotext fields.
+- `before_process_batch`: read the model's family (Forge loads the checkpoint inside processing, so not earlier)
+  and on Forge wrap its LoRA loader for this generation (`blockweight_forge`); rewrite the batch's prompts and hires
+  prompts so the built-in Lora accepts every tag (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we
+  cannot parse stay as typed, reported once. On Forge, plan the block weights of the LoRAs its loader is about to
+  load (first pass and hires).
 - `after_extra_networks_activate` (first pass and hires pass): on A1111, install per-module multipliers on the
   networks the built-in just loaded (`blockweight_networks.BlockWeightPatch`); on Neo the loader already weighted
   the patches, and the step windows are set for the pass's first step.
@@ -150,19 +151,16 @@ class BlockWeightController:
         if lbw_active(p):
             self._generation = _Generation(PresetBook.builtin(), acting=False, left_to_lbw=True)
             return
-        generation = self._generation = _Generation(self._read_presets(p), arch=_arch_of(p.sd_model))
+        generation = self._generation = _Generation(self._read_presets(p))
         p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext(generation.refusals)
         p.extra_generation_params[REFUSED_FIELD] = RefusedInfotext(generation.refusals)
-        networks = self._networks()
-        if is_forge(p.sd_model) and callable(getattr(networks, "load_networks", None)) and generation.arch:
-            generation.forge = True
-            self.forge.install(networks, p.sd_model, generation.arch)
 
     def before_process_batch(self, p: Any, batch_number: int, prompts: MutableSequence[str]) -> None:
         """Rewrite the batch's prompts (the list A1111 passes is `p.prompts`) and its hires prompts, in place."""
         generation = self._current(p)
         if not generation.acting:
             return
+        self._find_model(p, generation)
         problems = rewrite_prompts(prompts)
         restore_prompts(getattr(p, "all_hr_prompts", None) or [], generation.typed_hires)
         generation.typed_hires, hires_problems = rewrite_hires_prompts(p, batch_number)
@@ -189,7 +187,7 @@ class BlockWeightController:
             self.forge.set_step(0, _pass_steps(p))
             return
         networks = self._networks()
-        arch = generation.arch
+        arch = generation.arch or _arch_of(p.sd_model)
         if networks is None or arch is None or is_forge(p.sd_model):  # Forge without a loader we can weight
             self.patch.restore()
             reason = "they need the WebUI's built-in Lora and an SD1/SD2/SDXL model"
@@ -257,6 +255,19 @@ class BlockWeightController:
         except (BlockWeightError, OSError) as error:
             self._report(p, f"user presets not read ({error}); using the built-in presets")
         return book
+
+    def _find_model(self, p: Any, generation: _Generation) -> None:
+        """The loaded model's family, and on Forge the loader wrapper, once the model of this batch is loaded: Forge
+        Neo loads (or switches) the checkpoint inside processing, after `before_process` and before each batch."""
+        generation.arch = _arch_of(p.sd_model)
+        networks = self._networks()
+        if is_forge(p.sd_model) and callable(getattr(networks, "load_networks", None)) and generation.arch:
+            generation.forge = True
+            if not self.forge.installed:
+                self.forge.install(networks, p.sd_model, generation.arch)
+        else:
+            generation.forge = False
+            self.forge.restore()
 
     def _plan(self, p: Any, call: Any, presets: PresetBook, arch: Arch) -> NetworkPlan:
         if call.blocks is None:
