@@ -35,3 +35,19 @@ def lora_dir() -> Path:
 def extension_data_dir() -> Path:
     """Our own data (tagger models, user presets): `<models>/lora_studio` (survives extension updates)."""
     return models_dir() / DATA_FOLDER_NAME
+
+
+def ensure_temp_dir() -> None:
+    """Create the WebUI's folder for temporary images (`opts.temp_dir`) when it is set but missing.
+
+    Forge Neo saves every image a gradio component returns into that folder (`ui_tempdir.save_pil_to_file`) without
+    creating it, so on a fresh install the Train tab's loss curve and samples failed with FileNotFoundError.
+    """
+    from modules import shared  # type: ignore[import-not-found]
+
+    folder = str(getattr(getattr(shared, "opts", None), "temp_dir", "") or "")
+    if folder:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the WebUI reports its own folder's problem when it uses it

@@ -23,6 +23,7 @@ def on_ui_tabs() -> list[tuple[gr.Blocks, str, str]]:
     """Build the tab without touching the model; the WebUI renders it as `#tab_lora_studio`."""
     from ..ui import build_studio
 
+    paths.ensure_temp_dir()
     return [(build_studio(webui_context()), TAB_TITLE, TAB_ID)]
 
 
