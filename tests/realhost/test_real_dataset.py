@@ -1,0 +1,137 @@
+"""The Dataset tab in the real Forge Neo UI (headless Chromium): open a folder under the WebUI's data folder, edit a
+caption as chips, save, undo, save; tag with a local WD14 tagger folder. The caption files are checked on disk
+after each step. Selectors are those of tests/test_browser_dataset.py (the same tab in the standalone app).
+
+Allowed roots in the WebUI (lib_lora/webui/settings.py): the WebUI's data folder (Neo's work folder here) plus the
+folders in Settings; tagger models: one folder each in the `lora_studio_tagger_dir` setting's folder (default
+`models/lora_studio/tagger`), holding model.onnx and selected_tags.csv as the hub repository does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ui import field_input, open_studio_tab
+
+SUBSET = "3_tinychar"
+COUNT = 4
+TAGGER_NAME = "wd-vit-tagger-v3"
+"""The tiny tagger's folder is named after a known model, as a user copies a hub repository into the folder."""
+
+
+def make_dataset(host: Any) -> Path:
+    """A fresh generated dataset `<workdir>/datasets/char/3_tinychar` (4 images, captions by the generator)."""
+    from lib_lora.tiny.images import generate_dataset
+
+    root = host.workdir / "datasets" / "char"
+    shutil.rmtree(root, ignore_errors=True)
+    generate_dataset(root, count=COUNT, seed=1, repeats=3, name="tinychar")
+    return root
+
+
+def caption_files(root: Path) -> dict[str, bytes]:
+    """{image file name: caption bytes} of the subset."""
+    folder = root / SUBSET
+    images = {path.stem: path.name for path in folder.iterdir() if path.suffix.lower() in (".png", ".jpg")}
+    return {images[path.stem]: path.read_bytes() for path in sorted(folder.glob("*.txt"))}
+
+
+def load_dataset(page: Any, root: Path) -> Any:
+    """Open the tab, load `root`, wait for its thumbnails; returns the thumbnails' locator."""
+    from playwright.sync_api import expect
+
+    open_studio_tab(page)
+    thumbs = page.locator("#lora_studio_dataset_gallery [data-lora-studio-op='select']")
+    field_input(page, "lora_studio_dataset_path").fill(str(root))
+    page.locator("#lora_studio_dataset_load").click()
+    expect(thumbs).to_have_count(COUNT, timeout=120_000)
+    expect(page.locator("#lora_studio_dataset_message")).to_contain_text(f"{COUNT} images, {COUNT} with captions")
+    return thumbs
+
+
+@pytest.mark.smoke
+def test_dataset_chip_edit_save_and_undo_in_neo(neo, host_page) -> None:  # noqa: ANN001
+    from playwright.sync_api import expect
+
+    root = make_dataset(neo)
+    before = caption_files(root)
+    first = sorted(before)[0]
+    tags = before[first].decode().strip().split(", ")
+    removed = tags[1]
+    page, watch = host_page(neo)
+    thumbs = load_dataset(page, root)
+    status = page.locator("#lora_studio_dataset_unsaved")
+    message = page.locator("#lora_studio_dataset_message")
+
+    thumbs.filter(has_text=first).click()
+    chips = page.locator(f"#lora_studio_dataset_chips .lora-studio-chips[data-key='{SUBSET}/{first}']")
+    expect(chips.locator(".lora-studio-chip")).to_have_count(len(tags))
+    chips.locator(f".lora-studio-chip[data-tag='{removed}'] .lora-studio-chip-remove").click()
+    expect(status).to_contain_text("1 unsaved caption")
+    assert caption_files(root) == before, "an edit reached the disk before saving"
+
+    page.locator("#lora_studio_dataset_save").click()
+    expect(message).to_contain_text("Saved")
+    expect(status).to_contain_text("All captions saved")
+    edited = dict(before, **{first: (", ".join(t for t in tags if t != removed) + "\n").encode()})
+    assert caption_files(root) == edited
+
+    page.locator("#lora_studio_dataset_undo").click()
+    expect(message).to_contain_text(f"Undid remove '{removed}'")
+    expect(status).to_contain_text("1 unsaved caption")
+    expect(chips.locator(f".lora-studio-chip[data-tag='{removed}']")).to_have_count(1)
+    assert caption_files(root) == edited, "undo wrote to the disk before saving"
+    page.locator("#lora_studio_dataset_save").click()
+    expect(status).to_contain_text("All captions saved")
+    assert caption_files(root) == before
+    backups = root / ".lora_studio_backup" / SUBSET
+    assert len(list(backups.iterdir())) == 2  # the caption as it was before each of the two saves
+    page.wait_for_timeout(300)
+    assert watch.ours() == [], watch.errors
+
+
+def tagger_captions(root: Path, tagger: Path) -> dict[str, bytes]:
+    """What the tagger writes with the tab's default options and existing=overwrite, by image name."""
+    from lib_lora.dataset.folder import scan_dataset
+    from lib_lora.dataset.images import open_image
+    from lib_lora.dataset.tagger import Tagger, TaggerOptions
+    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tags import join_tags
+
+    items = scan_dataset(root).items
+    model = Tagger.load(resolve_model(tagger))
+    found = model.tag_images([open_image(item.image) for item in items], TaggerOptions(existing="overwrite"))
+    return {item.image.name: (join_tags(tags) + "\n").encode() for item, tags in zip(items, found)}
+
+
+def test_dataset_tagging_with_a_local_tagger_folder_in_neo(neo, host_page) -> None:  # noqa: ANN001
+    pytest.importorskip("onnxruntime")
+    from playwright.sync_api import expect
+
+    from lib_lora.tiny.tagger import write_tiny_wd14_tagger
+
+    # the setting's default (Neo's /sdapi/v1/options lists only saved values; a fresh host has none of ours)
+    tagger_dir = Path(neo.api("GET", "/sdapi/v1/options").get("lora_studio_tagger_dir")
+                      or neo.workdir / "models" / "lora_studio" / "tagger")
+    tagger = tagger_dir / TAGGER_NAME
+    write_tiny_wd14_tagger(tagger, input_size=64)
+    root = make_dataset(neo)
+    expected = tagger_captions(root, tagger)
+    assert expected != caption_files(root)  # the tagger's captions are not the generator's
+
+    page, watch = host_page(neo)
+    load_dataset(page, root)
+    page.locator("#lora_studio_dataset_tagger_refresh").click()
+    field_input(page, "lora_studio_dataset_tagger_model").click()
+    page.get_by_role("option", name=TAGGER_NAME, exact=True).click()
+    page.locator("#lora_studio_dataset_tagger_existing").get_by_label("overwrite").check()
+    page.locator("#lora_studio_dataset_tag_start").click()
+    expect(page.locator("[data-lora-studio-job='done']")).to_be_visible(timeout=120_000)
+    expect(page.locator("#lora_studio_dataset_message")).to_contain_text(f"Tagging finished: tagged {COUNT}")
+    expect(page.locator("#lora_studio_dataset_unsaved")).to_contain_text("All captions saved")
+    assert caption_files(root) == expected
+    page.wait_for_timeout(300)
+    assert watch.ours() == [], watch.errors
