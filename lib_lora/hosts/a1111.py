@@ -22,22 +22,12 @@ from ..errors import HostError, UnsupportedArchError
 from .a1111_training import medvram_paused, model_switches_refused
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .state import freeze_for_training, preserved_state
-from .webui_processing import run_always_on_scripts
+from .webui_processing import generate_txt2img, sized_prompts
 
 if TYPE_CHECKING:
     from PIL import Image
 
 _PARAMETERIZATION: dict[str, PredictionType] = {"eps": "epsilon", "v": "v_prediction"}
-
-
-class _SizedPrompts(list):
-    """Fallback for `modules.prompt_parser.SdConditioning`: a list of prompts carrying the image size."""
-
-    def __init__(self, prompts: Sequence[str], width: int, height: int) -> None:
-        super().__init__(prompts)
-        self.width = width
-        self.height = height
-        self.is_negative_prompt = False
 
 
 def _detect_arch(sd_model: Any) -> Arch:
@@ -206,11 +196,7 @@ class A1111Host:
 
     def _prompt_batch(self, texts: Sequence[str], size: tuple[int, int] | None) -> list[str]:
         height, width = size or (self._arch.default_resolution, self._arch.default_resolution)
-        prompt_parser = sys.modules.get("modules.prompt_parser")
-        sd_conditioning = getattr(prompt_parser, "SdConditioning", None)
-        if sd_conditioning is not None:
-            return sd_conditioning(list(texts), width=width, height=height)
-        return _SizedPrompts(list(texts), width=width, height=height)
+        return sized_prompts(texts, width=width, height=height)
 
     @contextmanager
     def _text_grad(self, with_grad: bool) -> Iterator[None]:
@@ -270,38 +256,7 @@ class A1111Host:
         prompt's `<lora:…>` tags (`on_step` is not supported here: the script gates steps itself)."""
         if on_step is not None:
             raise HostError("A1111Host.generate does not take on_step; the block-weight script gates steps")
-        try:
-            from modules import processing  # type: ignore[import-not-found]
-        except ImportError as error:
-            raise HostError(
-                "generating sample images needs the WebUI's `modules.processing`, which is only available inside "
-                f"the A1111 WebUI ({error})"
-            ) from error
-        p = processing.StableDiffusionProcessingTxt2Img(
-            sd_model=self._model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            steps=request.steps,
-            cfg_scale=request.cfg_scale,
-            width=request.width,
-            height=request.height,
-            seed=request.seed,
-            batch_size=1,
-            n_iter=1,
-            do_not_save_samples=True,
-            do_not_save_grid=True,
-        )
-        run_always_on_scripts(p)
-        try:
-            with torch.no_grad():
-                processed = processing.process_images(p)
-        finally:
-            close = getattr(p, "close", None)
-            if callable(close):
-                close()
-        if not processed.images:
-            raise HostError("the WebUI returned no image (generation interrupted or failed)")
-        return processed.images[0]
+        return generate_txt2img(self._model, request, "the A1111 WebUI")
 
     def _state_roots(self) -> list[torch.nn.Module]:
         """The whole sd_model (its own flags too), and the parts by name in case one is not registered under it."""

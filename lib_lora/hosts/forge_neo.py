@@ -16,8 +16,10 @@ The WebUI's modules are imported lazily (only in `from_webui()` and `generate()`
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,7 +27,7 @@ import torch
 from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
-from .webui_processing import run_always_on_scripts, sized_prompts
+from .webui_processing import generate_txt2img, sized_prompts
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -88,6 +90,26 @@ def owned(tensor: torch.Tensor) -> torch.Tensor:
     return out.clone() if out.is_inference() else out
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def loaded_engine(sd_models: ModuleType) -> Any:
+    """The engine for the checkpoint chosen in the WebUI, loaded by Forge's `forge_model_reload` when it is not.
+
+    Forge loads lazily, at the next generation, under the WebUI's queue lock. A load here takes that lock too
+    (`modules.call_queue.queue_lock`), so UI events arriving together, or a generation, never load the checkpoint
+    twice at once (each load holds a full copy of the weights); when the chosen checkpoint is loaded already, nothing
+    waits."""
+    data = sd_models.model_data
+    if getattr(data, "forge_hash", None) == str(data.forge_loading_parameters) \
+            and getattr(data.sd_model, "forge_objects", None) is not None:
+        return data.sd_model
+    lock = getattr(sys.modules.get("modules.call_queue"), "queue_lock", None) or _LOAD_LOCK
+    with lock:
+        sd_model, _ = sd_models.forge_model_reload()
+    return sd_model
+
+
 class ForgeNeoHost:
     """Forge Neo's loaded model as a Host. `opts` is the WebUI's `shared.opts` (optional outside it).
 
@@ -117,7 +139,7 @@ class ForgeNeoHost:
         except ImportError as error:
             raise HostError(f"the WebUI's `modules` package is not importable: {error}") from error
         try:
-            sd_model, _ = sd_models.forge_model_reload()
+            sd_model = loaded_engine(sd_models)
         except ValueError as error:  # Neo: "Failed to find available model..."
             raise HostError(f"no checkpoint is chosen in {cls.host_name} ({error}); choose one first") from error
         return cls(sd_model, opts=shared.opts)
@@ -247,36 +269,7 @@ class ForgeNeoHost:
         if on_step is not None:
             raise HostError(f"{type(self).__name__}.generate does not take on_step; the block-weight script gates "
                             "steps")
-        try:
-            from modules import processing  # type: ignore[import-not-found]
-        except ImportError as error:
-            raise HostError("generating sample images needs the WebUI's `modules.processing`, which is only "
-                            f"available inside {self.host_name} ({error})") from error
-        p = processing.StableDiffusionProcessingTxt2Img(
-            sd_model=self._model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            steps=request.steps,
-            cfg_scale=request.cfg_scale,
-            width=request.width,
-            height=request.height,
-            seed=request.seed,
-            batch_size=1,
-            n_iter=1,
-            do_not_save_samples=True,
-            do_not_save_grid=True,
-        )
-        run_always_on_scripts(p)
-        try:
-            with torch.no_grad():
-                processed = processing.process_images(p)
-        finally:
-            close = getattr(p, "close", None)
-            if callable(close):
-                close()
-        if not processed.images:
-            raise HostError(f"{self.host_name} returned no image (generation interrupted or failed)")
-        return processed.images[0]
+        return generate_txt2img(self._model, request, self.host_name)
 
     def load_unpatched(self, patchers: list[Any]) -> None:
         """Load `patchers` (LoRA-free) wholly onto their device with Neo's memory manager; Neo restores its backups

@@ -2,6 +2,7 @@
 
 - `run_always_on_scripts(p)`: txt2img's always-on scripts see a processing object built in code.
 - `sized_prompts(texts, width, height)`: the prompt list `get_learned_conditioning` takes, carrying the image size.
+- `generate_txt2img(sd_model, request, host_name)`: one image through the WebUI's own processing.
 
 The WebUI's `modules.*` are looked up lazily (only `modules.scripts`, and `modules.prompt_parser` when it is loaded).
 """
@@ -54,3 +55,33 @@ def run_always_on_scripts(p: Any) -> None:
     p.scripts = runner
     p.script_args = tuple(defaults)
     mark_own_generation(p)
+
+
+def generate_txt2img(sd_model: Any, request: Any, host_name: str) -> Any:
+    """One txt2img image of `request` (a GenerationRequest) through the WebUI's own `modules.processing`, with the
+    always-on scripts seeing it; HostError outside a WebUI or when no image comes back."""
+    import torch
+
+    from ..errors import HostError
+
+    try:
+        from modules import processing  # type: ignore[import-not-found]
+    except ImportError as error:
+        raise HostError("generating sample images needs the WebUI's `modules.processing`, which is only available "
+                        f"inside {host_name} ({error})") from error
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=sd_model, prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+        cfg_scale=request.cfg_scale, width=request.width, height=request.height, seed=request.seed, batch_size=1,
+        n_iter=1, do_not_save_samples=True, do_not_save_grid=True,
+    )
+    run_always_on_scripts(p)
+    try:
+        with torch.no_grad():
+            processed = processing.process_images(p)
+    finally:
+        close = getattr(p, "close", None)
+        if callable(close):
+            close()
+    if not processed.images:
+        raise HostError(f"{host_name} returned no image (generation interrupted or failed)")
+    return processed.images[0]

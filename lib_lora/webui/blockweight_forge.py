@@ -26,7 +26,6 @@ map), and keeping our own copy of the merged weights (a second copy of the base 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 from ..arch import Arch
 from ..blocks.mapping import block_of_ldm_path
 from ..blocks.steps import is_gated
+from ..hosts.forge_neo import NEO_VERSION, forge_version
 from .blockweight_networks import NetworkPlan, TaggedMultiplier
 
 __all__ = ["ForgePatchWeights", "PlanKey", "UNET_PREFIX", "entry_lists", "is_neo", "plan_key"]
@@ -62,7 +62,7 @@ def entry_lists(patcher: Any) -> Iterator[tuple[str, MutableSequence[Any]]]:
 
 def is_neo() -> bool:
     """Whether this WebUI is Forge Neo (`modules_forge.forge_version.version == "neo"`)."""
-    return getattr(sys.modules.get("modules_forge.forge_version"), "version", None) == "neo"
+    return forge_version() == NEO_VERSION
 
 
 @dataclass
