@@ -78,6 +78,36 @@ def test_no_checkpoint_chosen(neo: SimpleNamespace) -> None:
         ForgeNeoHost.from_webui()
 
 
+def test_a_load_takes_the_webuis_queue_lock_and_happens_once(monkeypatch: pytest.MonkeyPatch,
+                                                                neo: SimpleNamespace) -> None:
+    """Neo loads lazily; UI events arriving together must not load the checkpoint twice at once (OOM on a real
+    SD1.5: each load holds a full copy). A loaded checkpoint is served without waiting for the lock."""
+    import threading
+
+    queue_lock = threading.Lock()
+    call_queue = ModuleType("modules.call_queue")
+    call_queue.queue_lock = queue_lock
+    monkeypatch.setitem(sys.modules, "modules.call_queue", call_queue)
+    reload = neo.sd_models.forge_model_reload
+    seen: list[bool] = []
+
+    def slow_reload() -> tuple[Any, bool]:
+        seen.append(queue_lock.locked())
+        threading.Event().wait(0.05)
+        return reload()
+
+    neo.sd_models.forge_model_reload = slow_reload
+    hosts: list[ForgeNeoHost] = []
+    threads = [threading.Thread(target=lambda: hosts.append(ForgeNeoHost.from_webui())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(hosts) == 4 and neo.sd_models.reloads == 1 and all(seen)
+    with queue_lock:  # a generation holds the lock: a loaded checkpoint is still served
+        assert ForgeNeoHost.from_webui().sd_model is neo.shared.sd_model
+
+
 def _flux(opts: Any) -> Any:
     sd1 = build_engine("sd1", opts, inference=False)
     return type("Flux", (), {"model_config": Flux(), "forge_objects": sd1.forge_objects, "is_inpaint": False})()

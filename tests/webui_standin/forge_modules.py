@@ -2,7 +2,8 @@
 
 - `modules.shared`: `sd_model`, `opts` (CLIP_stop_at_last_layers = 2, Neo's default; sdxl crops; `data` with the
   model options; `save(filename)` recorded), `config_filename`.
-- `modules.sd_models.forge_model_reload()` -> (sd_model, False), as Neo's when the choice did not change.
+- `modules.sd_models`: `model_data` (sd_model, forge_loading_parameters, forge_hash) and `forge_model_reload()`,
+  which "loads" (serves `shared.sd_model`, counting `reloads`) only when the parameters changed, as Neo's does.
 - `modules.processing`: `need_global_unload`, `StableDiffusionProcessing` (class-level prompt caches); no
   `process_images` unless a test adds it.
 - `modules.prompt_parser.SdConditioning`.
@@ -85,7 +86,21 @@ def install_neo_modules(monkeypatch: pytest.MonkeyPatch, sd_model: Any, opts: Op
     shared = ModuleType("modules.shared")
     shared.sd_model, shared.opts, shared.config_filename = sd_model, opts, "config.json"
     sd_models = ModuleType("modules.sd_models")
-    sd_models.forge_model_reload = lambda: (shared.sd_model, False)
+    sd_models.model_data = SimpleNamespace(sd_model=sd_model, forge_loading_parameters={"checkpoint_info": "tiny"},
+                                           forge_hash="")
+    sd_models.reloads = 0
+
+    def forge_model_reload() -> tuple[Any, bool]:
+        """Neo's: loads when the chosen parameters changed since the last load (here: serves `shared.sd_model`)."""
+        data = sd_models.model_data
+        current = str(data.forge_loading_parameters)
+        if data.forge_hash == current:
+            return data.sd_model, False
+        sd_models.reloads += 1
+        data.sd_model, data.forge_hash = shared.sd_model, current
+        return data.sd_model, True
+
+    sd_models.forge_model_reload = forge_model_reload
     processing = ModuleType("modules.processing")
     processing.need_global_unload = False
     processing.StableDiffusionProcessing = type("StableDiffusionProcessing", (), {
