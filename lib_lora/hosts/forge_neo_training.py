@@ -30,7 +30,7 @@ import torch
 
 from ..errors import HostError
 from .forge_neo_guards import memory_held, switches_refused
-from .state import freeze_for_training, preserved_state
+from .state import freeze_for_training, preserved_state, unique_modules
 
 if TYPE_CHECKING:
     from .forge_neo import ForgeNeoHost
@@ -120,14 +120,6 @@ def load_fully(patchers: list[Any]) -> None:
                             f"{patcher.load_device}; free memory (or use a smaller model) and start the run again")
 
 
-def _unique_modules(roots: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
-    seen: dict[int, torch.nn.Module] = {}
-    for root in roots:
-        for module in root.modules():
-            seen.setdefault(id(module), module)
-    return list(seen.values())
-
-
 def _alias(tensor: torch.Tensor) -> torch.Tensor:
     """A normal (not inference) tensor on `tensor`'s own storage: same memory, same values, nothing copied."""
     alias = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
@@ -146,7 +138,7 @@ def inference_weights_aliased(roots: Iterable[torch.nn.Module]) -> Iterator[int]
     aliases: dict[int, torch.Tensor] = {}
     try:
         with torch.inference_mode(False):
-            for module in _unique_modules(roots):
+            for module in unique_modules(roots):
                 for store in (module._parameters, module._buffers):
                     for name, tensor in list(store.items()):
                         if tensor is None or not tensor.is_inference():

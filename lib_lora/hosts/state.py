@@ -47,7 +47,8 @@ class ModuleTreeState:
     attrs: list[tuple[Any, str, Any]] = field(default_factory=list)
 
 
-def _unique_modules(roots: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
+def unique_modules(roots: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Every module under `roots`, each once (shared submodules too), in traversal order."""
     seen: dict[int, torch.nn.Module] = {}
     for root in roots:
         for module in root.modules():
@@ -58,7 +59,7 @@ def _unique_modules(roots: Iterable[torch.nn.Module]) -> list[torch.nn.Module]:
 def capture_state(roots: Iterable[torch.nn.Module]) -> ModuleTreeState:
     """Record the state of every module under `roots` (shared submodules once)."""
     state = ModuleTreeState()
-    modules = _unique_modules(roots)
+    modules = unique_modules(roots)
     seen_params: set[int] = set()
     classes: dict[type, None] = {}
     for module in modules:
@@ -128,7 +129,7 @@ def preserved_state(roots: Iterable[torch.nn.Module]) -> Iterator[ModuleTreeStat
 
 def freeze_for_training(roots: Iterable[torch.nn.Module]) -> None:
     """Base weights frozen and in eval mode; built-in checkpointing off (the trainer checkpoints itself)."""
-    for module in _unique_modules(roots):
+    for module in unique_modules(roots):
         module.training = False
         for param in module.parameters(recurse=False):
             param.requires_grad_(False)
