@@ -30,7 +30,7 @@ import torch
 
 from ..errors import HostError
 from .forge_neo_guards import memory_held, switches_refused
-from .state import freeze_for_training, preserved_state, unique_modules
+from .state import freeze_for_training, instance_attributes, preserved_state, unique_modules
 
 if TYPE_CHECKING:
     from .forge_neo import ForgeNeoHost
@@ -207,13 +207,8 @@ def fp8_recast_in_backward(unet: torch.nn.Module) -> Iterator[int]:
     layers = [m for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
               and getattr(m, "weight", None) is not None and m.weight.dtype in FP8 and "forward" not in m.__dict__
               and (isinstance(m, torch.nn.Linear) or (m.padding_mode == "zeros" and not isinstance(m.padding, str)))]
-    try:
-        for layer in layers:
-            layer.forward = _recast_forward(layer)
-        yield len(layers)
-    finally:
-        for layer in layers:
-            layer.__dict__.pop("forward", None)
+    with instance_attributes((layer, "forward", _recast_forward(layer)) for layer in layers) as recast:
+        yield recast
 
 
 def _needs_copy(x: Any) -> bool:
@@ -249,12 +244,9 @@ def inplace_residuals_made_safe(unet: torch.nn.Module) -> Iterator[int]:
                for block in blocks for name in ("norm1", "norm2") if isinstance(getattr(block, name, None),
                                                                                  torch.nn.Module)]
     try:
-        for block in blocks:
-            block._forward = _input_copied(block)
-        yield len(blocks)
+        with instance_attributes((block, "_forward", _input_copied(block)) for block in blocks) as copied:
+            yield copied
     finally:
-        for block in blocks:
-            block.__dict__.pop("_forward", None)
         for handle in handles:
             handle.remove()
 

@@ -138,3 +138,19 @@ def freeze_for_training(roots: Iterable[torch.nn.Module]) -> None:
                 setattr(module, attr, False)
         if getattr(module, "gradient_checkpointing", None) is True:
             module.gradient_checkpointing = False
+
+
+@contextmanager
+def instance_attributes(settings: Iterable[tuple[Any, str, Any]]) -> Iterator[int]:
+    """Set each (object, name, value) of `settings` as an instance attribute for the block; yields how many were
+    set. On exit, also on errors, each is removed where it still holds the value set (a later patch stays)."""
+    done: list[tuple[Any, str, Any]] = []
+    try:
+        for target, name, value in settings:
+            setattr(target, name, value)
+            done.append((target, name, value))
+        yield len(done)
+    finally:
+        for target, name, value in done:
+            if target.__dict__.get(name) is value:
+                del target.__dict__[name]

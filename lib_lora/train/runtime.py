@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.utils.checkpoint
+
+from ..hosts.state import instance_attributes
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -94,22 +96,6 @@ def gradient_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Itera
               if enabled and type(module).__name__ in CHECKPOINTED_BLOCKS and "forward" not in module.__dict__)
     with instance_attributes((block, "forward", _checkpointed(block.forward)) for block in blocks) as wrapped:
         yield wrapped
-
-
-@contextmanager
-def instance_attributes(settings: Iterable[tuple[Any, str, Any]]) -> Iterator[int]:
-    """Set each (object, name, value) of `settings` as an instance attribute for the block; yields how many were
-    set. On exit, also on errors, each is removed where it still holds the value set (a later patch stays)."""
-    done: list[tuple[Any, str, Any]] = []
-    try:
-        for target, name, value in settings:
-            setattr(target, name, value)
-            done.append((target, name, value))
-        yield len(done)
-    finally:
-        for target, name, value in done:
-            if target.__dict__.get(name) is value:
-                del target.__dict__[name]
 
 
 def _checkpointed(forward: Any) -> Any:
