@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from host_checks import assert_same_state, snapshot_host
-from train_run_helpers import tiny_config
+from train_run_helpers import ENDINGS, run_with_ending, tiny_config
 from webui_standin import forge_memory
 from webui_standin.forge_neo import apply_loras, prepare_generation, random_patches, to_fp8
 
@@ -18,7 +18,6 @@ from lib_lora.errors import HostError
 from lib_lora.hosts.forge_neo import ForgeNeoHost
 from lib_lora.networks.network import load_network
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.train.loop import TrainRun
 
 pytestmark = pytest.mark.hostcompat
 pytest_plugins = ("webui_standin.forge_fixtures",)  # neo, neo_arch, neo_engine, neo_host, neo_opts
@@ -200,29 +199,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory):
     return root
 
 
-@pytest.mark.parametrize("ending", ["finished", "stopped", "crashed"])
+@pytest.mark.parametrize("ending", ENDINGS)
 def test_a_training_run_leaves_the_host_bit_identical(tmp_path, dataset, neo_host: ForgeNeoHost, neo_arch: str,
                                                       ending: str) -> None:
     engine = neo_host.sd_model
     merged = _with_lora(neo_host)
     before, lora_hash = snapshot_host(neo_host), engine.current_lora_hash
-    runs: list[TrainRun] = []
-
-    def on_step(progress: Any) -> None:
-        if progress.step == 2 and ending == "stopped":
-            runs[0].request_stop()
-        if progress.step == 2 and ending == "crashed":
-            raise RuntimeError("injected failure at step 2")
-
     config = tiny_config(dataset, tmp_path, max_train_steps=3, train_batch_size=1, gradient_checkpointing=True,
                          network_args=["conv_dim=2"])
-    run = TrainRun(config, neo_host, on_step=on_step)
-    runs.append(run)
-    if ending == "crashed":
-        with pytest.raises(RuntimeError, match="injected failure"):
-            run.run()
-    else:
-        result = run.run()
+    result = run_with_ending(config, neo_host, ending)
+    if result is not None:
         network = load_network(result.output)
         assert network.arch == neo_arch and network.format == "locon"
         assert any(key.startswith("lora_te") for key in network.modules)  # the text encoders trained too

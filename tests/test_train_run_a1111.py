@@ -4,13 +4,12 @@ checkpointing gives the gradients of a plain backward pass on both layouts. Runs
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from host_checks import assert_same_state, snapshot_host
-from train_run_helpers import tiny_config
+from train_run_helpers import ENDINGS, run_with_ending, tiny_config
 from webui_standin.fake_modules import make_opts
 from webui_standin.models import build_sd_model_standin
 
@@ -54,28 +53,15 @@ def sample(host: A1111Host, prompt: str = "tinychar, red hair", steps: int = 4) 
 
 
 @pytest.mark.parametrize("arch", ["sd1", "sdxl"])
-@pytest.mark.parametrize("ending", ["finished", "stopped", "crashed"])
+@pytest.mark.parametrize("ending", ENDINGS)
 def test_ldm_host_is_bit_identical_after_a_run(tmp_path, dataset, arch, ending):
     host = ldm_host(arch)
     before_state, before_sample = snapshot_host(host), sample(host)
     rng_before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
-    runs: list[TrainRun] = []
-
-    def on_step(progress: Any) -> None:
-        if progress.step == 2 and ending == "stopped":
-            runs[0].request_stop()
-        if progress.step == 2 and ending == "crashed":
-            raise RuntimeError("injected failure at step 2")
-
     config = tiny_config(dataset, tmp_path, max_train_steps=3, train_batch_size=1, gradient_checkpointing=True,
                          network_args=["conv_dim=2"])
-    run = TrainRun(config, host, on_step=on_step)
-    runs.append(run)
-    if ending == "crashed":
-        with pytest.raises(RuntimeError, match="injected failure"):
-            run.run()
-    else:
-        result = run.run()
+    result = run_with_ending(config, host, ending)
+    if result is not None:
         network = load_network(result.output)
         assert network.arch == arch and network.format == "locon"
         assert result.steps == (2 if ending == "stopped" else 3)

@@ -86,3 +86,29 @@ def generated_latents(host, prompt: str, seed: int, *, steps: int = 10) -> torch
 def latent_distance(latents: torch.Tensor, target: torch.Tensor) -> float:
     """Mean squared difference between generated and target latents."""
     return float(((latents - target) ** 2).mean())
+
+
+ENDINGS = ("finished", "stopped", "crashed")
+
+
+def run_with_ending(config: TrainConfig, host: Any, ending: str) -> Any:
+    """Run `config` on `host` and end it as `ending` says: finished, stopped at step 2, or crashed at step 2 (the
+    injected error is checked). Returns the run's result, or None when it crashed."""
+    import pytest
+
+    from lib_lora.train.loop import TrainRun
+
+    runs: list[TrainRun] = []
+
+    def on_step(progress: Any) -> None:
+        if progress.step == 2 and ending == "stopped":
+            runs[0].request_stop()
+        if progress.step == 2 and ending == "crashed":
+            raise RuntimeError("injected failure at step 2")
+
+    runs.append(TrainRun(config, host, on_step=on_step))
+    if ending != "crashed":
+        return runs[0].run()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        runs[0].run()
+    return None
