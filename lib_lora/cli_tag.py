@@ -25,7 +25,8 @@ def add_tag_parser(commands: argparse._SubParsersAction, *, parents: Sequence[ar
         help="caption a folder of images with a WD14 tagger (ONNX)",
         description="Tag every image in DIR with a WD14 tagger and write its caption beside it, one file as "
         "soon as each image is tagged. Existing captions are skipped unless --existing says otherwise; "
-        "overwritten captions are backed up under DIR/.lora_studio_backup.",
+        "overwritten captions are backed up under DIR/.lora_studio_backup. Images or captions that link outside "
+        "DIR are left out and listed; captions that are links or read-only are listed as not written.",
         epilog="Known models: " + ", ".join(REGISTRY) + ". A bad folder or model prints one line "
         "`lora-studio: error: …` and exits with 2.",
     )
@@ -77,7 +78,7 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
     from tqdm import tqdm
 
     from .dataset.errors import DatasetError
-    from .dataset.folder import scan_dataset
+    from .dataset.folder import leave_out_links, scan_dataset
     from .dataset.tag_run import tag_folder
     from .dataset.tagger import Tagger, TaggerOptions
     from .dataset.tagger_models import resolve_model
@@ -89,7 +90,7 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
         escape_brackets=args.escape_brackets, trigger=args.trigger, existing=args.existing,
         caption_ext=args.caption_ext, recursive=args.recursive, batch_size=args.batch_size,
     )
-    dataset = scan_dataset(args.folder, caption_ext=options.caption_ext, recursive=options.recursive)
+    dataset = leave_out_links(scan_dataset(args.folder, caption_ext=options.caption_ext, recursive=options.recursive))
     if not dataset.items:
         hint = "" if options.recursive else " (images in subfolders are tagged with --recursive)"
         raise DatasetError(f"no images to tag{hint}", path=args.folder)

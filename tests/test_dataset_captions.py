@@ -25,7 +25,7 @@ from lib_lora.dataset.errors import CaptionConflictError, CaptionReadError, Capt
 
 pytestmark = pytest.mark.hostcompat
 
-real_write_atomically = captions_module.write_atomically
+real_write_atomically = captions_module.write_new  # the new file's first write, before it is swapped in
 
 # (name, bytes on disk, text, newline, bom, encoding, final_newline)
 STYLES = [
@@ -225,7 +225,7 @@ def test_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "a.txt"
     path.write_bytes(b"old, tags\n")
     caption = read_caption(path)
-    monkeypatch.setattr(captions_module, "write_atomically", failing_writer(error))
+    monkeypatch.setattr(captions_module, "write_new", failing_writer(error))
     with pytest.raises(CaptionWriteError, match=reason) as caught:
         save_caption(path, "new, tags", expected=caption)
     assert str(path) in str(caught.value)
@@ -297,7 +297,7 @@ def test_crash_mid_batch_leaves_every_file_old_or_new(tmp_path: Path, monkeypatc
             failing_writer(KeyboardInterrupt())(path, chunks)  # dies half-way through writing this file
         real_write_atomically(path, chunks)
 
-    monkeypatch.setattr(captions_module, "write_atomically", write)
+    monkeypatch.setattr(captions_module, "write_new", write)
     with pytest.raises(KeyboardInterrupt):
         save_captions(changes, root=tmp_path)
     texts = [c.path.read_text() for c in changes]

@@ -15,14 +15,17 @@ Saving (`save_caption`, `save_captions`):
   UTF-8 (a legacy-encoded file is converted on its first save; `SaveResult.converted_from` says so, and the
   backup keeps the original bytes). A new file is UTF-8 without BOM, LF, ending with a line break.
 - The save is refused with CaptionConflictError when the file on disk is not what `expected` describes (its
-  content changed, it was deleted, or it appeared while `expected` is None), unless `force=True`.
-- The previous content is first copied to `<backup root>/<path relative to root>` with the stem suffixed by a
-  UTC timestamp: `<root>/.lora_studio_backup/3_char/a.20250101T120000123456Z.txt`. The backup root defaults to
-  `<root>/.lora_studio_backup`, and `root` to the caption's own folder. A backup is never overwritten (a
-  counter is added on a clash).
-- The new content is written to a temporary file, fsynced and renamed over the old one
-  (`lib_lora.atomic.write_atomically`): readers see the old file or the new one, never a part. An OSError
-  (read-only folder, full disk, ...) raises CaptionWriteError and leaves the old file as it was.
+  content changed, it was deleted, or it appeared while `expected` is None), unless `force=True`. That check is
+  made again at the very moment the new file goes in (`swap.install`): a version another program wrote during
+  the save stays in place (or, at worst, in the backup folder) and the save reports the conflict.
+- The new content is written to a hidden file beside the caption, fsynced, and swapped in atomically: readers
+  see the old file or the new one, never a part. The file it replaces is moved to `<backup root>/<path relative
+  to root>` with the stem suffixed by a UTC timestamp: `<root>/.lora_studio_backup/3_char/a.20250101T120000123456Z.txt`
+  (`backups.py`). The backup root defaults to `<root>/.lora_studio_backup`, and `root` to the caption's own
+  folder. A backup is never overwritten (a counter is added on a clash).
+- The new file keeps the old one's permission bits. A read-only caption, a caption that is a link (never written
+  through or replaced) and a backup folder leading elsewhere through a link raise CaptionWriteError, as does an
+  OSError (read-only folder, full disk, ...); the file is then left as it was.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lib_lora.atomic import write_atomically
+from lib_lora.atomic import hidden_name, sync_directory, write_new
 
+from .backups import BACKUP_DIR_NAME as BACKUP_DIR_NAME  # where it was first defined; importers still use it
+from .backups import backup_path_for as backup_path_for
+from .backups import describe_os_error, prepare_backup
 from .errors import CaptionConflictError, CaptionReadError, CaptionWriteError, DatasetError
-
-BACKUP_DIR_NAME = ".lora_studio_backup"
-"""Folder (under the dataset root) holding the previous versions of overwritten captions; scans skip it."""
+from .swap import Accept, install
 
 MAX_CAPTION_BYTES = 1 << 20
 """A caption file larger than this (1 MiB) is refused as not a caption."""
@@ -193,7 +198,7 @@ def read_caption(path: Path) -> Caption | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise CaptionReadError(f"cannot read the caption: {_describe_os_error(error)}", path=path) from error
+        raise CaptionReadError(f"cannot read the caption: {describe_os_error(error)}", path=path) from error
     try:
         return parse_caption(data, mtime_ns=mtime_ns)
     except CaptionReadError as error:
@@ -250,14 +255,7 @@ def _save(
     path: Path, text: str, expected: Caption | None, backup_dir: Path | None, root: Path | None, force: bool,
     stamp: str,
 ) -> SaveResult:
-    try:
-        current_bytes, _ = _read_bytes(path)
-    except FileNotFoundError:
-        current_bytes = None
-    except OSError as error:
-        raise CaptionWriteError(
-            f"cannot read the current caption to back it up: {_describe_os_error(error)}", path=path
-        ) from error
+    current_bytes, status = _read_current(path)
     if not force:
         _check_unchanged(path, current_bytes, expected)
     current = _parse_or_none(current_bytes)
@@ -268,21 +266,72 @@ def _save(
     new_bytes = _encode_for_save(path, text, style)
     if current is not None and new_bytes == current_bytes:  # e.g. "a, b\n" for a file holding "a, b\n"
         return SaveResult(path=path, status="unchanged", caption=_restat(path, current))
-    backup = None
-    if current_bytes is not None:
-        backup = _write_backup(path, current_bytes, backup_dir, root, stamp)
+    if status is not None:
+        _check_writable(path, status)
+    slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root)
+    staging = hidden_name(path, "new")
     try:
-        write_atomically(path, [new_bytes])
+        write_new(staging, [new_bytes])
+        if status is not None:
+            os.chmod(staging, stat.S_IMODE(status.st_mode) & 0o777)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
+        raise
+    try:
+        backup = install(path, staging, new_bytes, _acceptor(expected, force), slot, limit=MAX_CAPTION_BYTES)
     except OSError as error:
-        if backup is not None:
-            backup.unlink(missing_ok=True)  # nothing was overwritten, so the copy is not needed
-        raise CaptionWriteError(f"cannot write the caption: {_describe_os_error(error)}", path=path) from error
+        raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
+    sync_directory(path.parent)
     caption = _restat(path, parse_caption(new_bytes))
     converted = style.encoding if style is not None and style.legacy_encoding else None
     return SaveResult(
-        path=path, status="created" if current_bytes is None else "written", caption=caption, backup=backup,
+        path=path, status="created" if backup is None else "written", caption=caption, backup=backup,
         converted_from=converted,
     )
+
+
+def _acceptor(expected: Caption | None, force: bool) -> Accept:
+    """What the file in place may be for the save to replace it: anything with force, else what was expected."""
+    if force:
+        return lambda found: True
+    if expected is None:
+        return lambda found: found is None
+    return lambda found: found is not None and digest_bytes(found) == expected.digest
+
+
+def _read_current(path: Path) -> tuple[bytes | None, os.stat_result | None]:
+    """The caption file's bytes and status, (None, None) when absent; CaptionWriteError for a link or a file
+    that cannot be read (links are never followed: the file written is the one in the dataset folder)."""
+    try:
+        if os.path.islink(path):
+            raise CaptionWriteError(
+                f"the caption file is a link to {_shorten(os.readlink(path))}; links are not written through or "
+                "replaced, so it was left as it is (replace it with a plain file to save it)", path=path,
+            )
+        data, _ = _read_bytes(path, follow=False)
+        return data, os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None, None
+    except OSError as error:
+        raise CaptionWriteError(
+            f"cannot read the current caption to back it up: {describe_os_error(error)}", path=path
+        ) from error
+
+
+def _check_writable(path: Path, status: os.stat_result) -> None:
+    """CaptionWriteError for a read-only caption file (mode without the owner's write bit, or not ours to write)."""
+    if status.st_mode & stat.S_IWUSR and os.access(path, os.W_OK):
+        return
+    raise CaptionWriteError(
+        f"the caption file is read-only (mode {stat.S_IMODE(status.st_mode):04o}); it was left as it is "
+        "(make it writable to save it)", path=path,
+    )
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def _encode_for_save(path: Path, text: str, style: Caption | None) -> bytes:
@@ -321,9 +370,11 @@ def _parse_or_none(data: bytes | None) -> Caption | None:
         return None
 
 
-def _read_bytes(path: Path) -> tuple[bytes, int]:
-    """The file's content and mtime_ns read from one open file; OSError for a directory or an oversized file."""
-    with open(path, "rb") as f:
+def _read_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, int]:
+    """The file's content and mtime_ns read from one open file; OSError for a directory or an oversized file
+    (and, unless `follow`, for a link)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(os.open(path, flags), "rb") as f:
         status = os.fstat(f.fileno())
         if status.st_size > MAX_CAPTION_BYTES:
             raise OSError(errno.EFBIG, f"{status.st_size} bytes is too large for a caption (limit {MAX_CAPTION_BYTES})")
@@ -338,61 +389,5 @@ def _restat(path: Path, caption: Caption) -> Caption:
         return caption
 
 
-def backup_path_for(path: Path, *, stamp: str, backup_dir: Path | None = None, root: Path | None = None) -> Path:
-    """Where the backup of `path` taken at `stamp` goes (before any clash counter is added)."""
-    base = Path(root) if root is not None else path.parent
-    folder = Path(backup_dir) if backup_dir is not None else base / BACKUP_DIR_NAME
-    try:
-        relative = path.resolve().relative_to(base.resolve())
-    except ValueError:
-        relative = Path(path.name)
-    return folder / relative.parent / f"{relative.stem}.{stamp}{relative.suffix}"
-
-
-def _write_backup(path: Path, data: bytes, backup_dir: Path | None, root: Path | None, stamp: str) -> Path:
-    """Copy `data` to a new backup file (never overwriting one); CaptionWriteError when that is impossible."""
-    target = backup_path_for(path, stamp=stamp, backup_dir=backup_dir, root=root)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(1000):
-            candidate = target if attempt == 0 else target.with_name(f"{target.stem}-{attempt}{target.suffix}")
-            try:
-                handle = open(candidate, "xb")
-            except FileExistsError:
-                continue
-            try:
-                with handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except BaseException:
-                candidate.unlink(missing_ok=True)
-                raise
-            return candidate
-        raise OSError(errno.EEXIST, "1000 backups with the same timestamp already exist")
-    except OSError as error:
-        raise CaptionWriteError(
-            f"cannot back up the caption to {target.parent}: {_describe_os_error(error)}; nothing was changed",
-            path=path,
-        ) from error
-
-
 def _timestamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-_ERRNO_REASONS = {
-    errno.EACCES: "permission denied (read-only file or folder?)",
-    errno.EPERM: "operation not permitted (read-only file or folder?)",
-    errno.ENOSPC: "no space left on the device",
-    errno.EROFS: "the file system is read-only",
-    getattr(errno, "EDQUOT", -2): "disk quota exceeded",
-    errno.EISDIR: "it is a folder, not a file",
-}
-
-
-def _describe_os_error(error: OSError) -> str:
-    reason = _ERRNO_REASONS.get(error.errno or -1)
-    if reason is None:
-        return error.strerror or str(error) or type(error).__name__
-    return reason

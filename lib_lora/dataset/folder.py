@@ -4,20 +4,24 @@ A scan never raises for a bad file inside the folder: unreadable images or capti
 caption file (`a.png` + `a.jpg` -> `a.txt`), captions without an image and folders that cannot be listed become
 `DatasetProblem`s, and the files concerned are left out of `items` (never merged or guessed at). Hidden files
 and folders (a leading "."), our backup folder among them, are skipped; symlinked folders are not followed.
+`leave_out_links` also leaves out the items whose image or caption links outside the folder (what the Dataset
+tab does with its allowed folders, and the tagger with the dataset folder).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from ..atomic import rename_noreplace
 from .captions import BACKUP_DIR_NAME, Caption, read_caption
 from .errors import CaptionReadError, DatasetError, ImageReadError
 from .images import IMAGE_SUFFIXES, image_size, is_image_file
+from .roots import AllowedRoots
 
 ROOT_SUBSET = "."
 """The `subset` of items directly in the dataset root."""
@@ -33,6 +37,7 @@ class ProblemKind(str, Enum):
     ORPHAN_CAPTION = "orphan_caption"
     UNREADABLE_FOLDER = "unreadable_folder"
     SYMLINKED_FOLDER = "symlinked_folder"
+    LINK_OUTSIDE = "link_outside"
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,29 @@ def scan_dataset(
     )
 
 
+def leave_out_links(
+    dataset: Dataset, allows: Callable[[Path], bool] | None = None, *, where: str = "the dataset folder"
+) -> Dataset:
+    """`dataset` without the items whose image or caption is a link leading where `allows` refuses (by default:
+    outside the dataset root), each listed as a LINK_OUTSIDE problem naming `where`; they are never written."""
+    allowed = allows if allows is not None else AllowedRoots([dataset.root]).allows
+    kept: list[DatasetItem] = []
+    problems = list(dataset.problems)
+    for item in dataset.items:
+        outside = [what for what, path in (("image", item.image), ("caption", item.caption_path)) if not allowed(path)]
+        if not outside:
+            kept.append(item)
+            continue
+        problems.append(DatasetProblem(
+            ProblemKind.LINK_OUTSIDE, (item.caption_path if outside == ["caption"] else item.image, item.image),
+            f"its {' and '.join(outside)} links outside {where}; left out, so nothing is written there",
+        ))
+    if len(kept) == len(dataset.items):
+        return dataset
+    return Dataset(root=dataset.root, caption_ext=dataset.caption_ext, items=kept, problems=problems,
+                   recursive=dataset.recursive, check_images=dataset.check_images)
+
+
 def rename_subset_repeats(dataset: Dataset, subset: str, repeats: int) -> Dataset:
     """Rename the folder of `subset` to `<repeats>_<name>` and return the rescanned dataset.
 
@@ -187,10 +215,14 @@ def rename_subset_repeats(dataset: Dataset, subset: str, repeats: int) -> Datase
     target = found.folder.with_name(f"{repeats}_{found.name}")
     if target == found.folder:
         return dataset
+    exists = DatasetError(f"cannot rename to {target.name!r}: that folder already exists", path=found.folder)
     if os.path.lexists(target):
-        raise DatasetError(f"cannot rename to {target.name!r}: that folder already exists", path=found.folder)
+        raise exists
     try:
-        os.rename(found.folder, target)
+        if not rename_noreplace(found.folder, target):  # a folder made meanwhile is not replaced, where possible
+            os.rename(found.folder, target)
+    except FileExistsError:
+        raise exists from None
     except OSError as error:
         raise DatasetError(f"cannot rename to {target.name!r}: {error.strerror or error}", path=found.folder) from error
     return scan_dataset(

@@ -22,7 +22,7 @@ import numpy as np
 from ..jobs import JobControl
 from .captions import save_caption
 from .errors import DatasetError
-from .folder import Dataset, DatasetItem, scan_dataset
+from .folder import Dataset, DatasetItem, leave_out_links, scan_dataset
 from .images import open_image
 from .preprocess import prepare_image
 from .tagger import RunPlan, Tagger, TaggerOptions, merge_caption, tags_from_scores
@@ -110,15 +110,19 @@ def tag_folder(
 ) -> TagReport:
     """Tag every image of a dataset (or folder) and write its caption as soon as it is tagged.
 
+    A folder is scanned without the items whose image or caption links outside it (listed in `problems`).
     Images whose caption exists are skipped without decoding under `existing="skip"`; unreadable images and
-    captions that cannot be written are reported, not fatal. Cancel (JobCancelled) is checked before each
-    batch starts; the batches already running finish and their captions stay written.
+    captions that cannot be written (a link, a read-only file, changed meanwhile, ...) are reported, not fatal.
+    Cancel (JobCancelled) is checked before each batch starts; the batches already running finish and their
+    captions stay written.
     """
     start = time.perf_counter()
     if isinstance(dataset_or_root, Dataset):
         dataset = dataset_or_root
     else:
-        dataset = scan_dataset(Path(dataset_or_root), caption_ext=options.caption_ext, recursive=options.recursive)
+        dataset = leave_out_links(
+            scan_dataset(Path(dataset_or_root), caption_ext=options.caption_ext, recursive=options.recursive)
+        )
     plan = tagger.plan(options.batch_size)
     report = TagReport(tagger.provider_in_use, tagger.warnings, plan, problems=[str(p) for p in dataset.problems])
 
