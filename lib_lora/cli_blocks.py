@@ -7,12 +7,15 @@ axes and files are checked before the model loads. Core errors reach cli.main: o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .errors import LoraStudioError
+from .file_names import check_output_files, check_writable_folder
 
 if TYPE_CHECKING:
     from .blocks.apply import LoraLibrary
@@ -176,8 +179,17 @@ def _check_out(path: Path | None, force: bool) -> None:
         return
     if path.suffix.lower() != ".png":
         raise BlocksCommandError(f"--out {path} must end in .png")
+    check_output_files([path], option="--out", value=path)
     if path.exists() and not force:
         raise BlocksCommandError(f"{path} exists; pass --force to overwrite it")
+    check_writable_folder(path.parent, option="--out", value=path)
+
+
+def _keeping_old(path: Path | None) -> AbstractContextManager[object]:
+    """A --force overwrite keeps the old image in .lora_studio_backup/ (nothing to keep without --out)."""
+    from .backups import replacing
+
+    return replacing(path) if path is not None else contextlib.nullcontext()
 
 
 def _session(args: argparse.Namespace, library: LoraLibrary, presets: PresetBook) -> LoraSession:
@@ -199,8 +211,9 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> None:
     library = _library(args.lora_dir, [args.lora])
     session = _session(args, library, _preset_book(args.presets))
     spec.blocks(session.host.arch)  # a --format the model's family lacks fails before rendering
-    result = Job("block analysis", lambda control: analyze_blocks(
-        spec, session, control, arch=session.host.arch, model_name=args.model, save_to=args.out)).run_here()
+    with _keeping_old(args.out):
+        result = Job("block analysis", lambda control: analyze_blocks(
+            spec, session, control, arch=session.host.arch, model_name=args.model, save_to=args.out)).run_here()
     if args.json:
         print(json.dumps(result.to_json()), file=out)
         return
@@ -212,6 +225,8 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> None:
         print(f"{row.rank:>4}  {row.block:<6} {row.percent:>7}", file=out)
     if result.path is not None:
         print(f"wrote {result.path}", file=out)
+    for warning in session.warnings(spec.prompt_with(spec.tag([1.0] * len(result.blocks)))):
+        print(f"warning: {warning}", file=out)  # modules of the LoRA that match no layer of the model
 
 
 def _grid(args: argparse.Namespace, out: TextIO) -> None:
@@ -226,7 +241,10 @@ def _grid(args: argparse.Namespace, out: TextIO) -> None:
     _check_out(args.out, args.force)
     library = _library(args.lora_dir, sorted({cell.call.name for cell in plan.cells}))
     session = _session(args, library, _preset_book(args.presets))
-    result = Job("XY grid", lambda control: run_grid(plan, session, control, model_name=args.model,
-                                                      save_to=args.out)).run_here()
+    with _keeping_old(args.out):
+        result = Job("XY grid", lambda control: run_grid(plan, session, control, model_name=args.model,
+                                                          save_to=args.out)).run_here()
     print(f"grid: wrote {result.path} ({result.image.width}x{result.image.height}, {plan.columns}x{plan.rows} "
           f"images)", file=out)
+    for warning in result.warnings:  # LoRAs whose modules matched in part (also in each cell's parameters)
+        print(f"warning: {warning}", file=out)

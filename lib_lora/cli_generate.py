@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from .backups import replacing
 from .errors import LoraStudioError
+from .file_names import check_output_files, check_writable_folder
 from .pnginfo import save_png
 
 
@@ -55,8 +57,10 @@ def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
     target: Path = args.out
     if target.suffix.lower() != ".png":
         raise GenerateError(f"--out {target} must end in .png")
+    check_output_files([target], option="--out", value=target)
     if target.exists() and not args.force:
         raise GenerateError(f"{target} exists; pass --force to overwrite it")
+    check_writable_folder(target.parent, option="--out", value=target)
     _, calls = parse_prompt(args.prompt)
     if calls and not args.lora_dir:
         raise GenerateError("the prompt has <lora:…> tags but no --lora-dir was given")
@@ -80,7 +84,10 @@ def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
         generated = session.generate(request)
     finally:
         session.unmerge()
-    save_png(generated.image, target, generated.parameters)
+    with replacing(target):  # an overwritten image is kept in .lora_studio_backup/
+        save_png(generated.image, target, generated.parameters)
     image = generated.image
     loras = f"{len(calls)} LoRA(s): {', '.join(c.name for c in calls)}" if calls else "no LoRA"
     print(f"generate: wrote {target} ({image.width}x{image.height}, seed {request.seed}, {loras})", file=out)
+    for warning in generated.warnings:  # LoRAs whose modules matched in part (also in the PNG's parameters)
+        print(f"warning: {warning}", file=out)

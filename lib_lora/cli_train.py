@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .backups import BACKUP_DIR_NAME
+
 if TYPE_CHECKING:
     from .train.config import TrainConfig
     from .train.loop import TrainRun
@@ -37,7 +39,9 @@ def add_train_parser(commands: argparse._SubParsersAction, *, parents: Sequence[
         description="Train a LoRA headless. The config is a TOML file of sd-scripts options (flat, or in "
         "sd-scripts' [sections]); pretrained_model_name_or_path = \"tiny\" uses the built-in tiny model. Run it "
         "under `accelerate launch` or `torchrun` to train on several processes.",
-        epilog="A bad config prints one line `lora-studio: error: …` naming the option, and exits with 2.",
+        epilog="A bad config prints one line `lora-studio: error: …` naming the option, and exits with 2; so does "
+        "an existing LoRA of the same name without --force, and a LoRA that could not be written where asked (the "
+        "line says where its weights went instead).",
     )
     parser.add_argument("config", type=Path, help="the TOML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,6 +55,9 @@ def add_train_parser(commands: argparse._SubParsersAction, *, parents: Sequence[
                         help="print the effective config as TOML (with --set applied) and exit")
     parser.add_argument("--vram", action="store_true", help="print the GPU-memory estimate and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing LoRA of the same output_name (the old one is kept in "
+                        f"{BACKUP_DIR_NAME}/ beside it)")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -88,7 +95,7 @@ def load_config(path: Path, overrides: Sequence[str]) -> TrainConfig:
 
 def run_train_command(args: argparse.Namespace, out: TextIO, err: TextIO | None = None) -> None:
     """Load the config and the model, train, print the result; core errors propagate to cli.main."""
-    from .train.errors import ConfigError
+    from .train.errors import ConfigError, TrainingError
 
     err = err or sys.stderr
     config = load_config(args.config, args.overrides)
@@ -99,6 +106,8 @@ def run_train_command(args: argparse.Namespace, out: TextIO, err: TextIO | None 
     if model is None:
         raise ConfigError("pretrained_model_name_or_path", None,
                           "set the model to train on: tiny, tiny-sdxl, a diffusers folder or a .safetensors file")
+    if not args.vram:
+        _check_outputs(config, force=args.force)
     distributed = _distributed(args.device)
     host = _load_host(model, args, distributed)
     if args.vram:
@@ -124,6 +133,22 @@ def run_train_command(args: argparse.Namespace, out: TextIO, err: TextIO | None 
         for note in result.notes[len(config.notes):]:
             say.line(f"note: {note}")
         print(f"train: {result.summary()}", file=out, flush=True)
+        if result.save_problem:
+            raise TrainingError(f"the LoRA was {result.save_problem}")
+
+
+def _check_outputs(config: TrainConfig, *, force: bool) -> None:
+    """Before any work: every name the run writes fits its file system, the folder can be written, and an existing
+    LoRA of the same name is replaced only with --force."""
+    from .train.errors import ConfigError
+    from .train.outputs import check_run_outputs, existing_output
+
+    folder = check_run_outputs(config, config.run.output_dir)
+    existing = existing_output(config, folder)
+    if existing is not None and not force:
+        raise ConfigError("output_name", config.run.output_name,
+                          f"{existing} already exists; pass --force to replace it (the old file is kept in "
+                          f"{BACKUP_DIR_NAME}/ beside it) or choose another output_name")
 
 
 def _distributed(device: str | None) -> Any:

@@ -29,7 +29,7 @@ from .distributed import Distributed
 from .errors import ConfigError, TrainingError
 from .network import TrainableNetwork
 from .optim import build_optimizer, optimizer_notes
-from .outputs import PreparedRun, RunOutputs, TrainResult
+from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
 from .progress import ProgressTracker, TrainProgress
 from .runtime import choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
 from .sampling import load_sample_prompts
@@ -46,6 +46,7 @@ from .saving import (
 from .schedule import build_scheduler
 from .state import TrainPosition, load_state, read_position
 from .steps import LossSettings, batch_loss
+from .vram import check_fits
 
 if TYPE_CHECKING:
     from ..blocks.presets import PresetBook
@@ -74,10 +75,8 @@ class TrainRun:
     ) -> None:
         self.config = config
         self.host = host
-        folder = output_dir if output_dir is not None else config.run.output_dir
-        if folder is None:
-            raise ConfigError("output_dir", None, "set the folder the LoRA is written to")
-        self.output_dir = Path(folder).expanduser()
+        # every name the run writes, and the folder, are checked now: nothing is trained for a save that must fail
+        self.output_dir = check_run_outputs(config, output_dir if output_dir is not None else config.run.output_dir)
         self.gpu = gpu
         self.dist = distributed or Distributed()
         self.cache_dir = cache_dir
@@ -150,6 +149,7 @@ class TrainRun:
             raise ConfigError("v_parameterization", True, "the loaded model predicts epsilon (noise), not v")
 
         self._stage(control, 0)
+        check_fits(config, host, presets=self.presets)  # before any image is read: refuse a run that cannot fit
         data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,
                          cache_dir=self.cache_dir, rank=dist.rank, world_size=dist.world_size)
         data.prepare(control)

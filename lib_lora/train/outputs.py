@@ -2,31 +2,43 @@
 
 `RunOutputs` writes for one run (only on rank 0 when there are several processes, the others wait): samples
 through the host, the LoRA file with its metadata, the Lora card files, and state folders to resume from.
+Nothing a run learned is lost to a save: a file it replaces that it did not write itself is backed up first
+(`backups.py`), and a LoRA that cannot be written where asked is written under a safe name beside it or in the
+temp folder, else kept in memory (`TrainResult.unsaved`); the result and its notes say where it went.
+`check_run_outputs` checks every name a run will write before any work.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..backups import back_up, backup_stamp
 from ..errors import LoraStudioError
+from ..file_names import check_output_files, check_writable_folder
 from ..wording import plural
+from .errors import ConfigError
 from .progress import ProgressTracker, path_text
-from .sampling import SamplePrompt, render_samples
+from .sampling import SamplePrompt, render_samples, sample_path
 from .saving import (
     SAVE_DTYPES,
     RunFacts,
     build_metadata,
     card_sidecar,
+    epoch_name,
     lora_path,
     read_sidecar,
-    save_network_file,
+    save_or_rescue,
+    step_name,
     write_card_files,
 )
-from .state import TrainPosition, save_state
+from .state import NETWORK_FILE, TrainPosition, save_state
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -52,13 +64,20 @@ class TrainResult:
     loss_history: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    backups: list[Path] = field(default_factory=list)
+    """Files of the same names that the saves replaced, as kept in `.lora_studio_backup/`."""
+    save_problem: str | None = None
+    """Why the last LoRA is not where it was asked to go (then `output` is where it is, or None: in memory)."""
+    unsaved: dict[str, Any] | None = None
+    """{"tensors", "metadata"} of a LoRA no folder would take: the weights, kept for the caller to write."""
 
     def summary(self) -> str:
         loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
         verb = "stopped; saved" if self.cancelled else "wrote"
         where = self.output if self.output is not None else "nothing"
+        problem = f" — {self.save_problem}" if self.save_problem else ""
         return (f"{verb} {where} ({plural(self.steps, 'step')}, {plural(self.epochs, 'full epoch')}{loss}, "
-                f"{self.seconds:.1f} s)")
+                f"{self.seconds:.1f} s){problem}")
 
 
 @dataclass
@@ -116,27 +135,122 @@ class RunOutputs:
         self.dist.barrier()
 
     def save(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, stem: str, *, step: int, epoch: int,
-             card: bool = False, finished: bool = False, with_state: bool | None = None) -> Path:
-        """Save `<stem>.safetensors` (and its card files, and a state folder when asked or save_state is on)."""
+             card: bool = False, finished: bool = False, with_state: bool | None = None) -> Path | None:
+        """Save `<stem>.safetensors` (and its card files, and a state folder when asked or save_state is on).
+
+        Returns where the LoRA went: the asked path, a rescue file when that could not be written (the reason in
+        the notes and, for a card save, `result.save_problem`), or None when it is kept in memory only.
+        """
         cfg = self.config.run
-        path = lora_path(self.output_dir, stem)
+        path: Path | None = lora_path(self.output_dir, stem)
         if self.dist.is_main:
             metadata = build_metadata(self.config, run.facts, step=step, epoch=epoch, finished=finished)
             tensors = run.network.kohya_state_dict(SAVE_DTYPES[cfg.save_precision])
-            save_network_file(path, tensors, metadata)
-            result.saved.append(path)
-            tracker.saved = str(path)
-            if card:
-                sidecar = card_sidecar(run.facts.arch, activation_text=run.facts.activation_text,
-                                       preferred_weight=cfg.preferred_weight, notes=cfg.notes,
-                                       existing=read_sidecar(path))
-                preview = Path(tracker.sample) if tracker.sample else None
-                write_card_files(path, sidecar, preview)
+            stamp = backup_stamp()  # the files one save replaces are backed up under one time
+            path = self._write(lora_path(self.output_dir, stem), tensors, metadata, result, last=card, stamp=stamp)
+            if path is not None:
+                result.saved.append(path)
+                tracker.saved = str(path)
+            if card and path == lora_path(self.output_dir, stem):
+                self._card(run, result, tracker, path, stamp=stamp)
             if with_state if with_state is not None else cfg.save_state:
-                run.position.loss_history = list(tracker.losses)
-                folder = self.output_dir / f"{stem}-state"
-                save_state(folder, position=run.position, network=run.network, optimizer=run.optimizer,
-                           scheduler=run.scheduler, noise_generator=run.generator, scaler=run.scaler)
-                result.state_dirs.append(folder)
+                self._state(run, result, tracker, self.output_dir / f"{stem}-state")
         self.dist.barrier()
         return path
+
+    def _write(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], result: TrainResult,
+               *, last: bool, stamp: str) -> Path | None:
+        """Write the LoRA at `path` (backing up a file there this run did not write), else rescue it."""
+        try:
+            backup = None if path in result.saved else back_up(path, stamp=stamp)
+        except LoraStudioError as error:
+            where, problem = save_or_rescue(path, tensors, metadata, refused=str(error))
+        else:
+            if backup is not None:
+                result.backups.append(backup)
+                result.notes.append(f"the {path.name} that was there is kept as {backup}")
+            where, problem = save_or_rescue(path, tensors, metadata)
+        if problem is not None:
+            result.notes.append(problem)
+            if last:
+                result.save_problem = problem
+            if where is None:
+                result.unsaved = {"tensors": tensors, "metadata": metadata}
+        return where
+
+    def _card(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, path: Path, *,
+              stamp: str) -> None:
+        """The Lora card files beside `path`; a failure is noted (the LoRA itself is written)."""
+        cfg = self.config.run
+        sidecar = card_sidecar(run.facts.arch, activation_text=run.facts.activation_text,
+                               preferred_weight=cfg.preferred_weight, notes=cfg.notes, existing=read_sidecar(path))
+        preview = Path(tracker.sample) if tracker.sample else None
+        try:
+            _, backups = write_card_files(path, sidecar, preview, stamp=stamp)
+        except LoraStudioError as error:
+            result.notes.append(f"the LoRA is written, its card files are not: {error}")
+        else:
+            result.backups.extend(backups)
+
+    def _state(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, folder: Path) -> None:
+        """A state folder to resume from; a failure is noted (the LoRA matters more)."""
+        run.position.loss_history = list(tracker.losses)
+        try:
+            save_state(folder, position=run.position, network=run.network, optimizer=run.optimizer,
+                       scheduler=run.scheduler, noise_generator=run.generator, scaler=run.scaler)
+        except (LoraStudioError, OSError, RuntimeError) as error:  # torch.save reports file errors as RuntimeError
+            result.notes.append(f"the training state {folder} was not written: {error}")
+        else:
+            result.state_dirs.append(folder)
+
+
+# --- the names a run writes, checked before any work --------------------------------------------------------------
+
+
+def planned_files(config: TrainConfig, output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every file and folder a run of `config` may write in `output_dir`, with the longest names its numbers give:
+    the LoRA, step saves (save_every_n_steps, a stop's with save_on_cancel) and epoch saves, their card files and
+    state folders (with the hidden name a state folder is written under first), and the samples. (A Save now
+    whose name cannot be written is rescued like any save.)"""
+    run, folder = config.run, Path(output_dir)
+    name = run.output_name
+    steps = 1 if run.max_train_epochs else run.max_train_steps
+    step_stem = step_name(name, steps)
+    stems = [name]
+    if run.save_every_n_steps or run.save_on_cancel:
+        stems.append(step_stem)
+    if run.save_every_n_epochs:
+        stems.append(epoch_name(name, run.max_train_epochs or 1))
+    files = [lora_path(folder, stem) for stem in stems]
+    for stem in [name, step_stem] if run.save_on_cancel else [name]:
+        files += [folder / f"{stem}.json", folder / f"{stem}.preview.png"]
+    state_stems = stems if run.save_state else [name] if run.save_state_on_train_end else []
+    for stem in state_stems:
+        files += [folder / f"{stem}-state" / NETWORK_FILE, folder / f".{stem}-state.00000000.tmp"]
+    if run.sample_prompts:
+        files.append(sample_path(folder, name, steps, 0))
+    return files
+
+
+def check_run_outputs(config: TrainConfig, output_dir: str | os.PathLike[str] | None, *,
+                      writable: bool = True, also: Iterable[Path] = ()) -> Path:
+    """`output_dir` as a Path once every file a run of `config` writes there (`planned_files`, and `also`) has a
+    name its file system holds and, when `writable`, the folder can be written; ConfigError/FileNameError naming
+    the option to change otherwise. Run it before any work."""
+    if output_dir is None:
+        raise ConfigError("output_dir", None, "set the folder the LoRA is written to")
+    folder = Path(output_dir).expanduser()
+    check_output_files([folder], option="output_dir", value=str(output_dir))
+    check_output_files([*planned_files(config, folder), *also], option="output_name", value=config.run.output_name)
+    if writable:
+        check_writable_folder(folder, option="output_dir")
+    return folder
+
+
+def existing_output(config: TrainConfig, output_dir: str | os.PathLike[str]) -> Path | None:
+    """The LoRA a run of `config` would replace at its end, when there is one."""
+    path = lora_path(Path(output_dir).expanduser(), config.run.output_name)
+    with contextlib.suppress(OSError):
+        if path.exists():
+            return path
+    return None

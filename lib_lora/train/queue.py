@@ -19,6 +19,7 @@ from ..jobs import JobCancelled
 from .config import TrainConfig
 from .errors import ConfigError
 from .loop import TrainResult, TrainRun
+from .outputs import check_run_outputs
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -72,8 +73,11 @@ class TrainQueue:
             return len(self._runs)
 
     def add(self, config: TrainConfig, *, name: str | None = None) -> QueuedRun:
-        """Queue `config` under `name` (its output name by default); a name or output already queued is refused."""
+        """Queue `config` under `name` (its output name by default); a name or output already queued is refused, and
+        so is an output name its output_dir's file system cannot hold (checked again, with the folder, at its start)."""
         name = name or config.run.output_name
+        if config.run.output_dir is not None:
+            check_run_outputs(config, config.run.output_dir, writable=False)
         with self._lock:
             for queued in self._runs:
                 if queued.name == name:

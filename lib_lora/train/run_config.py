@@ -12,13 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .bounds import number_option
 from .errors import ConfigError
 from .noise import HUBER_SCHEDULES, LOSS_TYPES, NUM_TIMESTEPS
-from .values import float_range, int_range, read_bool
+from .values import read_bool
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
 SAVE_FORMATS = ("safetensors",)
+MAX_TEXT_CHARS = 65536
+"""The longest text option (comments, notes, paths): they are written into the LoRA file's metadata."""
 
 
 def _option(default: Any, section: str, help_text: str) -> Any:
@@ -167,6 +170,8 @@ def _optional_text(key: str, value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(key, value, "expected text")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ConfigError(key, value, f"{len(value)} characters; at most {MAX_TEXT_CHARS}")
     return value if value.strip() else None
 
 
@@ -210,46 +215,46 @@ def _save_format(key: str, value: object) -> str:
 _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "pretrained_model_name_or_path": _optional_path,
     "v_parameterization": read_bool,
-    "clip_skip": int_range(1, 12, optional=True),
-    "max_train_steps": int_range(1),
-    "max_train_epochs": int_range(1, optional=True),
-    "gradient_accumulation_steps": int_range(1),
+    "clip_skip": number_option(optional=True),
+    "max_train_steps": number_option(),
+    "max_train_epochs": number_option(optional=True),
+    "gradient_accumulation_steps": number_option(),
     "mixed_precision": _mixed_precision,
     "full_fp16": read_bool,
     "full_bf16": read_bool,
     "gradient_checkpointing": read_bool,
-    "seed": int_range(0, 2**32 - 1, optional=True),
+    "seed": number_option(optional=True),
     "cache_text_encoder_outputs": read_bool,
-    "noise_offset": float_range(0.0, optional=True),
+    "noise_offset": number_option(optional=True),
     "noise_offset_random_strength": read_bool,
-    "adaptive_noise_scale": float_range(-1.0, optional=True),
-    "multires_noise_iterations": int_range(1, optional=True),
-    "multires_noise_discount": float_range(0.0, 1.0),
-    "min_snr_gamma": float_range(0.0, optional=True, exclusive_low=True),
-    "min_timestep": int_range(0, NUM_TIMESTEPS - 1, optional=True),
-    "max_timestep": int_range(1, NUM_TIMESTEPS, optional=True),
+    "adaptive_noise_scale": number_option(optional=True),
+    "multires_noise_iterations": number_option(optional=True),
+    "multires_noise_discount": number_option(),
+    "min_snr_gamma": number_option(optional=True),
+    "min_timestep": number_option(optional=True),
+    "max_timestep": number_option(optional=True),
     "loss_type": _choice(LOSS_TYPES),
     "huber_schedule": _choice(HUBER_SCHEDULES),
-    "huber_c": float_range(0.0, 1.0, exclusive_low=True),
+    "huber_c": number_option(),
     "output_dir": _optional_path,
     "output_name": _output_name,
     "save_model_as": _save_format,
     "save_precision": _save_precision,
-    "save_every_n_epochs": int_range(1, optional=True),
-    "save_every_n_steps": int_range(1, optional=True),
-    "save_last_n_epochs": int_range(1, optional=True),
-    "save_last_n_steps": int_range(1, optional=True),
+    "save_every_n_epochs": number_option(optional=True),
+    "save_every_n_steps": number_option(optional=True),
+    "save_last_n_epochs": number_option(optional=True),
+    "save_last_n_steps": number_option(optional=True),
     "save_state": read_bool,
     "save_state_on_train_end": read_bool,
     "save_on_cancel": read_bool,
     "resume": _optional_path,
     "training_comment": _optional_text,
     "activation_text": _optional_text,
-    "preferred_weight": float_range(-10.0, 10.0),
+    "preferred_weight": number_option(),
     "notes": _optional_text,
     "sample_prompts": _optional_path,
-    "sample_every_n_steps": int_range(1, optional=True),
-    "sample_every_n_epochs": int_range(1, optional=True),
+    "sample_every_n_steps": number_option(optional=True),
+    "sample_every_n_epochs": number_option(optional=True),
     "sample_at_first": read_bool,
 }
 

@@ -3,7 +3,8 @@
 File names follow sd-scripts: `<name>.safetensors` at the end, `<name>-000005.safetensors` per epoch,
 `<name>-step00001000.safetensors` per step (and a stop: what was learned so far). Beside the final file (and a
 stop's) go A1111's card files: `<name>.json` (activation text, preferred weight, sd version, notes) and
-`<name>.preview.png` (the last sample). Every write is atomic.
+`<name>.preview.png` (the last sample). Every write is atomic; a card file replaced is backed up first. A LoRA that
+cannot be written where asked is written under a safe name beside it, else in the temp folder (`save_or_rescue`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..atomic import write_atomically
+from ..backups import back_up, backup_stamp
 from ..errors import LoraStudioError
 from ..networks.files import save_lora_file
 from ..networks.metadata import LoraMetadata
@@ -149,6 +152,40 @@ def save_network_file(path: Path, tensors: Mapping[str, torch.Tensor], metadata:
     return path
 
 
+RESCUE_NAME_BYTES = 40
+"""The most bytes of the output name a rescue file keeps (ASCII letters, digits, - and _ only)."""
+
+
+def rescue_paths(path: Path) -> list[Path]:
+    """Where a LoRA that cannot be written at `path` goes instead, in order: a short safe name beside it, then the
+    same name in the system's temp folder."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)[:RESCUE_NAME_BYTES].strip("_") or "lora"
+    name = f"{safe}-rescued-{backup_stamp()}.safetensors"
+    candidates = [path.parent / name, Path(tempfile.gettempdir()) / name]
+    return list(dict.fromkeys(candidates))
+
+
+def save_or_rescue(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], *,
+                   refused: str | None = None) -> tuple[Path | None, str | None]:
+    """Write the LoRA at `path`, else at the first of `rescue_paths` that takes it: (where it went, or None when
+    nowhere would; None, or what went wrong in user words). `refused`: do not try `path`, for this reason."""
+    if refused is None:
+        try:
+            return save_network_file(path, tensors, metadata), None
+        except LoraStudioError as error:
+            refused = str(error)
+    tried = []
+    for candidate in rescue_paths(path):
+        try:
+            save_network_file(candidate, tensors, metadata)
+        except LoraStudioError:
+            tried.append(str(candidate.parent))
+            continue
+        return candidate, f"not written to {path} ({refused}); the weights were saved to {candidate} instead"
+    return None, (f"not written to {path} ({refused}), nor in {' or '.join(tried)}: the weights are only in memory "
+                  "and are lost when this program ends")
+
+
 def card_sidecar(arch: str, *, activation_text: str | None, preferred_weight: float, notes: str | None,
                  description: str | None = None, existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The `<name>.json` A1111's Lora card reads; fields the user already set (and we do not) are kept."""
@@ -164,21 +201,27 @@ def card_sidecar(arch: str, *, activation_text: str | None, preferred_weight: fl
     return card
 
 
-def write_card_files(lora_file: Path, card: Mapping[str, Any], preview: Path | None) -> list[Path]:
-    """Write `<name>.json` and, from the last sample, `<name>.preview.png` beside `lora_file`, atomically."""
-    written = []
+def write_card_files(lora_file: Path, card: Mapping[str, Any], preview: Path | None, *,
+                     stamp: str | None = None) -> tuple[list[Path], list[Path]]:
+    """Write `<name>.json` and, from the last sample, `<name>.preview.png` beside `lora_file`, atomically, each
+    file replaced backed up first (under time `stamp`); returns (the files written, their backups)."""
+    written: list[Path] = []
+    backups: list[Path] = []
+    stamp = stamp or backup_stamp()
     sidecar = lora_file.with_suffix(".json")
     try:
-        write_atomically(sidecar, [json.dumps(card, indent=4, ensure_ascii=False).encode("utf-8")])
-        written.append(sidecar)
+        contents = [(sidecar, json.dumps(card, indent=4, ensure_ascii=False).encode("utf-8"))]
         if preview is not None and preview.is_file():
-            target = lora_file.with_name(lora_file.stem + ".preview.png")
-            write_atomically(target, [preview.read_bytes()])
+            contents.append((lora_file.with_name(lora_file.stem + ".preview.png"), preview.read_bytes()))
+        for target, data in contents:
+            backup = back_up(target, stamp=stamp)
+            backups += [backup] if backup is not None else []
+            write_atomically(target, [data])
             written.append(target)
     except OSError as error:
         raise TrainingError(f"cannot write the LoRA card files beside {lora_file}: {error.strerror or error}") \
             from error
-    return written
+    return written, backups
 
 
 def read_sidecar(lora_file: Path) -> dict[str, Any]:
@@ -220,7 +263,10 @@ def _rotate(folder: Path, name: str, pattern: re.Pattern[str], old: Any) -> list
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a save that cannot be deleted stays; training goes on
+                continue
         removed.append(path)
     return removed
 

@@ -23,6 +23,7 @@ from ..jobs import Job, JobControl
 from ..train.config import TrainConfig
 from ..train.errors import ConfigError
 from ..train.loop import TrainRun
+from ..train.outputs import check_run_outputs
 from ..train.saving import lora_path
 from ..train.vram import estimate_vram
 from . import train_form
@@ -149,6 +150,7 @@ class TrainSession:
     def prepare(self, own: OwnFields, values: Mapping[str, Any]) -> TrainConfig:
         """The run's config, checked as Start checks it (the file it would write too); writes its prompt file."""
         config = self.config(own, values)
+        check_run_outputs(config, self.context.trained_dir(), also=[self.prompt_file(config.run.output_name)])
         target = lora_path(self.context.trained_dir(), config.run.output_name)
         if target.exists() and not own.overwrite:
             raise TrainUIError(f"{target} already exists: tick Overwrite, or choose another output_name.")
@@ -307,10 +309,12 @@ class TrainSession:
         config = self.config(own, values, check_dataset=False)
         name = config.run.output_name
         text = config.to_toml()
-        if config.run.sample_prompts:
-            _write_text(Path(config.run.sample_prompts), own.sample_text)
         saved = self.context.work_dir() / TRAIN_FOLDER / f"{name}.toml"
         download = Path(tempfile.gettempdir()) / EXPORT_FOLDER / f"{name}.toml"
+        prompts = [Path(config.run.sample_prompts)] if config.run.sample_prompts else []
+        check_run_outputs(config, self.context.trained_dir(), writable=False, also=[saved, download, *prompts])
+        if config.run.sample_prompts:
+            _write_text(Path(config.run.sample_prompts), own.sample_text)
         for path in (saved, download):
             _write_text(path, text.rstrip("\n"))
         return {"toml": text, "toml_file": str(download),

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...backups import replacing
 from ...errors import LoraFormatError
 from ..attach import AppliedLora
 from ..files import load_lora_file, save_safetensors_file
@@ -224,7 +225,8 @@ def bake_into_checkpoint(
     names = ", ".join(f"{p.name} × {r:g}" for p, (_, r) in zip(paths, loras))
     metadata = {**checkpoint.metadata, BAKED_KEY: json.dumps(history),
                 OPERATION_KEY: f"LoRAs baked in by LoRA Studio: {names}"}
-    save_safetensors_file(out, checkpoint.tensors, metadata)
+    with replacing(out):
+        save_safetensors_file(out, checkpoint.tensors, metadata)
     return BakeReport(checkpoint.arch, tuple(baked), changed)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ...errors import LoraStudioError
+from ...file_names import check_output_files, check_writable_folder
 from ..files import SAFETENSORS_SUFFIXES
 from ..formats.base import NetworkModule
 from ..metadata import LoraMetadata
@@ -189,11 +190,14 @@ def storage_dtype(module: NetworkModule) -> torch.dtype:
 
 def check_output_path(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], *,
                       overwrite: bool = False) -> Path:
-    """`out` as a Path once it is safe to write: a .safetensors in an existing folder, none of `inputs`, and new
-    unless `overwrite`; raises NetworkToolError saying which rule it breaks."""
+    """`out` as a Path once it is safe to write: a .safetensors in an existing folder that can be written, a name
+    its file system holds, none of `inputs`, and new unless `overwrite`; raises NetworkToolError (FileNameError for
+    the name and the folder) saying which rule it breaks. Writers keep what they replace with `backups.replacing`."""
     out = Path(out)
     if out.suffix.lower() not in SAFETENSORS_SUFFIXES:
         raise NetworkToolError(f"{out}: outputs are written as .safetensors; give a name ending in .safetensors")
+    check_output_files([out], option="--output", value=out)
+    check_writable_folder(out.parent, option="--output", value=out)  # not under a file, and writable
     if not out.parent.is_dir():
         raise NetworkToolError(f"{out}: the folder {out.parent} does not exist")
     for source in inputs:

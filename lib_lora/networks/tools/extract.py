@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...backups import replacing
 from ..files import save_lora_file
 from ..keys import Target
 from .checkpoint import load_checkpoint
@@ -113,5 +114,6 @@ def extract_lora_file(
             f"{Path(base_path).name}")
     metadata = derived_metadata({"ss_sd_model_name": Path(base_path).name}, arch=report.arch, ranks=ranks,
                                 alphas=[float(r) for r in ranks], note=note, output_name=out.stem)
-    save_lora_file(out, state, metadata)
+    with replacing(out):
+        save_lora_file(out, state, metadata)
     return report

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...backups import replacing
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..formats.lora import MID, LoraModule
@@ -147,5 +148,6 @@ def merge_lora_files(
                                 note=f"merged by LoRA Studio ({method}) from {parts}", plain_lora=True,
                                 output_name=out.stem)
     metadata["modelspec.merged_from"] = ", ".join(Path(p).stem for p in paths)
-    save_lora_file(out, state, metadata)
+    with replacing(out):
+        save_lora_file(out, state, metadata)
     return MergeSummary(method, len(ranks), ranks)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...backups import replacing
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..network import load_network
@@ -144,6 +145,7 @@ def resize_lora_file(
         note=note,
         plain_lora=source_format not in ("lora", "locon"),
     )
-    save_lora_file(out, {**flatten(resized), **network.bundled_embeddings}, metadata)
+    with replacing(out):
+        save_lora_file(out, {**flatten(resized), **network.bundled_embeddings}, metadata)
     return report
 
