@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .wording import echo, shorten
+
 
 class LoraStudioError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -26,7 +28,7 @@ class LoraFormatError(LoraStudioError):
         self.reason = reason
         self.path = path
         self.key = key
-        where = ", ".join(part for part in (str(path) if path else "", f"key {key!r}" if key else "") if part)
+        where = ", ".join(part for part in (str(path) if path else "", f"key {echo(key)}" if key else "") if part)
         super().__init__(f"{where}: {reason}" if where else reason)
 
 
@@ -44,4 +46,4 @@ class PromptSyntaxError(LoraStudioError):
     def __init__(self, reason: str, *, tag: str | None = None) -> None:
         self.reason = reason
         self.tag = tag
-        super().__init__(f"{tag}: {reason}" if tag else reason)
+        super().__init__(f"{shorten(tag)}: {reason}" if tag else reason)

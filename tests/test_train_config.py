@@ -137,7 +137,7 @@ def test_round_trip_property(dim, alpha, lr, steps, offset, resolution, name, sh
         ({"loss_type": "l3"}, "loss_type", "expected one of"),
         ({"adaptive_noise_scale": 0.1}, "adaptive_noise_scale", "needs noise_offset"),
         ({"sample_every_n_steps": 10}, "sample_every_n_steps", "needs sample_prompts"),
-        ({"min_snr_gamma": 0}, "min_snr_gamma", "greater than 0"),
+        ({"min_snr_gamma": 0}, "min_snr_gamma", "above 0"),
         ({"vae": "x.safetensors"}, "vae", "host's own VAE"),
         ({"fp8_base": True}, "fp8_base", "not supported here"),
         ({"dataset_config": "d.toml"}, "dataset_config", "train_data_dir"),

@@ -1,189 +1,87 @@
-"""Block-weight vectors and presets: LBW's vector formats as data, one strict pure expansion, a preset book.
+"""Block-weight presets: one vector per family, LBW's built-in presets and ours, and a preset book.
 
-A vector is a list of weights in one of LBW's formats (shared/research/lbw.md §2.2): SD1/SD2 17 (the blocks a
-plain LoRA reaches) or 26 (every block), SDXL 12 or 20. `expand_vector` turns it into a full table
-{block id: weight} over BASE and every UNet block of the arch. The blocks a short format omits get 0, as LBW's
-`to26` gives them (lbw.md §2.1): a 17-value vector on a LoCon switches IN00, IN03, IN06, IN09–IN11 and
-OUT00–OUT02 off; use 26 values to control them. The parts no block covers (`time_embed`, `label_emb`, `out`;
-mapping.UNBLOCKED_PARTS) are not in the table: block weights never scale them (weight 1).
-
-Any other length, a value that is not a number, and LBW's random values R/U/X are BlockWeightErrors; nothing
-is padded, truncated or skipped. Random weights are not supported yet: a caller that wants them resolves them
-into numbers itself, with a seed, before calling this module.
-
+The vectors themselves (formats, parsing, expansion) are in vectors.py; their names are re-exported here.
 Presets are arch-aware: one vector per family ("sd1", used for SD1 and SD2, and "sdxl"); an SD1 vector is
 never expanded onto SDXL. Preset files use LBW's `NAME:v1,...,vN` lines; the length of a line decides its
-family (17/26 → sd1, 12/20 → sdxl, 61 → flux, kept but never expanded: Flux is not supported).
+family (17/26 → sd1, 12/20 → sdxl, 61 → flux, kept but never expanded: Flux is not supported). A preset file
+is read only up to MAX_PRESET_FILE_BYTES, and a book of n presets is built in time linear in n.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ..arch import SD1, SDXL, Arch, get_arch
+from ..arch import Arch
 from ..errors import BlockWeightError
-from .mapping import BASE
+from ..wording import echo
+from .vectors import (
+    FAMILIES,
+    FAMILY_OF_ARCH,
+    FAMILY_TITLES,
+    FLUX_FAMILY,
+    FLUX_LENGTH,
+    FORMATS,
+    FULL_LENGTH,
+    LORA_LENGTH,
+    MAX_VECTOR_VALUES,
+    SD1_FAMILY,
+    SDXL_FAMILY,
+    _arch,
+    _checked,
+    check_vector_length,
+    expand_vector,
+    family_of,
+    family_of_length,
+    full_block_ids,
+    parse_value,
+    parse_vector,
+    shortest_length,
+    vector_for,
+)
 
-SD1_FAMILY = "sd1"
-SDXL_FAMILY = "sdxl"
-FLUX_FAMILY = "flux"
-FAMILIES: tuple[str, ...] = (SD1_FAMILY, SDXL_FAMILY, FLUX_FAMILY)
-FAMILY_OF_ARCH: Mapping[str, str] = MappingProxyType({"sd1": SD1_FAMILY, "sd2": SD1_FAMILY, "sdxl": SDXL_FAMILY})
-"""Arch name -> preset family; SD2 has SD1's blocks and uses SD1's vectors."""
+__all__ = [
+    "BUILTIN_PRESETS",
+    "FAMILIES",
+    "FAMILY_OF_ARCH",
+    "FAMILY_TITLES",
+    "FLUX_FAMILY",
+    "FLUX_LENGTH",
+    "FORMATS",
+    "FULL_LENGTH",
+    "LORA_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_PRESET_FILE_BYTES",
+    "MAX_VECTOR_VALUES",
+    "Preset",
+    "PresetBook",
+    "SD1_FAMILY",
+    "SDXL_FAMILY",
+    "check_vector_length",
+    "expand_vector",
+    "family_of",
+    "family_of_length",
+    "full_block_ids",
+    "parse_value",
+    "parse_vector",
+    "read_preset_file",
+    "shortest_length",
+    "vector_for",
+]
 
-FAMILY_TITLES: Mapping[str, str] = MappingProxyType({SD1_FAMILY: "SD1/SD2", SDXL_FAMILY: "SDXL", FLUX_FAMILY: "Flux"})
-FLUX_LENGTH = 61
-
-
-def _ids(prefix: str, numbers: Iterable[int]) -> tuple[str, ...]:
-    return tuple(f"{prefix}{n:02d}" for n in numbers)
-
-
-FORMATS: Mapping[str, Mapping[int, tuple[str, ...]]] = MappingProxyType({
-    SD1_FAMILY: MappingProxyType({
-        17: (BASE, *_ids("IN", (1, 2, 4, 5, 7, 8)), "M00", *_ids("OUT", range(3, 12))),
-        26: (BASE, *SD1.unet_block_ids),
-    }),
-    SDXL_FAMILY: MappingProxyType({
-        12: (BASE, *_ids("IN", (4, 5, 7, 8)), "M00", *_ids("OUT", range(0, 6))),
-        20: (BASE, *SDXL.unet_block_ids),
-    }),
-})
-"""Family -> vector length -> the block of each position, in LBW's order (lbw.md §2.2)."""
-
-LORA_LENGTH: Mapping[str, int] = MappingProxyType({SD1_FAMILY: 17, SDXL_FAMILY: 12})
-"""The format of the blocks a plain (attention-only) LoRA reaches, per family."""
-FULL_LENGTH: Mapping[str, int] = MappingProxyType({SD1_FAMILY: 26, SDXL_FAMILY: 20})
-"""The format naming every block of the family (LyCORIS/LoCon)."""
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_RANDOM = re.compile(r"[RUX](?:[+-].*)?")
-
-
-def _arch(arch: Arch | str) -> Arch:
-    return arch if isinstance(arch, Arch) else get_arch(arch)
-
-
-def family_of(arch: Arch | str) -> str:
-    """The preset family ("sd1" or "sdxl") whose vectors apply to `arch`."""
-    return FAMILY_OF_ARCH[_arch(arch).name]
-
-
-def family_of_length(length: int) -> str | None:
-    """The family a vector of `length` values belongs to (17/26 sd1, 12/20 sdxl, 61 flux), or None."""
-    if length == FLUX_LENGTH:
-        return FLUX_FAMILY
-    return next((family for family, formats in FORMATS.items() if length in formats), None)
-
-
-def full_block_ids(arch: Arch | str) -> tuple[str, ...]:
-    """BASE then every UNet block id of `arch`: the keys of every expanded table."""
-    return (BASE, *_arch(arch).unet_block_ids)
-
-
-def _format_summary(family: str) -> str:
-    parts = []
-    for length, order in FORMATS[family].items():
-        parts.append(f"{length}: {', '.join(order[:4])}, …, {order[-1]}")
-    return "; ".join(parts)
-
-
-def _length_error(arch: Arch, got: int) -> BlockWeightError:
-    family = FAMILY_OF_ARCH[arch.name]
-    lengths = " or ".join(str(n) for n in FORMATS[family])
-    message = f"expected {lengths} values for {arch.name.upper()} ({_format_summary(family)}), got {got}"
-    other = family_of_length(got)
-    if other == SDXL_FAMILY:
-        message += "; that is an SDXL format, and SDXL vectors are never used on SD1/SD2"
-    elif other == SD1_FAMILY:
-        message += "; that is an SD1/SD2 format, and SD1 vectors are never used on SDXL"
-    elif other == FLUX_FAMILY:
-        message += "; that is LBW's Flux format, which is not supported"
-    return BlockWeightError(message)
-
-
-def parse_value(text: str, *, where: str = "") -> float:
-    """One weight written as a decimal number; LBW's R/U/X and anything else raise BlockWeightError."""
-    value = text.strip()
-    prefix = f"{where}: " if where else ""
-    if _NUMBER.fullmatch(value):
-        return float(value)
-    if _RANDOM.fullmatch(value):
-        raise BlockWeightError(
-            f"{prefix}{value!r} is one of LBW's random/XY values (R, U, X), which are not supported; write a number"
-        )
-    if not value:
-        raise BlockWeightError(f"{prefix}empty value (two commas in a row, or a trailing comma?)")
-    raise BlockWeightError(f"{prefix}{value!r} is not a number")
-
-
-def parse_vector(text: str, *, where: str = "") -> tuple[float, ...]:
-    """The comma-separated weights in `text` (`1,0,0.5,…`), each a number; the length is not checked here."""
-    prefix = f"{where}, " if where else ""
-    return tuple(
-        parse_value(part, where=f"{prefix}value {index}") for index, part in enumerate(text.split(","), start=1)
-    )
-
-
-def _checked(values: Sequence[float]) -> tuple[float, ...]:
-    result = []
-    for index, value in enumerate(values, start=1):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise BlockWeightError(f"value {index} is {value!r}; expected a finite number")
-        result.append(float(value))
-    return tuple(result)
-
-
-def expand_vector(values: Sequence[float], arch: Arch | str) -> dict[str, float]:
-    """{block id: weight} for BASE and every UNet block of `arch`, from a vector in one of its formats.
-
-    SD1/SD2 take 17 or 26 values, SDXL 12 or 20 (lbw.md §2.2); blocks a short format omits get 0 (as in LBW).
-    Example: 17 ones on SD1 -> IN01=1 … but IN00=IN03=0. Any other length raises BlockWeightError.
-    """
-    resolved = _arch(arch)
-    numbers = _checked(values)
-    order = FORMATS[FAMILY_OF_ARCH[resolved.name]].get(len(numbers))
-    if order is None:
-        raise _length_error(resolved, len(numbers))
-    table = dict.fromkeys(full_block_ids(resolved), 0.0)
-    table.update(zip(order, numbers))
-    return table
-
-
-def vector_for(weights: Mapping[str, float], arch: Arch | str, length: int) -> list[float]:
-    """The weights of the blocks of `arch`'s `length`-value format, in LBW's order (the inverse of expand_vector).
-
-    Lossy when `weights` sets blocks the format omits (see `shortest_length`); a block of the format missing
-    from `weights`, or a length the arch has no format of, raises BlockWeightError.
-    """
-    resolved = _arch(arch)
-    order = FORMATS[FAMILY_OF_ARCH[resolved.name]].get(length)
-    if order is None:
-        raise _length_error(resolved, length)
-    missing = [block for block in order if block not in weights]
-    if missing:
-        raise BlockWeightError(f"no weight for block(s) {', '.join(missing)} of the {length}-value format")
-    return [float(weights[block]) for block in order]
-
-
-def shortest_length(weights: Mapping[str, float], arch: Arch | str) -> int:
-    """The shortest format of `arch` that holds `weights` exactly (omitted blocks all 0): 17/12 or 26/20."""
-    family = family_of(arch)
-    for length, order in sorted(FORMATS[family].items()):
-        if all(weights.get(block, 0.0) == 0.0 for block in weights if block not in order):
-            return length
-    return FULL_LENGTH[family]
-
+MAX_NAME_LENGTH = 100
+"""The longest preset name."""
+MAX_PRESET_FILE_BYTES = 4 * 1024 * 1024
+"""The largest preset file read (LBW's files are a few kilobytes; one line per preset and family)."""
 
 def _check_name(name: str) -> None:
     if not name or any(char in name for char in ":,<>#") or name != name.strip() or " " in name:
-        raise BlockWeightError(f"invalid preset name {name!r}: it must be one word without : , < > #")
+        raise BlockWeightError(f"invalid preset name {echo(name)}: it must be one word without : , < > #")
+    if len(name) > MAX_NAME_LENGTH:
+        raise BlockWeightError(f"preset name {echo(name)} is {len(name)} characters; at most {MAX_NAME_LENGTH}")
 
 
 @dataclass(frozen=True)
@@ -306,11 +204,12 @@ class PresetBook:
 
     @classmethod
     def of(cls, presets: Iterable[Preset]) -> PresetBook:
-        """A book of `presets`; a later preset of the same name overrides an earlier one per family."""
-        book = cls()
+        """A book of `presets`; a later preset of the same name overrides an earlier one per family (linear time)."""
+        merged: dict[str, Preset] = {}
         for preset in presets:
-            book = book.merge(cls({preset.name: preset}))
-        return book
+            old = merged.get(preset.name)
+            merged[preset.name] = preset if old is None else _combined(old, preset)
+        return cls(merged)
 
     @classmethod
     def builtin(cls) -> PresetBook:
@@ -335,25 +234,14 @@ class PresetBook:
     @classmethod
     def from_file(cls, path: str | Path) -> PresetBook:
         """The presets of an LBW-style preset file (UTF-8); unreadable or invalid files raise BlockWeightError."""
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise BlockWeightError(f"cannot read preset file {path}: {reason}") from error
-        return cls.parse_preset_text(text, source=str(path))
+        return cls.parse_preset_text(read_preset_file(Path(path)), source=str(path))
 
     def merge(self, other: PresetBook) -> PresetBook:
         """This book with `other`'s presets added; for a name in both, `other`'s vectors win per family."""
         merged = dict(self.presets)
         for name, preset in other.presets.items():
             old = merged.get(name)
-            if old is None:
-                merged[name] = preset
-                continue
-            vectors = {**old.vectors, **preset.vectors}
-            kept = [f for f in old.vectors if f not in preset.vectors]
-            source = preset.source if not kept else f"{preset.source}; {'/'.join(kept)} from {old.source}"
-            merged[name] = Preset(name, vectors, source)
+            merged[name] = preset if old is None else _combined(old, preset)
         return PresetBook(merged)
 
     def __contains__(self, name: object) -> bool:
@@ -375,7 +263,7 @@ class PresetBook:
         if name.casefold() in folded and folded[name.casefold()] not in close:
             close.insert(0, folded[name.casefold()])
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known presets: {', '.join(self.presets)}"
-        raise BlockWeightError(f"unknown block-weight preset {name!r} (names are case-sensitive){hint}")
+        raise BlockWeightError(f"unknown block-weight preset {echo(name)} (names are case-sensitive){hint}")
 
     def get(self, name: str, arch: Arch | str) -> dict[str, float]:
         """The expanded table of preset `name` on `arch`; unknown names and missing family vectors raise."""
@@ -392,7 +280,7 @@ class PresetBook:
         """The expanded table for `spec`: a preset name, or a literal comma-separated vector of `arch`'s formats."""
         text = spec.strip()
         if "," in text:
-            where = f"block weights {text!r}"
+            where = f"block weights {echo(text)}"
             try:
                 return expand_vector(parse_vector(text, where=where), arch)
             except BlockWeightError as error:
@@ -402,10 +290,39 @@ class PresetBook:
         return self.get(text, arch)
 
 
+def _combined(old: Preset, new: Preset) -> Preset:
+    """`new` over `old` (same name): `new`'s vectors win per family, the source says where each came from."""
+    vectors = {**old.vectors, **new.vectors}
+    kept = [f for f in old.vectors if f not in new.vectors]
+    source = new.source if not kept else f"{new.source}; {'/'.join(kept)} from {old.source}"
+    return Preset(new.name, vectors, source)
+
+
+def read_preset_file(path: Path, *, missing_ok: bool = False) -> str:
+    """The text of a preset file (UTF-8, BOM skipped; "" for a missing file when `missing_ok`); BlockWeightError
+    when it is unreadable or larger than MAX_PRESET_FILE_BYTES (no more than that is read)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PRESET_FILE_BYTES + 1)
+    except FileNotFoundError as error:
+        if missing_ok:
+            return ""
+        raise BlockWeightError(f"cannot read preset file {path}: {error.strerror or error}") from error
+    except OSError as error:
+        raise BlockWeightError(f"cannot read preset file {path}: {error.strerror or error}") from error
+    if len(data) > MAX_PRESET_FILE_BYTES:
+        raise BlockWeightError(f"preset file {path} is larger than {MAX_PRESET_FILE_BYTES // 1024**2} MiB; "
+                               "a preset file holds one short line per preset")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise BlockWeightError(f"cannot read preset file {path}: {error}") from error
+
+
 def _parse_line(line: str, *, where: str, source: str) -> Preset:
     name, colon, values = line.partition(":")
     if not colon:
-        raise BlockWeightError(f"{where}: expected NAME:v1,...,vN, got {line[:60]!r}")
+        raise BlockWeightError(f"{where}: expected NAME:v1,...,vN, got {echo(line, 60)}")
     name = name.replace(" ", "")
     if not name:
         raise BlockWeightError(f"{where}: the preset has no name before ':'")

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lib_lora.errors import PromptSyntaxError
+from lib_lora.wording import echo, shorten
+
+from .vectors import FLUX_LENGTH, MAX_VECTOR_VALUES
 
 __all__ = [
     "LORA_KINDS",
     "NAMED_KEYS",
     "LoraCall",
+    "find_tags",
     "format_call",
     "parse_prompt",
     "rewrite_for_builtin",
@@ -50,21 +55,30 @@ class LoraCall:
     raw: str = field(default="", compare=False)
 
 
+def find_tags(prompt: str) -> Iterator[re.Match[str]]:
+    """EXTRA_NETWORK_RE's matches in `prompt`, in linear time.
+
+    No tag can end after the last `>`, so the search stops there; without that bound a prompt such as
+    `<a:<a:<a:…` with no `>` costs a scan to its end from every `<` (quadratic).
+    """
+    return EXTRA_NETWORK_RE.finditer(prompt, 0, prompt.rfind(">") + 1)
+
+
 def validate_name(name: str) -> None:
     """Raise PromptSyntaxError unless `name` can only resolve inside the LoRA folders (no path, no `..`)."""
     tag = f"<lora:{name}>"
     if not isinstance(name, str) or not name.strip():
         raise PromptSyntaxError("the LoRA name is empty", tag=tag)
     if "/" in name or "\\" in name:
-        raise PromptSyntaxError(f"{name!r} has a path separator; {_NOT_A_PATH}", tag=tag)
+        raise PromptSyntaxError(f"{echo(name)} has a path separator; {_NOT_A_PATH}", tag=tag)
     if ".." in name:
-        raise PromptSyntaxError(f"{name!r} contains '..'; {_NOT_A_PATH}", tag=tag)
+        raise PromptSyntaxError(f"{echo(name)} contains '..'; {_NOT_A_PATH}", tag=tag)
     if _DRIVE_RE.match(name) or ":" in name:
-        raise PromptSyntaxError(f"{name!r} has a drive letter or ':'; {_NOT_A_PATH}", tag=tag)
+        raise PromptSyntaxError(f"{echo(name)} has a drive letter or ':'; {_NOT_A_PATH}", tag=tag)
     if "\x00" in name:
-        raise PromptSyntaxError(f"{name!r} contains a NUL character", tag=tag)
+        raise PromptSyntaxError(f"{echo(name)} contains a NUL character", tag=tag)
     if "=" in name or ">" in name:
-        raise PromptSyntaxError(f"{name!r} contains '=' or '>', which the tag syntax cannot carry", tag=tag)
+        raise PromptSyntaxError(f"{echo(name)} contains '=' or '>', which the tag syntax cannot carry", tag=tag)
 
 
 def parse_prompt(prompt: str) -> tuple[str, list[LoraCall]]:
@@ -75,7 +89,7 @@ def parse_prompt(prompt: str) -> tuple[str, list[LoraCall]]:
     calls: list[LoraCall] = []
     pieces: list[str] = []
     last = 0
-    for match in EXTRA_NETWORK_RE.finditer(prompt):
+    for match in find_tags(prompt):
         if match.group(1) not in LORA_KINDS:
             continue
         calls.append(_parse_tag(match))
@@ -93,7 +107,7 @@ def rewrite_for_builtin(prompt: str) -> tuple[str, list[LoraCall]]:
     calls: list[LoraCall] = []
     pieces: list[str] = []
     last = 0
-    for match in EXTRA_NETWORK_RE.finditer(prompt):
+    for match in find_tags(prompt):
         kind = match.group(1)
         if kind not in LORA_KINDS:
             continue
@@ -170,7 +184,7 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
     items = match.group(2).split(":")
     name = items[0]
     if "=" in name:
-        raise PromptSyntaxError(f"the first item must be the LoRA name, got {name!r}", tag=tag)
+        raise PromptSyntaxError(f"the first item must be the LoRA name, got {echo(name)}", tag=tag)
     try:
         validate_name(name)
     except PromptSyntaxError as exc:
@@ -179,13 +193,13 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
     positional, named_pairs = _split_items(items[1:])
     for item in positional:
         if "=" in item:
-            raise PromptSyntaxError(f"{item!r} has more than one '='", tag=tag)
+            raise PromptSyntaxError(f"{echo(item)} has more than one '='", tag=tag)
     named: dict[str, str] = {}
     for key, value in named_pairs:
         if key not in NAMED_KEYS:
-            raise PromptSyntaxError(f"unknown key {key!r}; known keys are {', '.join(NAMED_KEYS)}", tag=tag)
+            raise PromptSyntaxError(f"unknown key {echo(key)}; known keys are {', '.join(NAMED_KEYS)}", tag=tag)
         if key in named:
-            raise PromptSyntaxError(f"key {key!r} is given twice", tag=tag)
+            raise PromptSyntaxError(f"key {echo(key)} is given twice", tag=tag)
         named[key] = value
     if len(positional) > _MAX_BLOCK_POSITIONALS:
         raise PromptSyntaxError(
@@ -198,7 +212,7 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
     blocks: str | None = None
     for index, item in enumerate(positional):
         if blocks is not None:
-            raise PromptSyntaxError(f"{item!r} follows the block preset or vector, which must come last", tag=tag)
+            raise PromptSyntaxError(f"{echo(item)} follows the block preset or vector, which must come last", tag=tag)
         if index == 0:
             te = _parse_float(item, "the text-encoder multiplier", tag)
         elif index == 1:
@@ -212,12 +226,13 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
             if dyn_value is not None:
                 dyn = _check_dyn(dyn_value, tag)
             elif _try_float(item) is not None:
-                raise PromptSyntaxError(f"dyn must be a whole number, got {item!r}", tag=tag)
+                raise PromptSyntaxError(f"dyn must be a whole number, got {echo(item)}", tag=tag)
             else:
                 blocks = _check_blocks(item, tag)
         else:
             if dyn is None:
-                raise PromptSyntaxError(f"{item!r} follows the block preset or vector, which must come last", tag=tag)
+                raise PromptSyntaxError(f"{echo(item)} follows the block preset or vector, which must come last",
+                                        tag=tag)
             blocks = _check_blocks(item, tag)
 
     if "te" in named:
@@ -229,7 +244,7 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
     if "dyn" in named:
         parsed = _try_int(named["dyn"])
         if parsed is None:
-            raise PromptSyntaxError(f"dyn= must be a whole number, got {named['dyn']!r}", tag=tag)
+            raise PromptSyntaxError(f"dyn= must be a whole number, got {echo(named['dyn'])}", tag=tag)
         dyn = _check_dyn(parsed, tag)
     if "lbw" in named:
         if blocks is not None:
@@ -261,15 +276,15 @@ def _try_int(text: str) -> int | None:
 
 def _finite(number: float, text: str, what: str, tag: str) -> float:
     if not math.isfinite(number):
-        raise PromptSyntaxError(f"{what} must be a finite number, got {text!r}", tag=tag)
+        raise PromptSyntaxError(f"{what} must be a finite number, got {echo(text)}", tag=tag)
     return number
 
 
 def _parse_float(text: str, what: str, tag: str) -> float:
     number = _try_float(text)
     if number is None:
-        hint = f" (write lbw={text.strip()} for a block preset)" if _PRESET_RE.fullmatch(text.strip()) else ""
-        raise PromptSyntaxError(f"{what} must be a number, got {text!r}{hint}", tag=tag)
+        hint = f" (write lbw={shorten(text.strip())} for a block preset)" if _PRESET_RE.fullmatch(text.strip()) else ""
+        raise PromptSyntaxError(f"{what} must be a number, got {echo(text)}{hint}", tag=tag)
     return _finite(number, text, what, tag)
 
 
@@ -287,11 +302,15 @@ def _check_blocks(text: str, tag: str, *, label: str = "block spec") -> str:
     if _PRESET_RE.fullmatch(spec):
         return spec
     if "," not in spec:
-        raise PromptSyntaxError(f"{label} {text!r} is neither a number, a preset name nor a vector", tag=tag)
+        raise PromptSyntaxError(f"{label} {echo(text)} is neither a number, a preset name nor a vector", tag=tag)
+    count = spec.count(",") + 1
+    if count > MAX_VECTOR_VALUES:
+        raise PromptSyntaxError(f"{label} vector has {count} values; a block-weight vector has at most "
+                                f"{FLUX_LENGTH} (17 or 26 for SD1/SD2, 12 or 20 for SDXL)", tag=tag)
     for element in spec.split(","):
         number = _try_float(element)
         if number is None or not math.isfinite(number):
-            raise PromptSyntaxError(f"{label} vector {text!r} has a non-number {element!r}", tag=tag)
+            raise PromptSyntaxError(f"{label} vector {echo(text)} has a non-number {echo(element)}", tag=tag)
     return spec
 
 
@@ -300,13 +319,13 @@ def _parse_step(text: str, what: str, tag: str) -> int | float:
     whole = _try_int(text)
     if whole is not None:
         if whole < 0:
-            raise PromptSyntaxError(f"{what} must not be negative, got {text!r}", tag=tag)
+            raise PromptSyntaxError(f"{what} must not be negative, got {echo(text)}", tag=tag)
         return whole
     number = _try_float(text)
     if number is None or not math.isfinite(number):
-        raise PromptSyntaxError(f"{what} must be a step number or a fraction, got {text!r}", tag=tag)
+        raise PromptSyntaxError(f"{what} must be a step number or a fraction, got {echo(text)}", tag=tag)
     if not 0.0 <= number <= 1.0:
-        raise PromptSyntaxError(f"{what} as a fraction of the steps must be within 0..1, got {text!r}", tag=tag)
+        raise PromptSyntaxError(f"{what} as a fraction of the steps must be within 0..1, got {echo(text)}", tag=tag)
     return number
 
 

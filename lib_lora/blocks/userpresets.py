@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..atomic import write_atomically
 from ..errors import BlockWeightError
-from .presets import FAMILY_TITLES, Preset, PresetBook, family_of_length
+from ..wording import echo
+from .presets import FAMILY_TITLES, Preset, PresetBook, family_of_length, read_preset_file
 
 __all__ = [
     "delete_user_preset",
@@ -30,7 +31,7 @@ def format_preset_line(name: str, values: Sequence[float]) -> str:
     vector = tuple(float(v) for v in values)
     family = family_of_length(len(vector))
     if family is None:
-        raise BlockWeightError(f"preset {name!r}: {len(vector)} values is no block-weight format")
+        raise BlockWeightError(f"preset {echo(name)}: {len(vector)} values is no block-weight format")
     Preset(name, {family: vector})
     return f"{name}:{','.join(f'{v:g}' for v in vector)}"
 
@@ -41,7 +42,7 @@ def _line_key(line: str) -> tuple[str, str | None] | None:
     name, colon, values = body.partition(":")
     if not colon:
         return None
-    return name.replace(" ", ""), family_of_length(len(values.split(",")))
+    return name.replace(" ", ""), family_of_length(values.count(",") + 1)
 
 
 def with_preset_line(text: str, name: str, values: Sequence[float]) -> tuple[str, bool]:
@@ -79,14 +80,8 @@ def without_preset_lines(text: str, name: str, family: str) -> tuple[str, int]:
 
 
 def read_user_text(path: Path) -> str:
-    """The file's text, or "" when it does not exist; BlockWeightError when it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        return ""
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        raise BlockWeightError(f"cannot read preset file {path}: {reason}") from error
+    """The file's text, or "" when it does not exist; BlockWeightError when it cannot be read or is too large."""
+    return read_preset_file(Path(path), missing_ok=True)
 
 
 def _write(path: Path, text: str) -> None:
@@ -119,7 +114,8 @@ def delete_user_preset(path: Path, name: str, family: str) -> int:
     new_text, removed = without_preset_lines(text, name, family)
     if not removed:
         raise BlockWeightError(
-            f"{path} has no {FAMILY_TITLES.get(family, family)} line for {name!r}; built-in presets cannot be deleted"
+            f"{path} has no {FAMILY_TITLES.get(family, family)} line for {echo(name)}; "
+            "built-in presets cannot be deleted"
         )
     _write(path, new_text)
     return removed

@@ -23,7 +23,15 @@ from ..errors import LoraStudioError
 from .errors import DatasetError
 from .folder import validate_caption_ext
 from .preprocess import prepare_image
-from .tagger_models import TaggerFiles, TaggerModelError
+from .tagger_models import (
+    MAX_FIXED_BATCH,
+    MAX_INPUT_SIDE,
+    MAX_MODEL_BYTES,
+    MAX_TAGS_BYTES,
+    TaggerFiles,
+    TaggerModelError,
+    check_file_size,
+)
 from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
 
 if TYPE_CHECKING:
@@ -146,6 +154,7 @@ class TagLabels:
     @classmethod
     def from_csv(cls, path: Path) -> TagLabels:
         """Read `tag_id,name,category,count` rows; TaggerModelError when the file is not such a table."""
+        check_file_size(path, MAX_TAGS_BYTES)
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
@@ -316,6 +325,7 @@ class Tagger:
         intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default);
         TaggerUnavailableError when onnxruntime is missing."""
         ort = _onnxruntime()
+        check_file_size(files.model_path, MAX_MODEL_BYTES)
         labels = TagLabels.from_csv(files.tags_path)
         available = ort.get_available_providers()
         if providers is None:
@@ -419,6 +429,11 @@ def _check_contract(session: ort.InferenceSession, labels: TagLabels, files: Tag
             or shape[1] != shape[2] or inputs[0].type != "tensor(float)"):
         raise TaggerModelError(f"{files.model_path}: not a WD14 tagger (expects one float input "
                                f"[batch, S, S, 3], has {[(i.name, i.shape) for i in inputs]})")
+    side, batch = shape[1], shape[0]
+    if side > MAX_INPUT_SIDE or (isinstance(batch, int) and batch > MAX_FIXED_BATCH):
+        raise TaggerModelError(f"{files.model_path}: input [batch, S, S, 3] = {shape} is larger than a tagger's "
+                               f"(S at most {MAX_INPUT_SIDE}, a fixed batch at most {MAX_FIXED_BATCH}; WD14 takes "
+                               "448 pixels)")
     width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
     if isinstance(width, int) and width != len(labels.names):
         raise TaggerModelError(f"{files.model_path}: the model has {width} outputs but {files.tags_path} lists "

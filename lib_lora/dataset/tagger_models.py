@@ -20,6 +20,10 @@ from ..errors import ModelLoadError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MAX_FIXED_BATCH",
+    "MAX_INPUT_SIDE",
+    "MAX_MODEL_BYTES",
+    "MAX_TAGS_BYTES",
     "MODEL_FILE",
     "REGISTRY",
     "TAGS_FILE",
@@ -27,12 +31,21 @@ __all__ = [
     "TaggerFiles",
     "TaggerModel",
     "TaggerModelError",
+    "check_file_size",
     "known_model",
     "resolve_model",
 ]
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
+MAX_MODEL_BYTES = 4 * 1024**3
+"""The largest model.onnx opened (the largest WD14 tagger, EVA02-Large v3, is about 1.3 GB)."""
+MAX_TAGS_BYTES = 16 * 1024**2
+"""The largest selected_tags.csv read (WD14's lists hold about 10,000 tags in about 300 kB)."""
+MAX_INPUT_SIDE = 2048
+"""The largest input side a model may ask for (WD14 takes 448): every image is resized to side × side floats."""
+MAX_FIXED_BATCH = 256
+"""The largest fixed batch a model may declare: a short last batch is padded to it."""
 
 DownloadProgress = Callable[[str, int, "int | None"], None]
 """progress(message, bytes_done, bytes_total or None), called from a watcher thread while a file downloads."""
@@ -88,6 +101,16 @@ class TaggerFiles:
 
     def describe(self) -> str:
         return f"{self.name} ({self.source}: {self.model_path.parent})"
+
+
+def check_file_size(path: Path, limit: int) -> None:
+    """TaggerModelError when the file at `path` is larger than `limit` bytes (checked before it is read)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError as error:
+        raise TaggerModelError(f"{path}: cannot read it: {error.strerror or error}") from error
+    if size > limit:
+        raise TaggerModelError(f"{path}: {size} bytes, more than the {limit} a WD14 tagger file may have")
 
 
 def known_model(name: str) -> TaggerModel | None:

@@ -20,6 +20,8 @@ import torch
 
 from ..atomic import write_atomically
 from ..errors import LoraFormatError
+from ..wording import echo
+from .pickle_limits import load_weights_only
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # LoRA headers are kilobytes; embedded cover images stay well under this
 MAX_LORA_BYTES = 2 * 1024**3
@@ -97,7 +99,10 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
 def load_lora_file(
     path: str | os.PathLike[str], *, max_bytes: int = MAX_LORA_BYTES, device: str | torch.device = "cpu"
 ) -> LoraStateDict:
-    """Load a .safetensors (header checked first) or a weights-only .pt/.ckpt/.bin; every float must be finite."""
+    """Load a .safetensors (header checked first) or a weights-only .pt/.ckpt/.bin; every float must be finite.
+
+    `max_bytes` bounds the file's size on disk and, for a pickle, what its zip unpacks to (`pickle_limits`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
@@ -111,7 +116,7 @@ def load_lora_file(
     if suffix in SAFETENSORS_SUFFIXES:
         tensors, metadata = _load_safetensors(path)
     else:
-        tensors, metadata = _load_weights_only_pickle(path), {}
+        tensors, metadata = _load_weights_only_pickle(path, max_bytes), {}
     if not tensors:
         raise LoraFormatError("the file holds no tensors", path=path)
     for key, tensor in tensors.items():
@@ -178,7 +183,7 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {echo(key)}")
         result[key] = value
     return result
 
@@ -203,11 +208,11 @@ def _tensor_info(name: str, entry: object, path: Path) -> TensorInfo:
         raise LoraFormatError(f"header entry is a JSON {type(entry).__name__}, not an object", path=path, key=name)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise LoraFormatError(f"unknown dtype {dtype!r}; expected one of {', '.join(_DTYPES)}", path=path, key=name)
+        raise LoraFormatError(f"unknown dtype {echo(dtype)}; expected one of {', '.join(_DTYPES)}", path=path, key=name)
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise LoraFormatError(f"shape must be a list of non-negative integers, got {shape!r}", path=path, key=name)
+        raise LoraFormatError(f"shape must be a list of non-negative integers, got {echo(shape)}", path=path, key=name)
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-        raise LoraFormatError(f"data_offsets must be two integers, got {offsets!r}", path=path, key=name)
+        raise LoraFormatError(f"data_offsets must be two integers, got {echo(offsets)}", path=path, key=name)
     begin, end = offsets
     if not 0 <= begin <= end:
         raise LoraFormatError(f"data_offsets [{begin}, {end}] are not an ordered pair from 0", path=path, key=name)
@@ -234,7 +239,7 @@ def _check_layout(tensors: Mapping[str, TensorInfo], data_size: int, path: Path)
                 key=name,
             )
         if begin < position:
-            raise LoraFormatError(f"data_offsets overlap those of {previous!r}", path=path, key=name)
+            raise LoraFormatError(f"data_offsets overlap those of {echo(previous)}", path=path, key=name)
         if begin > position:
             raise LoraFormatError(f"{begin - position} unused bytes before this tensor's data", path=path, key=name)
         position, previous = end, name
@@ -254,21 +259,8 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, header.metadata
 
 
-def _load_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
-            raise LoraFormatError(
-                "refused: the pickle holds code or objects other than tensors, and pickled code is never run "
-                "(only weights-only loading is allowed; convert the file to .safetensors)",
-                path=path,
-            ) from None
-        raise LoraFormatError(f"not a readable PyTorch file: {error}", path=path) from None
-    except Exception as error:  # torch.load raises RuntimeError, EOFError, zip and pickle errors for broken files
-        raise LoraFormatError(f"not a readable PyTorch file: {type(error).__name__}: {error}", path=path) from None
+def _load_weights_only_pickle(path: Path, max_bytes: int) -> dict[str, torch.Tensor]:
+    loaded = load_weights_only(path, max_bytes=max_bytes)
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping):
@@ -276,7 +268,7 @@ def _load_weights_only_pickle(path: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for key, value in loaded.items():
         if not isinstance(key, str):
-            raise LoraFormatError(f"keys must be strings, got {type(key).__name__} {key!r}", path=path)
+            raise LoraFormatError(f"keys must be strings, got {type(key).__name__} {echo(key)}", path=path)
         if not isinstance(value, torch.Tensor):
             raise LoraFormatError(f"value is {type(value).__name__}, not a tensor", path=path, key=key)
         tensors[key] = value
@@ -378,7 +370,7 @@ def save_safetensors_file(
 def _checked_metadata(metadata: Mapping[str, str], path: Path) -> dict[str, str]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
-            raise LoraFormatError(f"metadata names must be non-empty strings, got {key!r}", path=path)
+            raise LoraFormatError(f"metadata names must be non-empty strings, got {echo(key)}", path=path)
         if not isinstance(value, str):
             raise LoraFormatError(f"metadata value is {type(value).__name__}, not a string", path=path, key=key)
     return dict(metadata)
@@ -394,7 +386,7 @@ def _prepare_tensors(
     for key, tensor in tensors.items():
         if not isinstance(key, str) or not key or key == "__metadata__":
             raise LoraFormatError(
-                f"tensor names must be non-empty strings other than __metadata__, got {key!r}", path=path
+                f"tensor names must be non-empty strings other than __metadata__, got {echo(key)}", path=path
             )
         if not isinstance(tensor, torch.Tensor):
             raise LoraFormatError(f"value is {type(tensor).__name__}, not a tensor", path=path, key=key)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .bounds import OPTION_BOUNDS, check_option, help_suffix
 from .data_config import DATA_HELP, DataConfig
 from .errors import ConfigError
 from .network_config import NETWORK_HELP, NetworkConfig, format_network_args
@@ -34,8 +35,13 @@ _PART_SECTIONS = {"data": "dataset_arguments", "network": "additional_network_ar
 SECTION_ORDER = ("model_arguments", "additional_network_arguments", "optimizer_arguments", "dataset_arguments",
                  "training_arguments", "saving_arguments", "sample_prompt_arguments")
 
-TRAIN_HELP: dict[str, str] = {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP}
-"""Every option → its one-line help (the words the command line and the Train tab show)."""
+TRAIN_HELP: dict[str, str] = {
+    name: help_suffix(name, text) for name, text in {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP}.items()
+}
+"""Every option → its one-line help with, for numbers, its range (the words the command line and the Train tab
+show)."""
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""The largest config file read (a full sd-scripts config is a few kilobytes)."""
 
 # sd-scripts options that do not change what is trained here: accepted, and listed in TrainConfig.notes when set.
 IGNORED: dict[str, str] = {
@@ -99,6 +105,7 @@ class TrainConfig:
     notes: tuple[str, ...] = ()  # sd-scripts options that were given and do not apply here, with the reason
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_across_parts(self)
 
     def __getattr__(self, name: str) -> Any:
@@ -135,9 +142,17 @@ class TrainConfig:
         """Read a TOML config file (ours or sd-scripts'); ConfigError for unreadable files and bad options."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as error:
             raise ConfigError("config file", str(path), f"cannot read it: {error.strerror or error}") from None
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError("config file", str(path), f"larger than {MAX_CONFIG_BYTES // 1024**2} MiB; a "
+                                                        "training config is a few kilobytes of TOML")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError("config file", str(path), f"not UTF-8 text: {error}") from None
         return cls.from_toml_text(text, source=str(path))
 
     @classmethod
@@ -230,6 +245,15 @@ def _unknown_reason(key: str) -> str:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"unknown option{hint}"
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    """Every numeric option against OPTION_BOUNDS: the data and run readers check theirs as they read; this also
+    covers the parts that take typed values (network, optimizer), so no option escapes the table."""
+    for name in OPTION_BOUNDS:
+        value = getattr(config, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            check_option(name, item)
 
 
 def _check_across_parts(config: TrainConfig) -> None:

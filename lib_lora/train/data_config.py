@@ -13,8 +13,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .bounds import number_option
 from .errors import ConfigError
-from .values import float_range, int_range, read_bool
+from .values import read_bool
+
+MAX_TEXT_CHARS = 65536
+"""The longest text option (caption parts, separators, folders): captions and metadata carry them."""
 
 
 def _help(text: str) -> dict[str, str]:
@@ -119,7 +123,7 @@ class DataConfig:
 
 
 def _multiple_of_8(key: str, value: object) -> int:
-    number = int_range(8)(key, value)
+    number = int(number_option()(key, value))  # type: ignore[arg-type]
     if number % 8:
         raise ConfigError(key, value, "must be a multiple of 8 (the VAE works on 8×8 pixel cells)")
     return number
@@ -141,13 +145,15 @@ def _resolution(key: str, value: object) -> tuple[int, int]:
     try:
         width, height = (_multiple_of_8(key, p) for p in parts)
     except ConfigError as error:
-        raise ConfigError(key, value, error.reason) from None
+        raise ConfigError(key, value, f"each side: {error.reason}") from None
     return width, height
 
 
 def _text(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ConfigError(key, value, "expected text")
+    if len(value) > MAX_TEXT_CHARS:
+        raise ConfigError(key, value, f"{len(value)} characters; at most {MAX_TEXT_CHARS}")
     return value
 
 
@@ -181,21 +187,21 @@ def _caption_extension(key: str, value: object) -> str:
 _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "train_data_dir": _optional_folder,
     "reg_data_dir": _optional_folder,
-    "prior_loss_weight": float_range(0.0),
+    "prior_loss_weight": number_option(),
     "resolution": _resolution,
     "enable_bucket": read_bool,
-    "min_bucket_reso": int_range(8),
-    "max_bucket_reso": int_range(8),
+    "min_bucket_reso": number_option(),
+    "max_bucket_reso": number_option(),
     "bucket_reso_steps": _multiple_of_8,
     "bucket_no_upscale": read_bool,
     "caption_extension": _caption_extension,
     "shuffle_caption": read_bool,
-    "keep_tokens": int_range(0),
+    "keep_tokens": number_option(),
     "keep_tokens_separator": _text,
     "caption_separator": _non_empty,
-    "caption_dropout_rate": float_range(0.0, 1.0),
-    "caption_dropout_every_n_epochs": int_range(0),
-    "caption_tag_dropout_rate": float_range(0.0, 1.0),
+    "caption_dropout_rate": number_option(),
+    "caption_dropout_every_n_epochs": number_option(),
+    "caption_tag_dropout_rate": number_option(),
     "caption_prefix": _optional_text,
     "caption_suffix": _optional_text,
     "flip_aug": read_bool,
@@ -203,8 +209,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "random_crop": read_bool,
     "cache_latents": read_bool,
     "cache_latents_to_disk": read_bool,
-    "vae_batch_size": int_range(1),
-    "train_batch_size": int_range(1),
+    "vae_batch_size": number_option(),
+    "train_batch_size": number_option(),
 }
 
 DATA_HELP: dict[str, str] = {item.name: item.metadata["help"] for item in fields(DataConfig)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lib_lora.errors import LoraStudioError
+from lib_lora.wording import echo
 
 
 class ConfigError(LoraStudioError):
@@ -12,7 +13,7 @@ class ConfigError(LoraStudioError):
         self.key = key
         self.value = value
         self.reason = reason
-        super().__init__(f"{key} = {value!r}: {reason}")
+        super().__init__(f"{key} = {echo(value)}: {reason}")
 
 
 class TrainingError(LoraStudioError):

@@ -19,6 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 
 from ..atomic import write_atomically
+from ..errors import LoraFormatError
+from ..networks.files import read_header
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -27,6 +29,8 @@ CACHE_FORMAT = "lora-studio-latent-1"
 """Bumped whenever the pixels we feed the VAE change for the same key (alpha handling, resampling, ...)."""
 LATENT_FACTOR = 8
 """Pixels per latent cell along each side for every SD1/SD2/SDXL VAE."""
+MAX_LATENT_CHANNELS = 16
+"""The most latent channels a cache file may hold (SD1/SD2/SDXL have 4; newer VAEs 16)."""
 
 
 def derived_seed(*parts: object) -> int:
@@ -114,15 +118,23 @@ class LatentCache:
 
     @staticmethod
     def _read(path: Path, key: LatentKey) -> torch.Tensor | None:
-        """The file's latent if it is whole and belongs to `key`; None for missing or damaged files (recomputed)."""
+        """The file's latent if it is whole and belongs to `key`; None for missing or damaged files (recomputed).
+
+        The header is read first (at most MAX_HEADER_BYTES) and the tensor is loaded only when it is the one
+        latent of `key`'s size, so a damaged or planted file can never make the read allocate more than that.
+        """
         if not path.is_file():
             return None
         try:
+            header = read_header(path)
+            info = header.tensors.get("latents")
+            if (header.metadata.get("key") != json.dumps(asdict(key), sort_keys=True) or info is None
+                    or len(header.tensors) != 1 or len(info.shape) != 3 or info.shape[1:] != key.latent_size
+                    or not 0 < info.shape[0] <= MAX_LATENT_CHANNELS):
+                return None
             with safe_open(str(path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != json.dumps(asdict(key), sort_keys=True):
-                    return None
                 latent = f.get_tensor("latents")
-        except (OSError, SafetensorError, ValueError, RuntimeError, KeyError):
+        except (LoraFormatError, OSError, SafetensorError, ValueError, RuntimeError, KeyError):
             return None
         if latent.dim() != 3 or tuple(latent.shape[1:]) != key.latent_size or not torch.isfinite(latent).all():
             return None

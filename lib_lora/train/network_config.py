@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bounds import MAX_LIST_VALUES, check_option
 from .errors import ConfigError
-from .values import check_number
 
 NETWORK_MODULES: tuple[str, ...] = ("networks.lora", "lycoris.kohya")
 ALGOS: tuple[str, ...] = ("lora", "locon", "loha", "lokr")
@@ -134,11 +134,8 @@ class NetworkConfig:
         if self.network_module not in NETWORK_MODULES:
             raise ConfigError("network_module", self.network_module, f"expected one of {', '.join(NETWORK_MODULES)}"
                               f"{_close(self.network_module, NETWORK_MODULES)}")
-        _check_int("network_dim", self.network_dim, minimum=1)
-        check_number("network_alpha", self.network_alpha, minimum=0.0)
-        _check_fraction("network_dropout", self.network_dropout)
-        if self.scale_weight_norms is not None:
-            check_number("scale_weight_norms", self.scale_weight_norms, minimum=0.0, exclusive=True)
+        for name in ("network_dim", "network_alpha", "network_dropout", "scale_weight_norms"):
+            check_option(name, getattr(self, name))
         for name in ("network_train_unet_only", "network_train_text_encoder_only", "dim_from_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, getattr(self, name), "expected true or false")
@@ -243,13 +240,13 @@ def _read_args(raw: Mapping[str, str], module: str) -> NetworkArgs:
     values: dict[str, Any] = {
         "algo": algo,
         "preset": preset,
-        "conv_dim": _opt(raw, "conv_dim", _int_text, minimum=0),
-        "conv_alpha": _opt(raw, "conv_alpha", _float_text, minimum=0.0),
+        "conv_dim": _opt(raw, "conv_dim", _int_text),
+        "conv_alpha": _opt(raw, "conv_alpha", _float_text),
         "dora_wd": _bool_text(raw, "dora_wd", False),
         "wd_on_output": _bool_text(raw, "wd_on_output", True),
         "rank_dropout": _fraction_text(raw, "rank_dropout"),
         "module_dropout": _fraction_text(raw, "module_dropout"),
-        "factor": _int_text("network_args.factor", raw.get("factor", "-1")),
+        "factor": _opt(raw, "factor", _int_text),
         "decompose_both": _bool_text(raw, "decompose_both", False),
         "full_matrix": _bool_text(raw, "full_matrix", False),
         "block_dims": _list_text(raw, "block_dims", int),
@@ -259,24 +256,26 @@ def _read_args(raw: Mapping[str, str], module: str) -> NetworkArgs:
         "block_lr_zero_threshold": _opt(raw, "block_lr_zero_threshold", _float_text) or 0.0,
         "train_blocks": _train_blocks_text(raw.get("train_blocks")),
     }
-    if values["factor"] == 0 or values["factor"] < -1:
+    if values["factor"] is None:
+        values["factor"] = -1
+    if values["factor"] == 0:
         raise ConfigError("network_args.factor", values["factor"], "expected -1 (automatic) or a positive integer")
     if values["conv_dim"] == 0:
         values["conv_dim"] = None
     for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
         values[key] = _lr_weight_text(raw, key)
     for key in ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio"):
-        values[key] = _opt(raw, key, _float_text, minimum=0.0, exclusive=True)
+        values[key] = _opt(raw, key, _float_text)
     return NetworkArgs(**values)
 
 
-def _opt(raw: Mapping[str, str], key: str, read, **bounds: Any) -> Any:
+def _opt(raw: Mapping[str, str], key: str, read) -> Any:
+    """The value of `key` read by `read` and checked against its range (bounds.NETWORK_ARG_BOUNDS); None unset."""
     text = raw.get(key)
     if text is None or text.lower() in ("none", ""):
         return None
     value = read(f"network_args.{key}", text)
-    if bounds:
-        check_number(f"network_args.{key}", value, **bounds)
+    check_option(f"network_args.{key}", value)
     return value
 
 
@@ -305,9 +304,7 @@ def _bool_text(raw: Mapping[str, str], key: str, default: bool) -> bool:
 
 
 def _fraction_text(raw: Mapping[str, str], key: str) -> float | None:
-    value = _opt(raw, key, _float_text)
-    _check_fraction(f"network_args.{key}", value)
-    return value or None
+    return _opt(raw, key, _float_text) or None
 
 
 def _list_text(raw: Mapping[str, str], key: str, kind: type) -> tuple | None:
@@ -315,10 +312,14 @@ def _list_text(raw: Mapping[str, str], key: str, kind: type) -> tuple | None:
     text = raw.get(key)
     if text is None:
         return None
+    where = f"network_args.{key}"
+    _check_list_length(where, text)
     read = _int_text if kind is int else _float_text
-    values = tuple(read(f"network_args.{key}", part) for part in text.split(","))
+    values = tuple(read(where, part) for part in text.split(","))
     if any(v < 0 for v in values):
-        raise ConfigError(f"network_args.{key}", text, "values must not be negative")
+        raise ConfigError(where, text, "values must not be negative")
+    for value in values:
+        check_option(where, value)
     return values
 
 
@@ -334,11 +335,13 @@ def _lr_weight_text(raw: Mapping[str, str], key: str) -> str | None:
             allowed = "numbers" if key == "mid_lr_weight" else f"numbers or one of {', '.join(LR_WEIGHT_CURVES)}"
             raise ConfigError(f"network_args.{key}", text, f"expected {allowed}")
         return text
+    _check_list_length(f"network_args.{key}", text)
     for part in text.split(","):
         if part.strip():
             value = _float_text(f"network_args.{key}", part)
             if value < 0:
                 raise ConfigError(f"network_args.{key}", text, "learning-rate factors must not be negative")
+            check_option(f"network_args.{key}", value)
     return text
 
 
@@ -347,6 +350,7 @@ def _train_blocks_text(text: str | None) -> str | None:
     if text is None or not text.strip():
         return None
     text = text.strip()
+    _check_list_length("network_args.train_blocks", text)
     items = [item.strip() for item in text.split(",")]
     if any(_BLOCK_LIST_ITEM.fullmatch(item) for item in items):
         bad = [item for item in items if not _BLOCK_LIST_ITEM.fullmatch(item)]
@@ -364,14 +368,9 @@ def _close(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {', '.join(matches)}?)" if matches else ""
 
 
-def _check_int(key: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, value, f"expected a whole number of at least {minimum}")
-
-
-def _check_fraction(key: str, value: object) -> None:
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-    if not ok:
-        raise ConfigError(key, value, "expected a probability from 0 up to (not including) 1")
+def _check_list_length(key: str, text: str) -> None:
+    """ConfigError for a comma list of more than MAX_LIST_VALUES values (counted before anything is parsed)."""
+    count = text.count(",") + 1
+    if count > MAX_LIST_VALUES:
+        raise ConfigError(key, text, f"{count} values; a per-block list has at most {MAX_LIST_VALUES} "
+                                     "(25 for SD1/SD2 block_dims, 23 for SDXL)")

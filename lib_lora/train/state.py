@@ -118,7 +118,11 @@ def load_state(folder: Path, *, network: torch.nn.Module, optimizer: Any, schedu
 
 
 def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A weights-only pickle of the state folder. torch.save stores its members uncompressed, so what the file
+    unpacks to may not exceed its size on disk; that is checked before torch reads it (pickle_limits)."""
+    from ..networks.pickle_limits import load_weights_only
+
+    return load_weights_only(path, max_bytes=path.stat().st_size)
 
 
 def _rng_states(noise_generator: torch.Generator) -> dict[str, Any]:
