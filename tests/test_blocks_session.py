@@ -165,6 +165,22 @@ def test_a_host_that_reads_tags_gets_the_prompt_as_typed(host, library):
     assert len(reading.asked) == 1
 
 
+class RecordingWebUIHost(TagReadingHost):
+    """As TagReadingHost, and its images carry the WebUI's own infotext (what it applied), as A1111's and Neo's do."""
+
+    def generate(self, request: GenerationRequest):
+        image = super().generate(request)
+        image.info["parameters"] = "a cat\nSteps: 4, Sampler: DPM++ 2M, Seed: 42, Lora block weights: \"pat: te=1\""
+        return image
+
+
+def test_a_webui_host_s_own_infotext_is_the_record(host, library):
+    session = LoraSession(RecordingWebUIHost(host), library, PresetBook.builtin(), model_name="webui")
+    generated = session.generate(replace(REQUEST, prompt="a cat <lora:pat:0.8:NCNF>"))
+    assert generated.parameters.endswith('Seed: 42, Lora block weights: "pat: te=1"')
+    assert "NCNF" not in generated.parameters  # what the host applied, not what was asked
+
+
 def test_one_session_per_host_and_unmerge_host(host, library):
     books = PresetBook.builtin()
     session = session_for(host, library, books)

@@ -434,8 +434,7 @@ def test_generate_runs_the_always_on_scripts_with_their_defaults_and_the_gate_ho
     monkeypatch: pytest.MonkeyPatch, a1111_host: A1111Host, webui: Any
 ) -> None:
     """Without p.scripts A1111 runs no script, so `<lora:x:0.8:NCNF>` would reach the built-in Lora unrewritten."""
-    from lib_lora.hosts.gate import ALLOW_WHILE_HELD_ATTR
-    from lib_lora.hosts.gate import WEBUI_GPU
+    from lib_lora.hosts.gate import ALLOW_WHILE_HELD_ATTR, WEBUI_GPU
 
     made: list[Any] = []
     processing = ModuleType("modules.processing")

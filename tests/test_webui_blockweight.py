@@ -42,9 +42,12 @@ from lib_lora.blocks.presets import PresetBook  # noqa: E402
 from lib_lora.blocks.steps import active_steps  # noqa: E402
 from lib_lora.blocks.syntax import LoraCall, format_call, parse_prompt  # noqa: E402
 from lib_lora.hosts.a1111 import A1111Host  # noqa: E402
+from lib_lora.hosts.gate import (
+    ALLOW_WHILE_HELD_ATTR,  # noqa: E402
+    WEBUI_GPU,  # noqa: E402
+)
 from lib_lora.networks.keys import Target, TargetIndex, build_target_index  # noqa: E402
 from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
-from lib_lora.hosts.gate import ALLOW_WHILE_HELD_ATTR  # noqa: E402
 from lib_lora.webui.blockweight import CONTROLLER, SCRIPT_TITLE  # noqa: E402
 from lib_lora.webui.blockweight_networks import ModuleMultiplier, TaggedMultiplier  # noqa: E402
 from lib_lora.webui.blockweight_prompts import (  # noqa: E402
@@ -52,7 +55,6 @@ from lib_lora.webui.blockweight_prompts import (  # noqa: E402
     rewrite_prompt,
     rewrite_prompts,
 )
-from lib_lora.hosts.gate import WEBUI_GPU  # noqa: E402
 
 pytestmark = pytest.mark.hostcompat
 

@@ -9,7 +9,6 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-
 from webui_standin.forge_lora_loader import (
     Forge2PatcherStandIn,
     ForgeModelStandIn,

@@ -274,6 +274,11 @@ class GridResult:
     settings: dict[str, object]
     path: Path | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """The cells' warnings (LoRAs whose modules matched in part), each once."""
+        return list(dict.fromkeys(warning for cell in self.cells for warning in getattr(cell, "warnings", ())))
+
 
 def new_output_path(folder: Path, kind: str) -> Path:
     """`folder/<YYYYmmdd-HHMMSS>-<kind>.png`, with `-2`, `-3`… added when that name is taken."""

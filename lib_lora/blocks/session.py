@@ -7,7 +7,10 @@ host's family, and renders through the host:
   the base weights exactly, and must run before training). Tags with `start=`/`stop=` switch their UNet part
   between steps through the host's `on_step` callback.
 - a host that reads tags itself (`handles_lora_tags`, the WebUI): the prompt goes through as typed.
-The infotext keeps the prompt as typed and records `Lora block weights`.
+Before anything is rendered each LoRA's modules are matched against the model's layers (`networks.matching`): a
+LoRA none of whose modules match, or one that matches in part and looks like another family, is refused
+(LoraMatchError); one that matches in part is a warning (`Generated.warnings`). The infotext keeps the prompt as
+typed and records `Lora block weights` and `Lora modules matched`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ..hosts.base import GenerationRequest, Host
 from ..networks.attach import AppliedLora, ApplyReport, WeightMerger
-from ..networks.keys import build_target_index
+from ..networks.keys import TargetIndex, build_target_index
+from ..networks.matching import (
+    MATCHED_FIELD,
+    ModuleMatch,
+    check_matches,
+    count_match,
+    file_family,
+    file_module_names,
+    guess_family,
+    match_warnings,
+    matched_field_value,
+)
 from ..networks.network import LoraNetwork, load_network
-from ..pnginfo import parameters_text
+from ..pnginfo import PARAMETERS_KEY, parameters_text
 from .apply import BLOCK_WEIGHTS_FIELD, LoraLibrary, block_weights_value, resolve_calls
 from .presets import PresetBook
 from .steps import active_steps, is_gated
@@ -38,12 +52,19 @@ PresetSource = Union[PresetBook, Callable[[], PresetBook]]
 
 @dataclass(frozen=True)
 class Generated:
-    """One image, its A1111-style infotext (prompt as typed) and the tags that were applied."""
+    """One image, its A1111-style infotext (prompt as typed), the tags that were applied and how each LoRA's modules
+    matched the model."""
 
     image: Image.Image
     parameters: str
     calls: tuple[LoraCall, ...]
     merge: ApplyReport | None = None
+    matches: tuple[ModuleMatch, ...] = ()
+
+    @property
+    def warnings(self) -> list[str]:
+        """One sentence per LoRA whose modules matched only in part (counts, an example, the guessed family)."""
+        return match_warnings(self.matches)
 
 
 class _NetworkCache:
@@ -74,6 +95,7 @@ class LoraSession:
         self.model_name = model_name or host.model_name
         self._networks = _NetworkCache()
         self._merger: WeightMerger | None = None
+        self._index: tuple[weakref.ref[Any], TargetIndex] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -90,32 +112,37 @@ class LoraSession:
         return self._merger is not None and self._merger.merged_slots > 0
 
     def check(self, prompt: str) -> list[LoraCall]:
-        """The prompt's calls, with names, presets and families checked (files loaded); raises what generate would."""
+        """The prompt's calls, with names, presets, families and module matches checked; raises what generate would
+        (LoraMatchError for a LoRA that would change nothing or looks like another family)."""
         _, calls = parse_prompt(prompt)
-        if not self.host.handles_lora_tags:
-            self._resolve(calls)
-        else:
-            library, presets = self.library, self.presets
-            for call in calls:
-                library.resolve(call.name)
-                if call.blocks is not None:
-                    presets.resolve(call.blocks, self.host.arch)
+        check_matches(self._checked(calls)[0])
         return calls
+
+    def warnings(self, prompt: str) -> list[str]:
+        """What generating `prompt` would warn about (LoRAs whose modules match in part); raises what check raises."""
+        return check_matches(self._checked(parse_prompt(prompt)[1])[0])
 
     def generate(self, request: GenerationRequest) -> Generated:
         """Render `request` (its prompt carries the tags); the LoRA set stays merged afterwards."""
         with self._lock:
             clean, calls = parse_prompt(request.prompt)
             report: ApplyReport | None = None
-            if self.host.handles_lora_tags:
-                self.check(request.prompt)
+            matches, applied = self._checked(calls)
+            check_matches(matches)
+            if applied is None:
                 image = self.host.generate(request)
             else:
-                applied = self._resolve(calls)
                 report, image = self._render(replace(request, prompt=clean), calls, applied)
-            fields = {BLOCK_WEIGHTS_FIELD: f'"{block_weights_value(calls)}"'} if calls else {}
-            text = parameters_text(request.prompt, request, model=self.model_name, extra_fields=fields)
-            return Generated(image=image, parameters=text, calls=tuple(calls), merge=report)
+            host_record = image.info.get(PARAMETERS_KEY) if self.host.handles_lora_tags else None
+            if host_record:  # the WebUI's own infotext: its sampler and seed, the block weights its script applied
+                text = host_record
+            else:
+                fields = {}
+                if calls:
+                    fields[BLOCK_WEIGHTS_FIELD] = f'"{block_weights_value(calls)}"'
+                    fields[MATCHED_FIELD] = f'"{matched_field_value(matches)}"'
+                text = parameters_text(request.prompt, request, model=self.model_name, extra_fields=fields)
+            return Generated(image=image, parameters=text, calls=tuple(calls), merge=report, matches=tuple(matches))
 
     def unmerge(self) -> None:
         """Restore the host's base weights exactly (before training, or when LoRAs are no longer wanted)."""
@@ -123,9 +150,46 @@ class LoraSession:
             if self._merger is not None:
                 self._merger.restore()
 
-    def _resolve(self, calls: Sequence[LoraCall]) -> list[AppliedLora]:
-        return resolve_calls(calls, self.library, self.presets, self.host.arch, loader=self._networks.load,
-                             step_windows=True)
+    def _checked(self, calls: Sequence[LoraCall]) -> tuple[list[ModuleMatch], list[AppliedLora] | None]:
+        """Names, presets and families checked; each call's module match; the AppliedLoras where we merge (None on
+        a host that reads the tags itself: there only the files' module names are read, from their headers)."""
+        if self.host.handles_lora_tags and not calls:
+            return [], None
+        family, index, library = self.host.arch.name, self._target_index(), self.library
+        if not self.host.handles_lora_tags:
+            networks: dict[str, LoraNetwork] = {}
+
+            def load(path: Path) -> LoraNetwork:
+                network = self._networks.load(path)
+                networks[network.identity] = network
+                return network
+
+            applied = resolve_calls(calls, library, self.presets, self.host.arch, loader=load, step_windows=True)
+            matches = []
+            for call, lora in zip(calls, applied):
+                network = networks[lora.identity]
+                matches.append(count_match(call.name, lora.modules, [key for key in lora.modules if key in index],
+                                           family, family=lambda n=network: guess_family(n.modules, n.metadata)))
+            return matches, applied
+        presets = self.presets
+        matches = []
+        for call in calls:
+            path = library.resolve(call.name)
+            if call.blocks is not None:
+                presets.resolve(call.blocks, self.host.arch)
+            modules = file_module_names(path)
+            matches.append(count_match(call.name, modules, [name for name in modules if name in index], family,
+                                       family=lambda p=path: file_family(p)))
+        return matches, None
+
+    def _target_index(self) -> TargetIndex:
+        """The host's layers under every kohya name: the merger's, or (a WebUI host) one built per loaded UNet."""
+        if not self.host.handles_lora_tags:
+            return self._merger_for_host().index
+        unet = self.host.unet
+        if self._index is None or self._index[0]() is not unet:
+            self._index = (weakref.ref(unet), build_target_index(self.host))
+        return self._index[1]
 
     def _render(self, request: GenerationRequest, calls: Sequence[LoraCall],
                 applied: list[AppliedLora]) -> tuple[ApplyReport, Image.Image]:

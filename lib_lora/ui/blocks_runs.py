@@ -19,6 +19,7 @@ from ..blocks.apply import LoraLibrary
 from ..blocks.grid import Axis, GridSpec, check_plan, new_output_path, plan_grid, run_grid
 from ..blocks.presets import FAMILY_TITLES, FULL_LENGTH, family_of, parse_vector
 from ..blocks.session import LoraSession, session_for
+from ..blocks.syntax import format_call
 from ..errors import LoraStudioError
 from ..hosts.base import GenerationRequest
 from ..jobs import Job, JobControl, JobSnapshot
@@ -71,6 +72,11 @@ class Settings:
                                      cfg_scale=self.cfg, width=self.width, height=self.height, seed=self.seed)
         except ValueError as error:
             raise BlocksUIError(str(error)) from None
+
+
+def warning_lines(warnings: list[str]) -> str:
+    """Markdown lines after a status: one ⚠️ line per warning (each once), or "" when there are none."""
+    return "".join(f"\n\n⚠️ {escape_markdown(warning)}" for warning in dict.fromkeys(warnings))
 
 
 class JobSlot:
@@ -130,7 +136,8 @@ class BlockRuns:
         with self.context.gpu.hold("Block Weight generation"):
             generated = session.generate(settings.request(prompt))
         what = f"with {code_span(tag)}" if tag else "without a LoRA (none picked)"
-        return {"image": generated.image, "infotext": generated.parameters, "status": f"Generated {what}."}
+        return {"image": generated.image, "infotext": generated.parameters,
+                "status": f"Generated {what}.{warning_lines(generated.warnings)}"}
 
     def run_grid(self, x_text: str, y_text: str, lora: str | None, weight: float, vector: str,
                  preset: str | None, arch: str, *settings_inputs: Any) -> Iterator[Updates]:
@@ -144,6 +151,8 @@ class BlockRuns:
         plan = plan_grid(spec)
         session = self.session(arch)
         check_plan(plan, session)
+        loras = {cell.call.name: cell.call for cell in plan.cells}  # a match depends on the LoRA only
+        warnings = [warning for call in loras.values() for warning in session.warnings(format_call(call))]
         target = new_output_path(self.context.work_dir() / GRIDS_FOLDER, "xy")
 
         def work(control: JobControl) -> Any:
@@ -151,7 +160,7 @@ class BlockRuns:
                 return run_grid(plan, session, control, model_name=session.model_name, save_to=target)
 
         job = self.grid_slot.start(work)
-        yield {"status": f"XY grid of {plan.columns}×{plan.rows} images started."}
+        yield {"status": f"XY grid of {plan.columns}×{plan.rows} images started.{warning_lines(warnings)}"}
         for snapshot in follow(job, self.poll_seconds):
             if snapshot.active:
                 yield {"grid_progress": snapshot.describe()}
@@ -175,7 +184,7 @@ class BlockRuns:
                            length=FULL_LENGTH[family_of(arch)] if full else None)
         session = self.session(arch)
         spec.blocks(session.host.arch)
-        session.check(spec.prompt_with(spec.tag([1.0] * len(spec.blocks(session.host.arch)))))
+        warnings = session.warnings(spec.prompt_with(spec.tag([1.0] * len(spec.blocks(session.host.arch)))))
         target = new_output_path(self.context.work_dir() / GRIDS_FOLDER, "blocks")
 
         def work(control: JobControl) -> Any:
@@ -185,7 +194,7 @@ class BlockRuns:
 
         job = self.analyzer_slot.start(work)
         family = FAMILY_TITLES[family_of(arch)]
-        yield {"status": f"Analyzing {escape_markdown(lora)} on {family} blocks…"}
+        yield {"status": f"Analyzing {escape_markdown(lora)} on {family} blocks…{warning_lines(warnings)}"}
         for snapshot in follow(job, self.poll_seconds):
             if snapshot.active:
                 yield {"analyzer_progress": snapshot.describe()}

@@ -24,8 +24,10 @@ One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hoo
 - `on_infotext_pasted`: a malformed `Lora block weights` field is dropped; the prompt is never changed (the
   infotext holds it as typed, so pasting it back reproduces the image).
 
-The records say what was applied: `Lora block weights` lists only the tags whose block weights and windows were
-applied; each tag that was refused (unknown preset, wrong vector length, a tag we cannot parse, a WebUI whose
+The records say what was applied: `Lora modules matched` counts, per LoRA of the prompt, its modules the built-in
+placed on a layer (`blockweight_matching`; a LoRA that matched in part or not at all is also reported, and its block
+weights are refused when nothing matched); `Lora block weights` lists only the tags whose block weights and windows
+were applied; each tag that was refused (unknown preset, wrong vector length, a tag we cannot parse, a WebUI whose
 loader we cannot weight) is in `Lora block weights refused` with its reason, in every image's infotext (and so in
 the API's answer), and is reported once per generation as an image comment and a console warning. Generation goes
 on: a refused tag is still applied by the built-in, without block weights.
@@ -48,13 +50,15 @@ from ..blocks.syntax import parse_prompt
 from ..errors import BlockWeightError, PromptSyntaxError
 from ..hosts.gate import ALLOW_WHILE_HELD_ATTR, WEBUI_GPU
 from ..jobs import GpuGate
+from ..networks.matching import MATCHED_FIELD
 from .blockweight_forge import ForgePatchWeights, is_neo, plan_key
+from .blockweight_matching import MatchRecords, a1111_match
 from .blockweight_networks import BlockWeightPatch, NetworkPlan
 from .blockweight_prompts import (
     REFUSED_FIELD,
     BlockWeightsInfotext,
-    RefusedInfotext,
     Refusals,
+    RefusedInfotext,
     RewriteProblem,
     calls_from_extra_network_data,
     calls_with_block_weights,
@@ -113,6 +117,7 @@ class _Generation:
     arch: Arch | None = None
     typed_hires: dict[int, str] = field(default_factory=dict)
     refusals: Refusals = field(default_factory=Refusals)
+    matches: MatchRecords = field(default_factory=MatchRecords)
 
 
 class BlockWeightController:
@@ -154,6 +159,7 @@ class BlockWeightController:
         generation = self._generation = _Generation(self._read_presets(p))
         p.extra_generation_params[BLOCK_WEIGHTS_FIELD] = BlockWeightsInfotext(generation.refusals)
         p.extra_generation_params[REFUSED_FIELD] = RefusedInfotext(generation.refusals)
+        p.extra_generation_params[MATCHED_FIELD] = generation.matches
 
     def before_process_batch(self, p: Any, batch_number: int, prompts: MutableSequence[str]) -> None:
         """Rewrite the batch's prompts (the list A1111 passes is `p.prompts`) and its hires prompts, in place."""
@@ -179,6 +185,7 @@ class BlockWeightController:
         calls, errors = calls_from_extra_network_data(extra_network_data)
         for error in errors:
             self._report_left_as_typed(p, RewriteProblem("", error))
+        self._count_matches(p, generation, calls)
         acting = calls_with_block_weights(calls)
         if not acting:
             self.patch.restore()
@@ -301,6 +308,22 @@ class BlockWeightController:
                                             "in the same batch; applied with the first one's")
         self.forge.set_plans(plans)
 
+    def _count_matches(self, p: Any, generation: _Generation, calls: list[Any]) -> None:
+        """Record how many modules of each loaded LoRA matched; report a partial or empty match once, and refuse the
+        block weights of a LoRA none of whose modules matched."""
+        networks, arch = self._networks(), generation.arch or _arch_of(p.sd_model)
+        if networks is None or arch is None or (is_forge(p.sd_model) and not generation.forge):
+            return  # a Forge whose loader we do not wrap keeps no modules on its networks: nothing to count
+        for network in list(getattr(networks, "loaded_networks", None) or ()):
+            counted = self.forge.counts.match if generation.forge else a1111_match
+            match = counted(network, arch.name)
+            if match is None or not generation.matches.record(match) or match.complete:
+                continue
+            self._report(p, match.message())
+            if match.none:
+                nothing = f"block weights not applied: the LoRA matches no layer of this model ({match.summary()})"
+                self._refuse(p, [c for c in calls_with_block_weights(calls) if c.name == match.name], nothing)
+
     def _refuse(self, p: Any, calls: Iterable[Any], reason: str) -> None:
         """Record each call's block weights as not applied (the infotext's refused field) and report it once."""
         for call in calls:
@@ -362,8 +385,6 @@ def is_forge(sd_model: Any) -> bool:
     """Whether the model is a Forge model (Forge 2 or Forge Neo): it carries `forge_objects`, and its LoRAs are
     patches on them, weighted by `blockweight_forge`."""
     return hasattr(sd_model, "forge_objects")
-
-
 
 
 def _pass_steps(p: Any) -> int:

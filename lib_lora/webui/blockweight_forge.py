@@ -20,6 +20,8 @@ The hook, and why:
 3. Step windows (`start=`/`stop=`): the UNet entries of a windowed LoRA are marked online, so Neo merges them at
    every forward from the entry list, and `set_step` swaps their strength between the weight and 0 at the
    window's edges. The text-encoder part is in the conditioning, computed before sampling, and is not gated.
+4. Module counts: `blockweight_matching.NeoLoadCounts` wraps `load_lora_for_models` for the same span, to record
+   how many of each LoRA's modules Neo placed (`counts`).
 Rejected: splitting a LoRA into one `add_patches` call per block group (a second read of the file and of Neo's key
 map), and keeping our own copy of the merged weights (a second copy of the base weights).
 """
@@ -34,6 +36,7 @@ from ..arch import Arch
 from ..blocks.mapping import block_of_ldm_path
 from ..blocks.steps import is_gated
 from ..hosts.forge_neo import NEO_VERSION, forge_version
+from .blockweight_matching import NeoLoadCounts
 from .blockweight_networks import NetworkPlan, TaggedMultiplier
 
 __all__ = ["ForgePatchWeights", "PlanKey", "UNET_PREFIX", "entry_lists", "is_neo", "plan_key"]
@@ -95,6 +98,7 @@ class ForgePatchWeights:
         self._arch: Arch | None = None
         self.loads = 0
         """How many times Neo reloaded LoRAs through the wrapper (its cache missed); for tests and the bench."""
+        self.counts = NeoLoadCounts()
 
     @property
     def installed(self) -> bool:
@@ -107,6 +111,7 @@ class ForgePatchWeights:
         self._original = networks.load_networks
         self._own_attribute = "load_networks" in vars(networks)
         networks.load_networks = self._load_networks
+        self.counts.install(networks)
 
     def set_plans(self, plans: Mapping[PlanKey, NetworkPlan]) -> None:
         """The block weights for the next loads, by what `load_networks` receives for each LoRA."""
@@ -120,6 +125,7 @@ class ForgePatchWeights:
                     self._networks.load_networks = self._original
                 else:  # it came from the class: exact means removing ours
                     del self._networks.load_networks
+        self.counts.restore()
         self._networks = self._original = self._sd_model = None
         self._plans = {}
         self._set_windows(lambda plan: True)

@@ -1,17 +1,23 @@
 """What the host records for block weights: the applied preset in `Lora block weights`, a refused one in its own
-field `Lora block weights refused`, never claimed as applied; the same in the API's info JSON and the PNG's text."""
+field `Lora block weights refused`, never claimed as applied; the same in the API's info JSON and the PNG's text.
+How many modules of each LoRA matched a layer is in `Lora modules matched`: a LoRA for another family, not."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from checks import assert_same, prompt_with
+from loras import Target, lora_targets, random_lora
 from results import infotext_fields
 
 FIELD = "Lora block weights"
 REFUSED_FIELD = "Lora block weights refused"
 UNKNOWN = "NOSUCH"
+MATCHED_FIELD = "Lora modules matched"
+OTHER = "lsotherfamily"
 
 
 def _records(result: Any) -> list[tuple[str, str]]:
@@ -48,3 +54,35 @@ def test_an_unknown_preset_is_refused_in_the_records_and_the_lora_applied_plain(
         assert f"blocks={UNKNOWN}" not in extra[FIELD], extra
     if extra.get(REFUSED_FIELD) is not None:
         assert UNKNOWN in str(extra[REFUSED_FIELD]), extra
+
+
+def _write_sdxl_looking_lora(lora_dir: Path, checkpoint: Path) -> int:
+    """An SD1 checkpoint's attention targets under names only SDXL models have (a second transformer block, the
+    second text encoder's prefix), saved without metadata: only the keys tell its family. Returns its module count."""
+    from safetensors.numpy import save_file
+
+    def sdxl_name(name: str) -> str:
+        return name.replace("_transformer_blocks_0_", "_transformer_blocks_1_").replace("lora_te_", "lora_te2_")
+
+    renamed = [Target(sdxl_name(t.name), t.shape, t.block) for t in lora_targets(checkpoint)[1]
+               if "_transformer_blocks_0_" in t.name or t.name.startswith("lora_te_")]
+    save_file(random_lora(renamed, seed=3), str(lora_dir / f"{OTHER}.safetensors"))
+    return len(renamed)
+
+
+@pytest.mark.smoke
+def test_a_lora_for_another_family_is_counted_as_not_matched(host, loras) -> None:  # noqa: ANN001
+    """The built-in applies what matched, here nothing, without a word of its own; the records say 0 of its modules
+    matched and that it looks like SDXL, and the plain LoRA beside it all of its."""
+    if loras.arch != "sd1":
+        pytest.skip("the other-family LoRA here is written for SD1 hosts")
+    total = _write_sdxl_looking_lora(host.lora_dir, host.checkpoint)
+    host.refresh_loras()
+    result = host.txt2img(prompt=prompt_with(f"<lora:{loras.plain}:1> <lora:{OTHER}:1>"))
+    plain = host.txt2img(prompt=prompt_with(f"<lora:{loras.plain}:1>"))
+    assert_same(result, plain, f"{OTHER} (matches nothing) beside the plain LoRA vs the plain LoRA alone")
+    plain_total = len(lora_targets(host.checkpoint)[1])
+    for where, infotext in _records(result):
+        value = infotext_fields(infotext).get(MATCHED_FIELD, "")
+        assert f"{loras.plain}: {plain_total} of {plain_total}" in value, f"{where}: {infotext}"
+        assert re.search(rf"{OTHER}: 0 of {total}, looks like SDXL\b", value), f"{where}: {infotext}"
