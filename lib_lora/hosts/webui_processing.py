@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..pnginfo import PARAMETERS_KEY
 from .gate import mark_own_generation
 
 
@@ -40,8 +41,10 @@ def run_always_on_scripts(p: Any) -> None:
 
     A processing object built in code has no `p.scripts`, so the WebUI would run no script: `<lora:x:0.8:NCNF>`
     would then reach the built-in Lora unrewritten. The arguments are each script control's default value (what
-    the API sends when a request names no script), index 0 = no selectable script. `p` carries the GPU gate's
-    holder: our own generations (the Block Weight tab, training samples) run while we hold it.
+    the API sends when a request names no script), index 0 = no selectable script. `p.is_api` is set, as the
+    WebUI's API does: its built-in Seed and Sampler scripts then leave the seed, steps and sampler set in code
+    instead of overwriting them with their controls' defaults. `p` carries the GPU gate's holder: our own
+    generations (the Block Weight tab, training samples) run while we hold it.
     """
     try:
         from modules import scripts  # type: ignore[import-not-found]
@@ -52,6 +55,7 @@ def run_always_on_scripts(p: Any) -> None:
         return
     defaults = [getattr(control, "value", None) for control in getattr(runner, "inputs", None) or [None]]
     defaults[0] = 0
+    p.is_api = True  # first: assigning `script_args` runs the scripts' setup at once (A1111's property setter)
     p.scripts = runner
     p.script_args = tuple(defaults)
     mark_own_generation(p)
@@ -59,7 +63,8 @@ def run_always_on_scripts(p: Any) -> None:
 
 def generate_txt2img(sd_model: Any, request: Any, host_name: str) -> Any:
     """One txt2img image of `request` (a GenerationRequest) through the WebUI's own `modules.processing`, with the
-    always-on scripts seeing it; HostError outside a WebUI or when no image comes back."""
+    always-on scripts seeing it; HostError outside a WebUI or when no image comes back. The image's
+    `info["parameters"]` is the WebUI's own infotext for it: what was applied."""
     import torch
 
     from ..errors import HostError
@@ -84,4 +89,8 @@ def generate_txt2img(sd_model: Any, request: Any, host_name: str) -> Any:
             close()
     if not processed.images:
         raise HostError(f"{host_name} returned no image (generation interrupted or failed)")
-    return processed.images[0]
+    image = processed.images[0]
+    infotexts = getattr(processed, "infotexts", None) or [getattr(processed, "info", "")]
+    if infotexts[0]:
+        image.info[PARAMETERS_KEY] = infotexts[0]
+    return image

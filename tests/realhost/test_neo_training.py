@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from hosts import BASE_PROMPT
 from ui import field_input, open_studio_tab
 
