@@ -7,9 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..atomic import rename_noreplace
 from .errors import CaptionWriteError
@@ -57,19 +58,8 @@ class BackupSlot:
     def copy(self, data: bytes) -> Path:
         """Write `data` to a new file in the slot (fsynced, never replacing one); returns its path."""
         for candidate in self._candidates():
-            try:
-                handle = open(candidate, "xb")
-            except FileExistsError:
-                continue
-            try:
-                with handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            except BaseException:
-                candidate.unlink(missing_ok=True)
-                raise
-            return candidate
+            if _write_new(candidate, lambda handle: handle.write(data)):
+                return candidate
         raise OSError(errno.EEXIST, f"{_MAX_CLASHES} backups with the same timestamp already exist")
 
     def _candidates(self) -> Iterator[Path]:
@@ -81,19 +71,30 @@ class BackupSlot:
     @staticmethod
     def _copy_file(source: Path, candidate: Path) -> Path | None:
         """Copy `source` to the new file `candidate` (None when that name is taken)."""
-        try:
-            handle = open(candidate, "xb")
-        except FileExistsError:
-            return None
-        try:
-            with handle, open(source, "rb") as original:
+
+        def write(handle: BinaryIO) -> None:
+            with open(source, "rb") as original:
                 shutil.copyfileobj(original, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            candidate.unlink(missing_ok=True)
-            raise
-        return candidate
+
+        return candidate if _write_new(candidate, write) else None
+
+
+def _write_new(candidate: Path, write: Callable[[BinaryIO], object]) -> bool:
+    """Create `candidate` (never replacing a file), fill it with `write` and fsync it; False when the name is taken.
+    A failed write leaves no file behind."""
+    try:
+        handle = open(candidate, "xb")
+    except FileExistsError:
+        return False
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        candidate.unlink(missing_ok=True)
+        raise
+    return True
 
 
 def prepare_backup(path: Path, *, stamp: str, backup_dir: Path | None = None, root: Path | None = None) -> BackupSlot:
