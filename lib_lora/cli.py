@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, TextIO
 from .cli_blocks import add_blocks_parser, run_blocks_command
 from .cli_generate import add_generate_parser, run_generate_command
 from .cli_lora import add_lora_parser, run_lora_command
+from .cli_serve import add_access_options, server_logins
 from .cli_tag import add_tag_parser, run_tag_command
 from .cli_train import add_train_parser, run_train_command
 from .errors import LoraStudioError
@@ -97,8 +98,10 @@ def _server_options() -> argparse.ArgumentParser:
     group.add_argument(
         "--listen",
         action="store_true",
-        help="serve on all interfaces (0.0.0.0); by default only on 127.0.0.1",
+        help="serve on all interfaces (0.0.0.0), asking for a login (--auth or --auth-file); by default only "
+        "on 127.0.0.1",
     )
+    add_access_options(group)
     return options
 
 
@@ -111,7 +114,7 @@ def with_default_command(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the command line; returns the exit code (2 for a reported LoraStudioError)."""
+    """Run the command line; returns the exit code (2 for a reported LoraStudioError or OSError)."""
     out = out or sys.stdout
     args = build_parser().parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -138,6 +141,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except BrokenPipeError:  # e.g. `lora info x | head`: the reader left; say nothing more (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as error:  # a file the command reads or writes: its path and the cause, as any core error
+        from .file_names import describe_os_error
+
+        print(f"lora-studio: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -151,41 +159,55 @@ def run_demo_command(args: argparse.Namespace, out: TextIO) -> None:
     for path in report.outputs:
         print(f"  {path}", file=out)
     print(f"demo: finished; everything it wrote is in {report.output_dir.resolve()}", file=out, flush=True)
-    if not args.no_ui:
+    if args.no_ui:
+        print(f"demo: to open the UI on it: {open_ui_command(report.output_dir.resolve(), args.model)}", file=out)
+    else:
         if args.workspace == DEFAULT_WORKSPACE:
             args.workspace = report.output_dir
         serve(host, args, out=out)
 
 
-def serve(host: Host, args: argparse.Namespace, *, out: TextIO) -> None:
-    """Serve the UI for `host` on `args.workspace` until interrupted; ServeError when the server cannot start."""
-    from .ui import StudioContext, build_studio
+def open_ui_command(workspace: Path, model: str) -> str:
+    """The command that serves the UI on `workspace` from a checkout (`make serve`, which sets up .venv first)."""
+    import shlex
 
+    options = ["--workspace", str(workspace)] + (["--model", model] if model != "tiny" else [])
+    return f"make serve ARGS={shlex.quote(shlex.join(options))}"
+
+
+def serve(host: Host, args: argparse.Namespace, *, out: TextIO) -> None:
+    """Serve the UI for `host` on `args.workspace` until interrupted; ServeError when the server cannot start.
+
+    Only the app's own page may call it (other origins get 403); with logins, every page and API route asks.
+    """
+    from .ui import StudioContext, build_studio
+    from .ui.server import bind_socket, serve_blocks
+
+    logins = server_logins(args)
     port, listen = args.port, args.listen
     address = "0.0.0.0" if listen else "127.0.0.1"
     context = StudioContext.for_folder(lambda: host, args.workspace, lora_dirs=args.extra_lora_dirs,
                                        data_roots=args.data_root)
     blocks = build_studio(context)
     try:
-        blocks.queue().launch(
-            server_name=address,
-            server_port=port,
-            inbrowser=False,
-            show_api=False,
-            quiet=True,
-            prevent_thread_lock=True,
-        )
+        sock = bind_socket(address, port)
     except OSError as error:
-        reason = str(error).split(". ")[0]
+        reason = (error.strerror or str(error)).split(". ")[0]
         raise ServeError(
             f"cannot serve on {address}:{port}: {reason} (choose another port with --port)"
         ) from error
-    print(f"LoRA Studio: serving on http://{address}:{port} from {Path(args.workspace).resolve()} (Ctrl+C stops)",
-          file=out, flush=True)
-    blocks.block_thread()
+    login = ", login required" if logins else ""
+
+    def ready() -> None:
+        print(f"LoRA Studio: serving on http://{address}:{port} from {Path(args.workspace).resolve()}{login} "
+              "(Ctrl+C stops)", file=out, flush=True)
+
+    serve_blocks(blocks.queue(), sock, logins=logins, on_ready=ready)
 
 
 def _load_host(args: argparse.Namespace, out: TextIO) -> Host:
+    if not getattr(args, "no_ui", False):
+        server_logins(args)  # a missing or unusable login is refused before the model loads
     from .hosts.diffusers import load_diffusers_host
 
     print(f"LoRA Studio: loading model {args.model!r} ...", file=out, flush=True)

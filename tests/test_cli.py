@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
-from lib_lora.cli import build_parser, with_default_command
+from lib_lora.cli import build_parser, open_ui_command, with_default_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +63,34 @@ def test_demo_without_ui_runs_the_loop_and_lists_what_it_wrote(tmp_path):
     for path in (lora, grid, out / "samples" / "with_lora.png"):
         assert f"  {path}\n" in listed
     assert "bit-identical to before the demo" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1] == f"demo: to open the UI on it: {open_ui_command(out, 'tiny')}"
+    ui_command = shlex.split(result.stdout.rstrip().splitlines()[-1].split(": ", 2)[2])
+    assert ui_command[:2] == ["make", "serve"] and ui_command[2].startswith("ARGS=")
+    assert_serves_the_ui(shlex.split(ui_command[2][len("ARGS="):]))  # what `make serve` runs with those ARGS
+
+
+def assert_serves_the_ui(args: list[str]) -> None:
+    """`python -m lib_lora ARGS --port <free>` starts, serves the page, and stops on SIGTERM."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    server = subprocess.Popen([sys.executable, "-m", "lib_lora", *args, "--port", str(port)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                    assert page.status == 200 and b"<html" in page.read(2000).lower()
+                    return
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                time.sleep(1)
+        raise AssertionError("the UI did not answer within 240 s")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def test_missing_model_is_one_line_and_exit_code_2():
