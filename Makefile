@@ -49,7 +49,7 @@ test-host:
 # Real-host tests: the real Forge Neo and A1111 1.10.1 (shared trees in HOSTS_DIR) with this extension installed,
 # driven over HTTP and in Chromium (tests/realhost, README "Real-host tests"). The host venvs (~6 GB each) and test
 # checkpoints are built once, only when missing, under HOST_CACHE; the tests run in .venv. CI runs the smoke
-# subset; HOSTS_FULL=1 runs every test, with A1111's tiny SDXL too.
+# subset; HOSTS_FULL=1 runs every test, with A1111's tiny SDXL and Neo's full-size random SDXL (7 GB) too.
 HOSTS_DIR ?= $(abspath $(CURDIR)/../shared/hosts)
 NEO_HOST_DIR ?= $(HOSTS_DIR)/forge-neo
 A1111_HOST_DIR ?= $(HOSTS_DIR)/a1111-1.10.1
@@ -60,10 +60,12 @@ HOSTS_FULL ?=
 NEO_MODEL := $(HOST_MODELS)/neo/models/Stable-diffusion/random-sd15.safetensors
 A1111_SD1_MODEL := $(HOST_MODELS)/a1111/models/Stable-diffusion/tiny-sd1.safetensors
 A1111_SDXL_MODEL := $(HOST_MODELS)/a1111/models/Stable-diffusion/tiny-sdxl.safetensors
+NEO_SDXL_MODEL := $(HOST_MODELS)/neo-sdxl/random-sdxl.safetensors
 # A1111 runs (and make-model.py builds) from webui/repositories; a copy without them cannot: then only Neo's tests
 # run (--hosts=neo), and make says why.
 A1111_COMPLETE := $(wildcard $(A1111_HOST_DIR)/webui/repositories)
-HOST_MODEL_FILES := $(NEO_MODEL) $(if $(A1111_COMPLETE),$(A1111_SD1_MODEL) $(if $(HOSTS_FULL),$(A1111_SDXL_MODEL)))
+HOST_MODEL_FILES := $(NEO_MODEL) $(if $(HOSTS_FULL),$(NEO_SDXL_MODEL)) \
+	$(if $(A1111_COMPLETE),$(A1111_SD1_MODEL) $(if $(HOSTS_FULL),$(A1111_SDXL_MODEL)))
 # a venv counts as built when its python finds torch, gradio and transformers (a build cut short does not)
 HOST_VENV_OK = $(HOST_VENVS)/$(1)/bin/python -c "import importlib.util as u, sys; \
 	sys.exit(not all(map(u.find_spec, ('torch', 'gradio', 'transformers'))))" 2>/dev/null
@@ -86,6 +88,10 @@ host-venvs:
 # host work folder. A run cut short leaves no half-written file behind.
 $(NEO_MODEL): | host-venvs
 	$(HOST_VENVS)/neo/bin/python $(NEO_HOST_DIR)/make-model.py $(HOST_MODELS)/neo || { rm -f $@; exit 1; }
+
+# make_neo_sdxl.py writes under a temporary name and renames at the end (about 7 GB, 14 GB of memory at peak).
+$(NEO_SDXL_MODEL): | host-venvs
+	PYTHONPATH=$(CURDIR) $(HOST_VENVS)/neo/bin/python tests/realhost/make_neo_sdxl.py $(NEO_HOST_DIR)/webui $@
 
 $(A1111_SD1_MODEL): | host-venvs
 	$(HOST_VENVS)/a1111/bin/python $(A1111_HOST_DIR)/make-model.py $(HOST_MODELS)/a1111 --sd1 \

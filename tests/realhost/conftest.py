@@ -1,8 +1,9 @@
 """Fixtures for the real-host acceptance tests (`make test-hosts`): hosts, their LoRA files, a browser.
 
 - `host` (session scope, parametrized): each selected host variant by name, Neo first ("neo", "a1111"; with
-  `LS_REALHOST_FULL=1` or `--hosts-full` also "neo-sdxl" (skipped unless LS_REALHOST_NEO_SDXL names a checkpoint)
-  and "a1111-sdxl"). `--hosts=neo,a1111` picks some. `neo` and `a1111` are the same objects by name.
+  `LS_REALHOST_FULL=1` or `--hosts-full` also "neo-sdxl" (skipped while its checkpoint is missing: `make
+  test-hosts HOSTS_FULL=1` makes it) and "a1111-sdxl"). `--hosts=neo,a1111` picks some. The fixtures `neo`,
+  `neo_sdxl` and `a1111` are the same objects by name.
 - `loras`: the host's test LoRAs (`LoraSet`), written into its LoRA folder once per session; for the `neo`/`a1111`
   fixtures call `loras.host_loras(host)`.
 - `host_page`: `host_page(host)` opens a Chromium page on the host's UI (pages closed after the test).
@@ -67,7 +68,7 @@ def _host_of(item: pytest.Item) -> str | None:
     if callspec is not None and "host" in callspec.params:
         return str(callspec.params["host"])
     names = getattr(item, "fixturenames", ())
-    return next((name for name in host_specs() if name in names), None)
+    return next((name for name in host_specs() if name.replace("-", "_") in names), None)
 
 
 @pytest.hookimpl(trylast=True)
@@ -128,6 +129,14 @@ def neo(request: pytest.FixtureRequest, host_pool: HostPool) -> RealHost:
     if "neo" not in selected_hosts(request.config):
         pytest.skip("neo is not among the selected hosts")
     return _running(host_pool, "neo")
+
+
+@pytest.fixture(scope="session")
+def neo_sdxl(request: pytest.FixtureRequest, host_pool: HostPool) -> RealHost:
+    """Forge Neo on SDXL (random full-size checkpoint, the full set only), started."""
+    if "neo-sdxl" not in selected_hosts(request.config):
+        pytest.skip("neo-sdxl is not among the selected hosts")
+    return _running(host_pool, "neo-sdxl")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ A1111_DIR = Path(os.environ.get("LS_REALHOST_A1111_DIR") or HOSTS_DIR / "a1111-1
 VENVS = Path(os.environ.get("LS_REALHOST_VENVS", CACHE))
 MODELS = Path(os.environ.get("LS_REALHOST_MODELS", CACHE / "models"))
 NEO_SDXL_CHECKPOINT = os.environ.get("LS_REALHOST_NEO_SDXL", "")
-"""A full-size SDXL checkpoint for Neo (about 7 GB); Neo's make-model.py cannot make one. Empty: skipped."""
+"""A full-size SDXL checkpoint for Neo (about 7 GB). Empty: the one `make test-hosts HOSTS_FULL=1` makes with
+make_neo_sdxl.py (`<models>/neo-sdxl/random-sdxl.safetensors`); the SDXL tests skip while neither exists."""
 WORK_ROOT = Path(os.environ.get("LS_REALHOST_WORK", "/tmp"))
 NEO_PORT = int(os.environ.get("LS_REALHOST_NEO_PORT", "7871"))
 A1111_PORT = int(os.environ.get("LS_REALHOST_A1111_PORT", "7872"))
@@ -106,14 +107,14 @@ def host_specs() -> dict[str, HostSpec]:
     """Every host variant by name, in run order (Neo first)."""
     neo_tree = NEO_DIR
     sdxl_approx = MODELS / "a1111" / "models" / "VAE-approx" / "vaeapprox-sdxl.pt"
-    neo_sdxl = Path(NEO_SDXL_CHECKPOINT) if NEO_SDXL_CHECKPOINT else MODELS / "neo-sdxl" / "missing.safetensors"
+    neo_sdxl = Path(NEO_SDXL_CHECKPOINT) if NEO_SDXL_CHECKPOINT else MODELS / "neo-sdxl" / "random-sdxl.safetensors"
     specs = [
         HostSpec("neo", "neo", "sd1", NEO_PORT, neo_tree, VENVS / "neo",
                  MODELS / "neo" / "models" / "Stable-diffusion" / "random-sd15.safetensors"),
         HostSpec("neo-sdxl", "neo", "sdxl", NEO_PORT, neo_tree, VENVS / "neo", neo_sdxl,
-                 skip_reason="" if NEO_SDXL_CHECKPOINT else (
+                 skip_reason="" if neo_sdxl.exists() else (
                      "SDXL on Forge Neo needs a full-size SDXL checkpoint (about 7 GB; Neo recognises only full-size "
-                     "models and forge-neo/make-model.py makes only SD1.5): set LS_REALHOST_NEO_SDXL to one")),
+                     "models): `make test-hosts HOSTS_FULL=1` makes one, or set LS_REALHOST_NEO_SDXL to one")),
         _a1111("a1111", "tiny-sd1", "sd1"),
         _a1111("a1111-sdxl", "tiny-sdxl", "sdxl", [(sdxl_approx, "models/VAE-approx/vaeapprox-sdxl.pt")]),
     ]

@@ -1,7 +1,8 @@
-"""Training in the real Forge Neo UI (headless Chromium): the Train tab on Neo's SD1.5 checkpoint, with a LoRA merged
-into the weights before the run, makes a LoRA file with its card; the images without LoRA and with a plain LoRA are
-pixel-identical before and after the run (the base was restored bit for bit, Neo merged the plain LoRA again); the
-new LoRA, loaded by Neo's built-in Lora, changes the image; no traceback names LoRA Studio.
+"""Training in the real Forge Neo UI (headless Chromium): the Train tab on Neo's SD1.5 checkpoint (and on the SDXL
+one in the full set), with a LoRA merged into the weights before the run, makes a LoRA file with its card; the
+images without LoRA and with a plain LoRA are pixel-identical before and after the run (the base was restored bit
+for bit, Neo merged the plain LoRA again); the new LoRA, loaded by Neo's built-in Lora, changes the image; no
+traceback names LoRA Studio.
 
 Field ids are those of tests/test_browser_train.py (the same tab in the standalone app). The run is short (2 steps
 at 64 px, one sample image at the last step): a full-size SD1.5 on a 2-core CPU takes minutes per step.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hosts import BASE_PROMPT
 from ui import field_input, open_studio_tab
 
@@ -73,7 +75,17 @@ def train_in_the_tab(page: Any, dataset: Path, name: str) -> Path:
     return Path(field_input(page, "lora_studio_train_output").input_value())
 
 
+@pytest.mark.smoke
 def test_train_tab_on_neo_restores_the_model_and_makes_a_working_lora(neo, host_page) -> None:  # noqa: ANN001
+    trains_in_the_tab_and_restores_the_model(neo, host_page)
+
+
+def test_train_tab_on_neo_sdxl_restores_the_model_and_makes_a_working_lora(neo_sdxl, host_page) -> None:  # noqa: ANN001
+    trains_in_the_tab_and_restores_the_model(neo_sdxl, host_page)
+
+
+def trains_in_the_tab_and_restores_the_model(neo: Any, host_page: Any) -> None:
+    """The acceptance of the module docstring, on `neo` (an SD1.5 or SDXL Neo)."""
     from conftest import host_loras
 
     loras = host_loras(neo)

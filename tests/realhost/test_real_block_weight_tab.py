@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from checks import assert_same, prompt_with
 from hosts import BASE_PROMPT
 from results import Generated, infotext_fields
@@ -66,6 +67,7 @@ def shown_image(page: Any, host: Any, elem_id: str) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+@pytest.mark.smoke
 def test_generate_keeps_what_was_entered_and_matches_the_api(host, loras, host_page) -> None:  # noqa: ANN001
     from playwright.sync_api import expect
 
