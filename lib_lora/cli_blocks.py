@@ -117,7 +117,11 @@ def _add_grid_parser(tools: argparse._SubParsersAction, parents: Sequence[argpar
     grid.add_argument("--y", metavar="AXIS", help="the rows, same form as --x")
     grid.add_argument("--lora", metavar="NAME", help="the LoRA (unless an axis is lora)")
     grid.add_argument("--strength", type=float, default=1.0, help="the LoRA's strength unless an axis sets it")
-    grid.add_argument("--preset", metavar="BLOCKS", help="block preset or vector unless an axis sets it")
+    grid.add_argument("--preset", metavar="BLOCKS",
+                      help="block preset or vector unless an axis sets it; a vector may hold LBW's R (random 0…1), "
+                      "U (random -0.5…1.5) and X (the x axis' value, else 1)")
+    grid.add_argument("--random-seed", type=int, metavar="N",
+                      help="the seed R and U are drawn with (default: a new one, recorded in the grid)")
     _generation_options(grid)
     grid.add_argument("--out", required=True, type=Path, help="the PNG to write")
 
@@ -219,10 +223,10 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> None:
         return
     print(f"effective blocks of {spec.lora} at {spec.weight:g} ({result.arch}, {len(result.blocks)}-value format, "
           f"seed {spec.seed}, threshold {spec.threshold})", file=out)
-    print(f"the LoRA changes {100 * result.lora_share:.2f}% of pixels (all blocks on vs without it)", file=out)
+    print(result.summary(), file=out)
     print(f"{'rank':>4}  {'block':<6} changed", file=out)
     for row in result.rows:
-        print(f"{row.rank:>4}  {row.block:<6} {row.percent:>7}", file=out)
+        print(f"{'-' if row.rank is None else row.rank:>4}  {row.block:<6} {row.percent:>7}", file=out)
     if result.path is not None:
         print(f"wrote {result.path}", file=out)
     for warning in session.warnings(spec.prompt_with(spec.tag([1.0] * len(result.blocks)))):
@@ -231,16 +235,21 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> None:
 
 def _grid(args: argparse.Namespace, out: TextIO) -> None:
     from .blocks.grid import Axis, GridSpec, plan_grid, run_grid
+    from .blocks.recipe import draw_seed
     from .jobs import Job
 
+    random_seed = draw_seed() if args.random_seed is None else args.random_seed
     spec = GridSpec(prompt=args.prompt, x=Axis.parse(args.x), y=Axis.parse(args.y) if args.y else None,
                     lora=args.lora, strength=args.strength, preset=args.preset, seed=args.seed,
                     negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, width=args.width,
-                    height=args.height)
-    plan = plan_grid(spec)
+                    height=args.height, random_seed=random_seed)
+    book = _preset_book(args.presets)
+    plan = None if spec.needs_family else plan_grid(spec)  # a block axis reads the weights in the model's format
     _check_out(args.out, args.force)
-    library = _library(args.lora_dir, sorted({cell.call.name for cell in plan.cells}))
-    session = _session(args, library, _preset_book(args.presets))
+    names = [cell.call.name for cell in plan.cells] if plan else [name for name in [spec.lora] if name]
+    library = _library(args.lora_dir, sorted(set(names)))
+    session = _session(args, library, book)
+    plan = plan or plan_grid(spec, presets=book, arch=session.host.arch.name)
     with _keeping_old(args.out):
         result = Job("XY grid", lambda control: run_grid(plan, session, control, model_name=args.model,
                                                           save_to=args.out)).run_here()

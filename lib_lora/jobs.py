@@ -2,9 +2,10 @@
 
 Pure core, no gradio: a `Job` runs `work(control)` in a thread; the work reports through `control.progress(...)`
 and calls `control.check()` between units, which raises `JobCancelled` once `cancel()` was asked. The UI polls
-`Job.snapshot()` (a frozen copy, safe to read from any thread). `GpuGate` is the one lock on the loaded model:
-a training run holds it for its whole length, and generation asked for meanwhile is refused with a message
-instead of waiting behind it.
+`Job.snapshot()` (a frozen copy, safe to read from any thread); `partial` is the share of the current unit done
+(a sampling step of an image), so the percentage and the ETA move within a unit. `GpuGate` is the one lock on the
+loaded model: a training run holds it for its whole length, and generation asked for meanwhile is refused with a
+message naming the holder and how to stop it, instead of waiting behind it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class GpuBusyError(LoraStudioError):
 
 @dataclass(frozen=True)
 class JobSnapshot:
-    """What a job is doing, as the UI shows it. `fraction` is None while the total is unknown."""
+    """What a job is doing, as the UI shows it. `fraction` is None while the total is unknown; `partial` (0..1)
+    is how far the unit after `done` has got."""
 
     name: str
     state: JobState = "idle"
     done: int = 0
     total: int | None = None
+    partial: float = 0.0
     message: str = ""
     started: float | None = None
     finished: float | None = None
@@ -49,7 +52,12 @@ class JobSnapshot:
 
     @property
     def fraction(self) -> float | None:
-        return None if not self.total else min(1.0, self.done / self.total)
+        return None if not self.total else min(1.0, self.progressed / self.total)
+
+    @property
+    def progressed(self) -> float:
+        """Units done, the current one's share included."""
+        return self.done + (self.partial if self.active else 0.0)
 
     @property
     def active(self) -> bool:
@@ -63,10 +71,10 @@ class JobSnapshot:
 
     @property
     def eta(self) -> float | None:
-        """Seconds left at the average pace so far, or None before the first unit is done."""
-        if not self.active or not self.total or self.done <= 0:
+        """Seconds left at the average pace so far, or None before anything (a unit, or a step of one) is done."""
+        if not self.active or not self.total or self.progressed <= 0:
             return None
-        return self.elapsed / self.done * (self.total - self.done)
+        return self.elapsed / self.progressed * max(self.total - self.progressed, 0.0)
 
     def describe(self) -> str:
         """One line: state, `done/total`, percent, ETA, message, error."""
@@ -97,10 +105,11 @@ class JobControl:
         if self._job._cancel.is_set():
             raise JobCancelled(f"{self._job.name} cancelled")
 
-    def progress(self, done: int | None = None, total: int | None = None, message: str | None = None,
-                 **extra: Any) -> None:
-        """Update what the UI shows; arguments left out keep their value, `extra` items are merged."""
-        self._job._update(done=done, total=total, message=message, extra=extra)
+    def progress(self, done: int | None = None, total: int | None = None, message: str | None = None, *,
+                 partial: float | None = None, **extra: Any) -> None:
+        """Update what the UI shows; arguments left out keep their value (`partial` drops to 0 when `done` is
+        given without it), `extra` items are merged."""
+        self._job._update(done=done, total=total, message=message, partial=partial, extra=extra)
 
 
 class Job(Generic[T]):
@@ -153,12 +162,16 @@ class Job(Generic[T]):
         with self._lock:
             return self._snapshot
 
-    def _update(self, *, done: int | None, total: int | None, message: str | None, extra: dict[str, Any]) -> None:
+    def _update(self, *, done: int | None, total: int | None, message: str | None, partial: float | None,
+                extra: dict[str, Any]) -> None:
         with self._lock:
             s = self._snapshot
+            if partial is None:
+                partial = s.partial if done is None else 0.0
             self._snapshot = replace(
                 s,
                 done=s.done if done is None else done,
+                partial=min(max(float(partial), 0.0), 1.0),
                 total=s.total if total is None else total,
                 message=s.message if message is None else message,
                 extra={**s.extra, **extra} if extra else s.extra,
@@ -185,24 +198,34 @@ class Job(Generic[T]):
 
 
 class GpuGate:
-    """One holder of the loaded model at a time; others are refused at once with the holder's name."""
+    """One holder of the loaded model at a time; others are refused at once with the holder's name and how to
+    stop it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holder: str | None = None
+        self._stop = ""
 
     @property
     def holder(self) -> str | None:
         return self._holder
 
+    def busy_message(self) -> str:
+        """What holds the model and how to stop it ("" when nothing does)."""
+        holder, stop = self._holder, self._stop
+        if holder is None:
+            return ""
+        return f"the model is busy with {holder}; {stop or 'wait for it or stop it'}"
+
     @contextmanager
-    def hold(self, purpose: str) -> Iterator[None]:
-        """Hold the model for `purpose` ("training", "generation"); GpuBusyError if someone else holds it."""
+    def hold(self, purpose: str, *, stop: str = "") -> Iterator[None]:
+        """Hold the model for `purpose` ("training", "an XY grid in the Block Weight tab"); `stop` tells others how
+        to stop it ("press Cancel under the XY grid"). GpuBusyError if someone else holds it."""
         if not self._lock.acquire(blocking=False):
-            raise GpuBusyError(f"the model is busy with {self._holder or 'another job'}; wait for it or stop it")
-        self._holder = purpose
+            raise GpuBusyError(self.busy_message() or "the model is busy with another job; wait for it or stop it")
+        self._holder, self._stop = purpose, stop
         try:
             yield
         finally:
-            self._holder = None
+            self._holder, self._stop = None, ""
             self._lock.release()

@@ -10,7 +10,17 @@ import pytest
 from blocks_testing import FAST, RecordingRenderer, write_lora
 from PIL import Image
 
-from lib_lora.blocks.analyze import ANALYZE_SETTINGS_KEY, AnalyzeError, AnalyzeSpec, analyze_blocks, changed_share
+from lib_lora.blocks.analyze import (
+    ANALYZE_SETTINGS_KEY,
+    AnalyzeError,
+    AnalyzeResult,
+    AnalyzeSpec,
+    BlockEffect,
+    analyze_blocks,
+    changed_share,
+    percent_text,
+    rank_effects,
+)
 from lib_lora.blocks.presets import FORMATS
 from lib_lora.errors import LoraStudioError
 from lib_lora.jobs import Job, JobCancelled
@@ -44,6 +54,48 @@ def test_changed_share_counts_pixels_over_the_threshold(change, threshold, share
 def test_changed_share_refuses_different_sizes():
     with pytest.raises(AnalyzeError, match="different sizes"):
         changed_share(Image.new("RGB", (8, 8)), Image.new("RGB", (8, 16)), 16)
+
+
+@pytest.mark.parametrize(("shares", "ranked"), [
+    ([0.0, 0.0, 0.0], [(0, None), (1, None), (2, None)]),            # nothing changes: nothing is ranked
+    ([0.0, 0.3, 0.0, 0.1], [(1, 1), (3, 2), (0, None), (2, None)]),  # zeros unranked, last, in format order
+    ([0.2, 0.5, 0.2, 0.0, 0.1], [(1, 1), (0, 2), (2, 2), (4, 4), (3, None)]),  # ties share a rank: 1, 2, 2, 4
+    ([0.4, 0.4], [(0, 1), (1, 1)]),
+    ([1e-6], [(0, 1)]),  # a tiny change is a change
+])
+def test_ranking_ties_share_a_rank_and_zeros_are_unranked(shares, ranked):
+    assert rank_effects(shares) == ranked
+
+
+@pytest.mark.parametrize(("share", "text"), [(0.0, "0%"), (1e-6, "<0.01%"), (0.0001, "0.01%"), (0.12345, "12.35%")])
+def test_percent_never_reads_zero_for_a_change(share, text):
+    assert percent_text(share) == text
+
+
+def result_of(lora_share: float, shares: list[float]) -> AnalyzeResult:
+    blank = Image.new("RGB", (8, 8))
+    blocks = FORMATS["sd1"][17][:len(shares)]
+    rows = tuple(BlockEffect(rank, blocks[index], shares[index], blank, blank)
+                 for index, rank in rank_effects(shares))
+    return AnalyzeResult(AnalyzeSpec("part", threshold=16), "sd1", blocks, blank, blank, lora_share, rows, blank, "")
+
+
+@pytest.mark.parametrize(("lora_share", "shares", "says", "never"), [
+    (0.0, [0.0] * 17, ["no measurable effect", "by more than 16", "no block is ranked"], ["most effective", "BASE"]),
+    (0.2, [0.0] * 17, ["changes 20.00% of pixels", "switching off any one block changes no pixel"],
+     ["most effective"]),
+    (0.2, [0.0, 0.05] + [0.0] * 15, ["changes 20.00% of pixels", "most effective block: IN01 (5.00%)",
+                                     "16 of 17 blocks change nothing"], ["tied"]),
+    (0.2, [0.0, 0.05, 0.05, 0.01], ["most effective blocks (2 tied): IN01, IN02 (5.00%)",
+                                    "1 of 4 blocks change nothing"], ["BASE"]),
+])
+def test_the_summary_names_real_differences_only(lora_share, shares, says, never):
+    result = result_of(lora_share, shares)
+    summary = result.summary()
+    assert all(text in summary for text in says), summary
+    assert not any(text in summary for text in never), summary
+    ranks = [row[0] for row in result.table()]
+    assert ranks.count("–") == shares.count(0.0)
 
 
 @pytest.mark.parametrize(("arch", "length", "count"), [
@@ -108,10 +160,12 @@ def test_touched_blocks_rank_first_and_untouched_change_nothing(analysis):
     for block, row in rows.items():
         if block not in TOUCHED:
             assert row.share == 0.0 and np.array_equal(np.asarray(row.image), all_on), block
-    assert [row.rank for row in analysis.rows] == list(range(1, 18))
+    assert [row.rank for row in analysis.rows][2:] == [None] * 15  # blocks that change nothing are unranked
+    assert analysis.rows[0].rank == 1 and analysis.rows[1].rank in (1, 2)
     assert analysis.rows[0].share >= analysis.rows[1].share
     assert analysis.lora_share > 0 and not np.array_equal(np.asarray(analysis.without_lora), all_on)
-    assert analysis.table()[0] == [1, analysis.rows[0].block, round(100 * analysis.rows[0].share, 2)]
+    assert analysis.table()[0] == ["1", analysis.rows[0].block, analysis.rows[0].percent]
+    assert analysis.table()[-1][0] == "–" and "15 of 17 blocks change nothing" in analysis.summary()
 
 
 def test_saved_png_carries_the_settings_and_ranking(analysis):

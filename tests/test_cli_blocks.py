@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lib_lora.cli import main
+from lib_lora.pnginfo import read_parameters
 
 pytestmark = pytest.mark.hostcompat
 
@@ -113,9 +114,10 @@ def test_analyze_prints_the_ranking_and_writes_the_grid(lora_dir, tmp_path):
     assert code == 0
     lines = text.splitlines()
     assert lines[0] == "effective blocks of part at 1 (sd1, 17-value format, seed 0, threshold 1)"
+    assert "most effective" in lines[1] and "15 of 17 blocks change nothing" in lines[1]
     table = [line.split() for line in lines[3:20]]
-    assert [row[0] for row in table] == [str(n) for n in range(1, 18)]
-    assert {row[1] for row in table[:2]} == {"IN04", "OUT05"} and all(row[2] == "0.00%" for row in table[2:])
+    assert table[0][0] == "1" and table[1][0] in ("1", "2") and [row[0] for row in table[2:]] == ["-"] * 15
+    assert {row[1] for row in table[:2]} == {"IN04", "OUT05"} and all(row[2] == "0%" for row in table[2:])
     assert lines[-1] == f"wrote {target}" and target.is_file()
 
 
@@ -125,7 +127,7 @@ def test_analyze_json(lora_dir):
     assert code == 0
     data = json.loads(text)
     assert (data["lora"], data["weight"], data["format"], data["threshold"], data["path"]) == ("part", 0.8, 17, 1, None)
-    assert [row["rank"] for row in data["rows"]] == list(range(1, 18))
+    assert data["rows"][0]["rank"] == 1 and [row["rank"] for row in data["rows"][2:]] == [None] * 15
     assert {row["block"] for row in data["rows"][:2]} == {"IN04", "OUT05"}
     assert all(row["share"] == 0.0 for row in data["rows"][2:]) and data["rows"][0]["share"] > 0
 
@@ -136,6 +138,19 @@ def test_grid_writes_the_png(lora_dir, tmp_path):
                             "--x", "preset: NONE, CHAR", *FAST_ARGS, "--out", str(target))
     assert code == 0 and text.startswith(f"grid: wrote {target} (") and "2x1 images" in text
     assert target.is_file()
+
+
+def test_grid_sweeps_blocks_of_a_preset_and_records_the_random_seed(lora_dir, tmp_path):
+    target = tmp_path / "sweep.png"
+    code, text = run_blocks("grid", "--model", "tiny", "--lora-dir", str(lora_dir), "--lora", "part",
+                            "--x", "block-off: IN04, OUT05", "--preset", "1,R" + ",1" * 15, "--random-seed", "3",
+                            *FAST_ARGS, "--out", str(target))
+    assert code == 0 and "2x1 images" in text
+    assert "Random seed: 3" in read_parameters(target)
+    code, text = run_blocks("grid", "--model", "tiny", "--lora-dir", str(lora_dir), "--lora", "part",
+                            "--x", "block-only: each", "--preset", "CHAR", *FAST_ARGS, "--out", str(target),
+                            "--force")  # a preset's name is read in the loaded model's format
+    assert code == 0 and "17x1 images" in text
 
 
 @pytest.mark.parametrize(("args", "needle"), [

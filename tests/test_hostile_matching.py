@@ -205,13 +205,13 @@ def test_the_block_weight_tab_refuses_before_rendering_and_shows_warnings(standa
     context = StudioContext.for_folder(lambda: standalone.host, standalone.root)
     runs = BlockRuns(context, BlockEditor(lambda: context.presets_file), poll_seconds=0.01)
     ones, settings = ",".join(["1"] * 17), ("a cat", "", 0, 1, 1.0, 64, 64)
-    half = runs.generate("half", 1.0, ones, None, "sd1", *settings)
+    half = list(runs.generate("half", 1.0, ones, None, "sd1", -1, *settings))[-1]
     assert "⚠️" in half["status"] and "105 of its 210 modules" in half["status"]
     assert f'{MATCHED_FIELD}: "half: 105 of 210"' in half["infotext"]
     with pytest.raises(LoraMatchError, match="none of its 210 modules"):
-        runs.generate("none", 1.0, ones, None, "sd1", *settings)
+        next(runs.generate("none", 1.0, ones, None, "sd1", -1, *settings))
     with pytest.raises(LoraStudioError, match="looks like an SDXL LoRA"):  # the grid's check, before its job
-        next(runs.run_grid("lora: same, sdxl", "", None, 1.0, ones, None, "sd1", *settings))
+        next(runs.run_grid("lora: same, sdxl", "", None, 1.0, ones, None, "sd1", -1, *settings))
     assert runs.grid_slot._job is None
     with pytest.raises(LoraMatchError, match="none of its"):
         next(runs.run_analyzer("none", 1.0, 16, "sd1", False, *settings))

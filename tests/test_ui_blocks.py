@@ -65,12 +65,13 @@ def test_tab_builds_with_prefixed_unique_ids_and_reads_nothing():
     assert ids and all(elem_id.startswith("lora_studio_blocks_") for elem_id in ids), ids
     assert len(ids) == len(set(ids))
     assert {f"lora_studio_blocks_{key}" for key in SLIDER_KEYS} <= set(ids) and len(SLIDER_KEYS) == MAX_BLOCKS == 26
-    for needed in ("status", "lora", "preset", "vector", "tag", "generate", "grid_run", "grid_cancel", "grid_image",
-                   "analyzer_run", "analyzer_table", "steps", "width", "height"):
+    for needed in ("status", "lora", "preset", "vector", "vector_note", "tag", "generate", "image_cancel",
+                   "image_progress", "grid_run", "grid_cancel", "grid_image", "analyzer_run", "analyzer_cancel",
+                   "analyzer_table", "steps", "width", "height", "random_seed"):
         assert f"lora_studio_blocks_{needed}" in ids
     names = {fn.__name__ for fn in event_functions(blocks)}
     assert {"block_weight_refresh", "block_weight_load_preset", "block_weight_run_grid", "block_weight_run_analyzer",
-            "block_weight_cancel"} <= names
+            "block_weight_cancel", "block_weight_generate", "block_weight_from_slider_25"} <= names
 
 
 # --- the editor: presets, sliders, vector, tag -------------------------------------------------------------------
@@ -83,10 +84,10 @@ def test_preset_sliders_vector_round_trip(editor):
     assert loaded["tag"] == "<lora:part:0.8:CHAR>"
 
     padded = CHAR_17 + [0.0] * (MAX_BLOCKS - 17)  # the page sends every slider, hidden ones too
-    same = editor.from_sliders("sd1", False, "part", 0.8, "CHAR", *padded)
-    assert same == {"vector": loaded["vector"], "tag": "<lora:part:0.8:CHAR>"}
+    same = editor.from_slider(1, loaded["vector"], "sd1", False, "part", 0.8, "CHAR", *padded)
+    assert (same["vector"], same["tag"], same["vector_note"]) == (loaded["vector"], "<lora:part:0.8:CHAR>", "")
     padded[1] = 0.5
-    moved = editor.from_sliders("sd1", False, "part", 0.8, "CHAR", *padded)
+    moved = editor.from_slider(1, loaded["vector"], "sd1", False, "part", 0.8, "CHAR", *padded)
     assert moved["vector"] == "1,0.5,0,1,1,1,0,0,1,1,1,1,0,0,0,0,0"
     assert moved["tag"] == f"<lora:part:0.8:{moved['vector']}>"
 
@@ -100,7 +101,7 @@ def test_vector_text_survives_sliders(values):
     editor = BlockEditor(lambda: Path("/nonexistent/presets.txt"))
     text = ",".join(f"{v:g}" for v in values)
     shown = editor.from_vector(text, "sd1", False, "x", 1.0, None)
-    again = editor.from_sliders("sd1", False, "x", 1.0, None, *slider_values(shown), *[0.0] * 9)
+    again = editor.from_slider(0, "", "sd1", False, "x", 1.0, None, *slider_values(shown), *[0.0] * 9)
     assert shown["vector"] == again["vector"] == text
 
 
@@ -124,8 +125,9 @@ def test_presets_lay_out_the_family_blocks(editor, preset, arch, length, full):
     (",".join(["3"] * 17), "sd1", "outside the sliders' range"),
 ])
 def test_bad_vectors_are_errors(editor, text, arch, needle):
-    with pytest.raises(BlockWeightError, match=needle):
-        editor.from_vector(text, arch, False, None, 1.0, None)
+    shown = editor.from_vector(text, arch, False, None, 1.0, None)
+    assert set(shown) == {"vector_note", "status"}  # sliders, tag and the box's text stay as they are
+    assert needle in shown["vector_note"] and needle in shown["status"]
 
 
 def test_a_typed_26_value_vector_switches_format(editor):
@@ -302,11 +304,11 @@ def test_generate_without_a_model_is_a_message(tmp_path):
     context = StudioContext.for_folder(lambda: None, tmp_path)
     runs = BlockRuns(context, BlockEditor(lambda: context.presets_file))
     with pytest.raises(BlocksUIError, match="No model is loaded"):
-        runs.generate(None, 1.0, ",".join(["1"] * 17), "ALL", "sd1", "a cat", "", 0, 2, 7, 64, 64)
+        list(runs.generate(None, 1.0, ",".join(["1"] * 17), "ALL", "sd1", -1, "a cat", "", 0, 2, 7, 64, 64))
 
 
 def test_job_slot_runs_one_job_and_cancels_it():
-    slot = JobSlot("XY grid")
+    slot = JobSlot("an XY grid", button="Run grid")
     release = threading.Event()
 
     def work(control: Any) -> str:
@@ -322,7 +324,7 @@ def test_job_slot_runs_one_job_and_cancels_it():
     assert "Cancelling" in slot.cancel()["status"]
     snapshots = list(follow(job, poll_seconds=0.01))
     assert snapshots[-1].state == "cancelled" and all(s.active for s in snapshots[:-1])
-    assert "No XY grid is running" in slot.cancel()["status"]
+    assert "no XY grid is running" in slot.cancel()["status"]
     done = slot.start(lambda control: "ok")
     assert list(follow(done, poll_seconds=0.01))[-1].result == "ok"
 
@@ -353,29 +355,30 @@ def test_generate_and_grid_through_the_tab(workspace):
     shown = picker.refresh("", None, "CHAR", False, "", 1.0, "sd1")
     assert shown["lora"]["choices"] == ["part"] and "1 LoRA(s) found; SD1/SD2 blocks" in shown["status"]
 
-    generated = runs.generate("part", 0.8, shown["vector"], "CHAR", "sd1", *FAST_SETTINGS)
+    generated = list(runs.generate("part", 0.8, shown["vector"], "CHAR", "sd1", -1, *FAST_SETTINGS))[-1]
     assert generated["image"].size == (64, 64) and "<lora:part:0.8:CHAR>" in generated["status"]
     assert 'Lora block weights: "part: te=0.8, unet=0.8, blocks=CHAR"' in generated["infotext"]
+    assert "done · 1/1 (100%)" in generated["image_progress"]
 
-    with context.gpu.hold("training"):
-        with pytest.raises(LoraStudioError, match="busy with training"):
-            runs.generate("part", 0.8, shown["vector"], "CHAR", "sd1", *FAST_SETTINGS)
+    with context.gpu.hold("training", stop="press Stop in the Train tab"):
+        refused = list(runs.generate("part", 0.8, shown["vector"], "CHAR", "sd1", -1, *FAST_SETTINGS))[-1]
+    assert "busy with training; press Stop in the Train tab" in refused["status"]
 
-    updates = list(runs.run_grid("preset: NONE, CHAR", "", "part", 1.0, shown["vector"], "CHAR", "sd1",
+    updates = list(runs.run_grid("preset: NONE, CHAR", "", "part", 1.0, shown["vector"], "CHAR", "sd1", -1,
                                  *FAST_SETTINGS))
     final = updates[-1]
     assert final["grid_image"].width > 2 * 64 and Path(final["grid_path"]).is_file()
     assert Path(final["grid_path"]).parent == context.work_dir() / "grids"
-    assert "saved" in final["status"] and final["grid_progress"].startswith("done · 2/2")
+    assert "saved" in final["status"] and "done · 2/2" in final["grid_progress"]
 
 
 def test_grid_errors_come_before_any_job(workspace):
     _, picker, runs = workspace
     with pytest.raises(LoraStudioError, match="did you mean CHAR"):
-        list(runs.run_grid("preset: CHRA", "", "part", 1.0, ",".join(["1"] * 17), None, "sd1", *FAST_SETTINGS))
+        list(runs.run_grid("preset: CHRA", "", "part", 1.0, ",".join(["1"] * 17), None, "sd1", -1, *FAST_SETTINGS))
     assert runs.grid_slot._job is None or not runs.grid_slot._job.snapshot().active
     with pytest.raises(BlocksUIError, match="SD1 now; press Refresh"):
-        runs.generate("part", 1.0, ",".join(["1"] * 12), None, "sdxl", *FAST_SETTINGS)
+        list(runs.generate("part", 1.0, ",".join(["1"] * 12), None, "sdxl", -1, *FAST_SETTINGS))
 
 
 def test_analyzer_needs_a_lora(workspace):

@@ -8,9 +8,12 @@ For one LoRA at weight w and a fixed seed (after LBW's Effective Block Analyzer,
    with that block at 0 and the others at 1;
 3. the share of pixels changed against the all-on image: a pixel counts as changed when any of its R, G, B
    values differs by more than `threshold` (0–255; default 16, about 6%, above the noise of re-encoding);
-   blocks are ranked by that share, ties in format order.
+   blocks that change something are ranked by that share (equal shares share a rank: 1, 2, 2, 4), blocks that
+   change nothing are left unranked (listed last, in format order).
 
-A block the LoRA has no module in changes nothing: its image is bit-identical to the all-on image (0%).
+A block the LoRA has no module in changes nothing: its image is bit-identical to the all-on image (0%). When
+nothing changes at all, `AnalyzeResult.summary()` says that the LoRA has no measurable effect instead of naming a
+"most effective" block.
 Pure core (numpy + PIL, no gradio); rendering goes through a LoraSession, like the XY grid.
 """
 
@@ -31,6 +34,7 @@ from ..errors import LoraStudioError
 from .grid import LoraRenderer
 from .grid_image import compose_grid
 from .presets import FORMATS, LORA_LENGTH, family_of
+from .rendering import render_image
 from .syntax import LoraCall, format_call
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ __all__ = [
     "BlockEffect",
     "analyze_blocks",
     "changed_share",
+    "percent_text",
+    "rank_effects",
 ]
 
 DEFAULT_THRESHOLD = 16
@@ -120,11 +126,21 @@ class AnalyzeSpec:
         return f"{self.prompt.rstrip()} {tag}".strip()
 
 
+def percent_text(share: float) -> str:
+    """A share as a percentage that never reads 0 for a change: "0%", "<0.01%", "12.34%"."""
+    if share <= 0:
+        return "0%"
+    if share < 0.0001:
+        return "<0.01%"
+    return f"{100 * share:.2f}%"
+
+
 @dataclass(frozen=True)
 class BlockEffect:
-    """One block switched off: its rank (1 = most effective), the share of pixels changed, image and change mask."""
+    """One block switched off: its rank (1 = most effective; None when it changes nothing), the share of pixels
+    changed, image and change mask."""
 
-    rank: int
+    rank: int | None
     block: str
     share: float
     image: Image.Image
@@ -132,7 +148,22 @@ class BlockEffect:
 
     @property
     def percent(self) -> str:
-        return f"{100 * self.share:.2f}%"
+        return percent_text(self.share)
+
+
+def rank_effects(shares: Sequence[float]) -> list[tuple[int, int | None]]:
+    """(format index, rank) in display order: changing blocks by share, equal shares sharing a rank (1, 2, 2, 4),
+    then the blocks that change nothing, unranked, in format order."""
+    order = sorted(range(len(shares)), key=lambda index: (-shares[index], index))
+    ranked: list[tuple[int, int | None]] = []
+    for position, index in enumerate(order):
+        if shares[index] <= 0:
+            ranked.append((index, None))
+        elif position and shares[order[position - 1]] == shares[index]:
+            ranked.append((index, ranked[-1][1]))
+        else:
+            ranked.append((index, position + 1))
+    return ranked
 
 
 @dataclass(frozen=True)
@@ -151,8 +182,31 @@ class AnalyzeResult:
     path: Path | None = None
 
     def table(self) -> list[list[object]]:
-        """[rank, block, changed %] rows, most effective first (the UI's table and the CLI's text)."""
-        return [[row.rank, row.block, round(100 * row.share, 2)] for row in self.rows]
+        """[rank, block, changed %] rows as text, most effective first; an unranked block's rank is "–"."""
+        return [["–" if row.rank is None else str(row.rank), row.block, row.percent] for row in self.rows]
+
+    @property
+    def most_effective(self) -> tuple[BlockEffect, ...]:
+        """The blocks ranked 1 (several when tied); none when no block changes anything."""
+        return tuple(row for row in self.rows if row.rank == 1)
+
+    def summary(self) -> str:
+        """One or two sentences: what the LoRA changes and its most effective block(s), or that nothing changes."""
+        threshold = f"by more than {self.spec.threshold} in R, G or B"
+        top = self.most_effective
+        if self.lora_share <= 0 and not top:
+            return (f"The LoRA has no measurable effect here: no pixel changes {threshold}, neither with it nor "
+                    f"with any block off, so no block is ranked. Try a higher weight, another prompt or seed, or a "
+                    f"lower threshold.")
+        whole = f"The LoRA changes {percent_text(self.lora_share)} of pixels (all blocks on vs without it)"
+        if not top:
+            return (f"{whole}, but switching off any one block changes no pixel {threshold}, so no block is ranked: "
+                    "the effect needs several blocks at once, or lies in blocks this format leaves out.")
+        names = ", ".join(row.block for row in top)
+        label = "most effective block" if len(top) == 1 else f"most effective blocks ({len(top)} tied)"
+        unranked = sum(row.rank is None for row in self.rows)
+        rest = f"; {unranked} of {len(self.rows)} blocks change nothing" if unranked else ""
+        return f"{whole}; {label}: {names} ({top[0].percent}){rest}."
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -201,11 +255,7 @@ def analyze_blocks(
         renderer.check(spec.prompt_with(spec.tag(_off(ones, index))))
 
     def render(done: int, what: str, prompt: str) -> Image.Image:
-        control.check()
-        control.progress(done, total, f"image {done + 1}/{total}: {what}")
-        image = renderer.generate(spec.request(prompt)).image
-        control.progress(done + 1, total)
-        return image
+        return render_image(renderer, spec.request(prompt), control, done=done, total=total, what=what).image
 
     without = render(0, "without the LoRA", spec.prompt)
     all_on = render(1, "all blocks on", all_on_prompt)
@@ -214,10 +264,8 @@ def analyze_blocks(
     for index, block in enumerate(blocks):
         image = render(2 + index, f"{block} off", spec.prompt_with(spec.tag(_off(ones, index))))
         share, mask = changed_share(all_on, image, spec.threshold)
-        effects.append((index, block, share, image, mask))
-    ranked = sorted(effects, key=lambda item: (-item[2], item[0]))
-    rows = tuple(BlockEffect(rank, block, share, image, mask)
-                 for rank, (_, block, share, image, mask) in enumerate(ranked, start=1))
+        effects.append((block, share, image, mask))
+    rows = tuple(BlockEffect(rank, *effects[index]) for index, rank in rank_effects([e[1] for e in effects]))
     grid = draw_analysis(spec, len(blocks), without, all_on, lora_share, rows)
     parameters = analysis_parameters(spec, resolved, blocks, rows, model_name)
     result = AnalyzeResult(spec, resolved.name, blocks, without, all_on, lora_share, rows, grid, parameters)
@@ -254,7 +302,8 @@ def draw_analysis(spec: AnalyzeSpec, length: int, without: Image.Image, all_on: 
     blank = Image.new("L", without.size, 0)
     tiles = [(_pair(without, blank), "without LoRA"),
              (_pair(all_on, blank), f"all {length} on: {100 * lora_share:.1f}% vs none")]
-    tiles += [(_pair(row.image, row.mask), f"#{row.rank} {row.block} off: {row.percent}") for row in rows]
+    tiles += [(_pair(row.image, row.mask), f"#{row.rank} {row.block} off: {row.percent}" if row.rank is not None
+               else f"{row.block} off: no change") for row in rows]
     grid_tiles = [[tile for tile, _ in tiles[i:i + TILE_COLUMNS]] for i in range(0, len(tiles), TILE_COLUMNS)]
     labels = [[label for _, label in tiles[i:i + TILE_COLUMNS]] for i in range(0, len(tiles), TILE_COLUMNS)]
     title = (f"Effective blocks of {spec.lora} at {spec.weight:g}, seed {spec.seed}, threshold {spec.threshold} "

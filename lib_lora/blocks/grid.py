@@ -1,9 +1,11 @@
-"""XY comparison grids of one LoRA over two axes of {preset, strength, lora, seed} (one may be absent: one row).
+"""XY comparison grids of one LoRA over two axes (one may be absent: one row); the axis kinds are in grid_axes.py
+(preset, strength, lora, seed, x, block-only, block-off).
 
 Pure core (PIL, no gradio): `GridSpec` (what the user asked, validated) -> `plan_grid` (one `GridCell` per image:
-the prompt with a `<lora:…>` tag built by `format_call`, and the seed) -> `check_plan` (every axis value resolved
-through the session before anything is generated) -> `run_grid` (cells rendered through a LoraSession, progress
-per cell, cancel between cells; a labelled grid image, saved with the settings in its PNG text).
+the prompt with a `<lora:…>` tag built by `format_call`, and the seed; R, U and X in the block weights resolved
+with the spec's random seed and the cell's X) -> `check_plan` (every axis value resolved through the session before
+anything is generated) -> `run_grid` (cells rendered through a LoraSession, progress per sampling step, cancel
+within a cell; a labelled grid image, saved with the settings in its PNG text).
 
 Axis values are separated by commas, or by `|` when the text has one (so a preset axis can hold literal vectors:
 `preset: ALL | 1,0,0,1,1,1,0,0,1,1,1,1,0,0,0,0,0`).
@@ -15,12 +17,30 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import LoraStudioError
+from .grid_axes import (
+    AXIS_HELP,
+    AXIS_KINDS,
+    BLOCK_KINDS,
+    EACH,
+    Axis,
+    BlockContext,
+    CellBlocks,
+    GridError,
+    cell_blocks,
+    each_block,
+    number_text,
+    seed_value,
+    strength_value,
+)
 from .grid_image import compose_grid
+from .presets import PresetBook
+from .recipe import DEFAULT_X, RANDOM_FIELD, WeightRecipe, with_field
+from .rendering import render_image
 from .syntax import LoraCall, format_call
 
 if TYPE_CHECKING:
@@ -31,6 +51,7 @@ if TYPE_CHECKING:
     from .session import Generated
 
 __all__ = [
+    "AXIS_HELP",
     "AXIS_KINDS",
     "Axis",
     "GridCell",
@@ -45,98 +66,25 @@ __all__ = [
     "run_grid",
 ]
 
-AXIS_KINDS: tuple[str, ...] = ("preset", "strength", "lora", "seed")
-MAX_AXIS_VALUES = 16
 GRID_SETTINGS_KEY = "lora_studio_grid"
 """The PNG text chunk holding the grid's settings as JSON (beside A1111's `parameters`)."""
 
-AXIS_HELP = (
-    "kind: values — kind is preset, strength, lora or seed; values are separated by commas "
-    "(or by | when a value is a literal block vector), e.g. `preset: NONE, ALL, CHAR` or `strength: 0.5, 1`"
-)
-
-
-class GridError(LoraStudioError):
-    """A grid's axes or values are invalid; the message names the axis and the value."""
-
 
 class LoraRenderer(Protocol):
-    """What grids and the analyzer need from a LoraSession."""
+    """What grids and the analyzer need from a LoraSession (one with `reports_steps` also takes `on_step`)."""
 
     def check(self, prompt: str) -> list[LoraCall]: ...
 
     def generate(self, request: GenerationRequest) -> Generated: ...
 
 
-def _number_text(value: float) -> str:
-    return f"{value:g}"
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One axis: a kind from AXIS_KINDS and its values as typed (strengths must be numbers, seeds integers)."""
-
-    kind: str
-    values: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.kind not in AXIS_KINDS:
-            raise GridError(f"unknown axis kind {self.kind!r}; expected one of {', '.join(AXIS_KINDS)}")
-        values = tuple(str(value).strip() for value in self.values)
-        if not values or any(not value for value in values):
-            raise GridError(f"{self.kind} axis: empty value in {', '.join(self.values) or '(nothing)'}")
-        if len(values) > MAX_AXIS_VALUES:
-            raise GridError(f"{self.kind} axis: {len(values)} values; at most {MAX_AXIS_VALUES} are allowed")
-        for value in values:
-            if self.kind == "strength":
-                _strength(value)
-            elif self.kind == "seed":
-                _seed(value)
-        object.__setattr__(self, "values", values)
-
-    @classmethod
-    def parse(cls, text: str) -> Axis:
-        """`kind: v1, v2, …` (or `kind: v1 | v2` for values with commas); GridError names what is wrong."""
-        kind, colon, rest = text.partition(":")
-        if not colon:
-            raise GridError(f"axis {text.strip()!r} has no ':'; write {AXIS_HELP}")
-        separator = "|" if "|" in rest else ","
-        return cls(kind.strip().lower(), tuple(rest.split(separator)))
-
-    def text(self) -> str:
-        """The axis as `parse` reads it back."""
-        separator = " | " if any("," in value for value in self.values) else ", "
-        return f"{self.kind}: {separator.join(self.values)}"
-
-    def label(self, value: str) -> str:
-        return f"{self.kind}: {value}"
-
-
-def _strength(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise GridError(f"strength axis: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise GridError(f"strength axis: {text!r} is not a finite number")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise GridError(f"seed axis: {text!r} is not a whole number") from None
-    if value < 0:
-        raise GridError(f"seed axis: {text!r} is negative; seeds are 0 or more")
-    return value
-
-
 @dataclass(frozen=True)
 class GridSpec:
     """A grid: base prompt and generation settings, the LoRA's default name/strength/preset, and the axes.
 
-    `lora` may be omitted only when an axis is `lora`; `preset` None applies the LoRA without block weights.
+    `lora` may be omitted only when an axis is `lora`; `preset` None applies the LoRA without block weights. R and
+    U in the block weights are drawn with `random_seed` (the same numbers in every cell), X is `x` unless an `x` axis
+    sets it.
     """
 
     prompt: str
@@ -151,12 +99,20 @@ class GridSpec:
     cfg_scale: float = 7.0
     width: int = 512
     height: int = 512
+    random_seed: int = 0
+    x_value: float = DEFAULT_X
 
     def __post_init__(self) -> None:
         if self.x is None and self.y is None:
             raise GridError("a grid needs at least one axis")
         if self.x is not None and self.y is not None and self.x.kind == self.y.kind:
             raise GridError(f"both axes are {self.x.kind}; choose two different kinds")
+        if sum(kind in BLOCK_KINDS for kind in self.kinds) > 1:
+            raise GridError("block-only and block-off on one grid leave nothing to compare; choose one of them")
+        if not 0 <= self.random_seed < 2**32:
+            raise GridError(f"random seed {self.random_seed} is outside 0…{2**32 - 1}")
+        if not math.isfinite(self.x_value):
+            raise GridError(f"X value {self.x_value!r} is not a finite number")
         if not self.lora and "lora" not in self.kinds:
             raise GridError("choose a LoRA (or make one axis `lora`)")
         if not math.isfinite(self.strength):
@@ -172,6 +128,11 @@ class GridSpec:
     def kinds(self) -> tuple[str, ...]:
         return tuple(axis.kind for axis in (self.x, self.y) if axis is not None)
 
+    @property
+    def needs_family(self) -> bool:
+        """Whether planning needs the model's family and presets (a block-only/block-off axis)."""
+        return any(kind in BLOCK_KINDS for kind in self.kinds)
+
     def request(self, prompt: str, seed: int) -> GenerationRequest:
         from ..hosts.base import GenerationRequest  # torch: imported when a grid runs, not with the CLI
 
@@ -185,6 +146,7 @@ class GridSpec:
             "x": self.x.text() if self.x else None, "y": self.y.text() if self.y else None,
             "lora": self.lora, "strength": self.strength, "preset": self.preset, "seed": self.seed,
             "steps": self.steps, "cfg_scale": self.cfg_scale, "width": self.width, "height": self.height,
+            "random_seed": self.random_seed, "x_value": self.x_value,
         }
 
 
@@ -197,6 +159,7 @@ class GridCell:
     call: LoraCall
     request: GenerationRequest
     axis_values: tuple[tuple[str, str], ...] = field(default=())  # ((kind, value), …): X first
+    blocks: CellBlocks | None = None  # how R, U and X were resolved, when they were
 
 
 @dataclass(frozen=True)
@@ -211,37 +174,54 @@ class GridPlan:
     row_labels: tuple[str, ...]
 
 
-def _cell_call(spec: GridSpec, values: dict[str, str]) -> tuple[LoraCall, int]:
+def _cell_call(spec: GridSpec, values: dict[str, str], context: BlockContext) -> tuple[LoraCall, int, CellBlocks]:
     name = values.get("lora", spec.lora or "")
-    strength = _strength(values["strength"]) if "strength" in values else spec.strength
-    blocks = values.get("preset", spec.preset)
-    seed = _seed(values["seed"]) if "seed" in values else spec.seed
-    return LoraCall(name=name, te=strength, unet=strength, blocks=blocks), seed
+    strength = strength_value(values["strength"]) if "strength" in values else spec.strength
+    x = strength_value(values["x"], "x") if "x" in values else spec.x_value
+    blocks = cell_blocks(values.get("preset", spec.preset), values, context, seed=spec.random_seed, x=x)
+    seed = seed_value(values["seed"]) if "seed" in values else spec.seed
+    return LoraCall(name=name, te=strength, unet=strength, blocks=blocks.spec), seed, blocks
 
 
-def plan_grid(spec: GridSpec) -> GridPlan:
-    """The cells of `spec`, row by row, each prompt = base prompt + the cell's tag (built with `format_call`)."""
-    x_values = spec.x.values if spec.x else ("",)
-    y_values = spec.y.values if spec.y else ("",)
+def _values(axis: Axis | None, spec: GridSpec, context: BlockContext) -> tuple[str, ...]:
+    """The axis' values, `each` expanded to the blocks of the base weights' format; ("",) for no axis."""
+    if axis is None:
+        return ("",)
+    if axis.values == (EACH,):
+        return each_block(spec.preset, context, axis.kind)
+    return axis.values
+
+
+def plan_grid(spec: GridSpec, *, presets: PresetBook | None = None, arch: str | None = None) -> GridPlan:
+    """The cells of `spec`, row by row, each prompt = base prompt + the cell's tag (built with `format_call`).
+
+    `presets` and `arch` (the model's) are needed to read preset names under a block-only/block-off axis.
+    """
+    context = BlockContext(presets, arch)
+    x_values, y_values = _values(spec.x, spec, context), _values(spec.y, spec, context)
     cells = []
     for row, y_value in enumerate(y_values):
         for column, x_value in enumerate(x_values):
             pairs = tuple((axis.kind, value) for axis, value in ((spec.x, x_value), (spec.y, y_value)) if axis)
-            call, seed = _cell_call(spec, dict(pairs))
+            where = ", ".join(f"{kind} {value!r}" for kind, value in pairs)
             try:
+                call, seed, blocks = _cell_call(spec, dict(pairs), context)
                 tag = format_call(call)
             except LoraStudioError as error:
-                where = ", ".join(f"{kind} {value!r}" for kind, value in pairs)
                 raise GridError(f"{where}: {error}") from error
             prompt = f"{spec.prompt.rstrip()} {tag}".strip()
-            cells.append(GridCell(column, row, call, spec.request(prompt, seed), pairs))
+            cells.append(GridCell(column, row, call, spec.request(prompt, seed), pairs, blocks))
+    if "x" in spec.kinds and not any(cell.blocks and cell.blocks.recipe and cell.blocks.recipe.uses_x
+                                     for cell in cells):
+        raise GridError("x axis: the block weights have no X, so every column would be the same; write X where a "
+                        "block should take the axis' value (e.g. 1,X,X,…) or choose another axis")
     return GridPlan(
         spec=spec,
         cells=tuple(cells),
         columns=len(x_values),
         rows=len(y_values),
-        column_labels=tuple(spec.x.label(v) for v in spec.x.values) if spec.x else (),
-        row_labels=tuple(spec.y.label(v) for v in spec.y.values) if spec.y else (),
+        column_labels=tuple(spec.x.label(v) for v in x_values) if spec.x else (),
+        row_labels=tuple(spec.y.label(v) for v in y_values) if spec.y else (),
     )
 
 
@@ -298,9 +278,11 @@ def grid_parameters(spec: GridSpec, model_name: str) -> str:
     fields = {"XY grid": json.dumps("; ".join(f"{n}: {a.text()}" for n, a in (("X", spec.x), ("Y", spec.y)) if a))}
     if spec.lora:
         fields["LoRA"] = spec.lora
-    fields["Strength"] = _number_text(spec.strength)
+    fields["Strength"] = number_text(spec.strength)
     if spec.preset:
         fields["Blocks"] = json.dumps(spec.preset)
+    if random_weights(spec):
+        fields["Random seed"] = str(spec.random_seed)
     return parameters_text(spec.prompt, spec.request(spec.prompt, spec.seed), model=model_name, extra_fields=fields)
 
 
@@ -313,12 +295,12 @@ def run_grid(
     save_to: Path | None = None,
     on_cell: Callable[[int, GridCell, Generated], None] | None = None,
 ) -> GridResult:
-    """Check the plan, render each cell (progress per cell, `control.check()` before each), compose and save.
+    """Check the plan, render each cell (progress per sampling step, see rendering.py), compose and save.
 
     The grid is written to `save_to` when given (see `new_output_path`), with the base prompt, axes, values,
     seed and model in its `parameters` text and the settings and each cell's infotext as JSON in
-    `lora_studio_grid`. A cancel
-    raises JobCancelled before the next cell; `on_cell(index, cell, generated)` runs after each cell.
+    `lora_studio_grid`; a cell whose weights had R, U or X records them in `Lora random weights`. A cancel
+    raises JobCancelled within the current cell; `on_cell(index, cell, generated)` runs after each cell.
     """
     from ..pnginfo import save_png
 
@@ -327,11 +309,12 @@ def run_grid(
     check_plan(plan, renderer)
     rendered: list[Generated] = []
     for index, cell in enumerate(plan.cells):
-        control.check()
-        control.progress(index, total, f"cell {index + 1}/{total}: {_cell_title(cell)}")
-        generated = renderer.generate(cell.request)
+        generated = render_image(renderer, cell.request, control, done=index, total=total, what=_cell_title(cell))
+        record = cell.blocks.record() if cell.blocks is not None else None
+        if record is not None:
+            generated = replace(generated, parameters=with_field(generated.parameters, RANDOM_FIELD, record))
         rendered.append(generated)
-        control.progress(index + 1, total, f"cell {index + 1}/{total} done")
+        control.progress(index + 1, total, f"image {index + 1}/{total} done")
         if on_cell is not None:
             on_cell(index, cell, generated)
     image = draw_grid(plan, [g.image for g in rendered])
@@ -344,6 +327,20 @@ def run_grid(
         path = save_png(image, save_to, parameters, extra_text={GRID_SETTINGS_KEY: json.dumps(settings)})
     control.progress(total, total, f"saved {path}" if path else "done")
     return GridResult(plan, tuple(rendered), image, parameters, settings, path)
+
+
+def random_weights(spec: GridSpec) -> bool:
+    """Whether some block weights of the grid (the base, or a preset axis value) draw R or U."""
+    texts = [spec.preset] + list(spec.x.values if spec.x and spec.x.kind == "preset" else ())
+    texts += list(spec.y.values if spec.y and spec.y.kind == "preset" else ())
+    return any(text and "," in text and _draws(text) for text in texts)
+
+
+def _draws(text: str) -> bool:
+    try:
+        return WeightRecipe.parse(text).random
+    except LoraStudioError:
+        return False
 
 
 def _cell_title(cell: GridCell) -> str:
@@ -362,9 +359,11 @@ def draw_grid(plan: GridPlan, images: Sequence[Image.Image]) -> Image.Image:
     if spec.lora and "lora" not in spec.kinds:
         title.append(f"LoRA {spec.lora}")
     if "strength" not in spec.kinds:
-        title.append(f"strength {_number_text(spec.strength)}")
+        title.append(f"strength {number_text(spec.strength)}")
     if spec.preset and "preset" not in spec.kinds:
         title.append(f"blocks {spec.preset}")
+    if random_weights(spec):
+        title.append(f"random seed {spec.random_seed}")
     if "seed" not in spec.kinds:
         title.append(f"seed {spec.seed}")
     return compose_grid(tiles, column_labels=plan.column_labels, row_labels=plan.row_labels,

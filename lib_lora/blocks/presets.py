@@ -182,9 +182,10 @@ def _builtin_presets() -> tuple[Preset, ...]:
         for name, v in _LBW_17
     ]
     presets.append(Preset("FLUXALL", {FLUX_FAMILY: _ones(FLUX_LENGTH)}, "LBW built-in (Flux only)"))
-    presets += [Preset(name, {SD1_FAMILY: parse_vector(v)}, "seed 002 (CharFramework)") for name, v in _SEED_26]
+    presets += [Preset(name, {SD1_FAMILY: parse_vector(v)}, "a practitioner's face and body LoRAs")
+                for name, v in _SEED_26]
     presets += [
-        Preset(name, {SD1_FAMILY: parse_vector(sd1), SDXL_FAMILY: parse_vector(sdxl)}, "LoRA Studio (DESIGN.md)")
+        Preset(name, {SD1_FAMILY: parse_vector(sd1), SDXL_FAMILY: parse_vector(sdxl)}, "LoRA Studio")
         for name, sd1, sdxl in _DESIGN_17_12
     ]
     return tuple(presets)

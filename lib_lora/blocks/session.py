@@ -10,7 +10,9 @@ host's family, and renders through the host:
 Before anything is rendered each LoRA's modules are matched against the model's layers (`networks.matching`): a
 LoRA none of whose modules match, or one that matches in part and looks like another family, is refused
 (LoraMatchError); one that matches in part is a warning (`Generated.warnings`). The infotext keeps the prompt as
-typed and records `Lora block weights` and `Lora modules matched`.
+typed and records `Lora block weights` and `Lora modules matched`. `generate(request, on_step=…)` reports the
+sampling steps on every host (diffusers: its step callback; a WebUI: its own step count, `hosts.webui_progress`);
+when `on_step` raises, the image stops there (a WebUI through its own interrupt) and that error propagates.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from ..hosts.base import GenerationRequest, Host
+from ..hosts.base import GenerationRequest, Host, StepCallback
+from ..hosts.webui_progress import following_steps
 from ..networks.attach import AppliedLora, ApplyReport, WeightMerger
 from ..networks.keys import TargetIndex, build_target_index
 from ..networks.matching import (
@@ -87,6 +90,9 @@ class _NetworkCache:
 class LoraSession:
     """Generation with `<lora:…>` tags on `host`; one per host (see `session_for`). Not for concurrent use."""
 
+    reports_steps = True
+    """`generate` takes `on_step` (grids and the analyzer then show and cancel within an image)."""
+
     def __init__(self, host: Host, library: LibrarySource, presets: PresetSource, *,
                  model_name: str | None = None) -> None:
         self.host = host
@@ -122,17 +128,20 @@ class LoraSession:
         """What generating `prompt` would warn about (LoRAs whose modules match in part); raises what check raises."""
         return check_matches(self._checked(parse_prompt(prompt)[1])[0])
 
-    def generate(self, request: GenerationRequest) -> Generated:
-        """Render `request` (its prompt carries the tags); the LoRA set stays merged afterwards."""
+    def generate(self, request: GenerationRequest, *, on_step: StepCallback | None = None) -> Generated:
+        """Render `request` (its prompt carries the tags); the LoRA set stays merged afterwards. `on_step(step)`
+        gets the 0-based step about to run (on a WebUI, polled: steps may repeat); an error it raises stops
+        the image and propagates."""
         with self._lock:
             clean, calls = parse_prompt(request.prompt)
             report: ApplyReport | None = None
             matches, applied = self._checked(calls)
             check_matches(matches)
             if applied is None:
-                image = self.host.generate(request)
+                with following_steps(on_step):
+                    image = self.host.generate(request)
             else:
-                report, image = self._render(replace(request, prompt=clean), calls, applied)
+                report, image = self._render(replace(request, prompt=clean), calls, applied, on_step)
             host_record = image.info.get(PARAMETERS_KEY) if self.host.handles_lora_tags else None
             if host_record:  # the WebUI's own infotext: its sampler and seed, the block weights its script applied
                 text = host_record
@@ -191,11 +200,13 @@ class LoraSession:
             self._index = (weakref.ref(unet), build_target_index(self.host))
         return self._index[1]
 
-    def _render(self, request: GenerationRequest, calls: Sequence[LoraCall],
-                applied: list[AppliedLora]) -> tuple[ApplyReport, Image.Image]:
+    def _render(self, request: GenerationRequest, calls: Sequence[LoraCall], applied: list[AppliedLora],
+                on_step: StepCallback | None = None) -> tuple[ApplyReport, Image.Image]:
         merger = self._merger_for_host()
         if not any(is_gated(call) for call in calls):
-            return merger.apply(applied), self.host.generate(request)
+            report = merger.apply(applied)
+            image = self.host.generate(request, on_step=on_step) if on_step else self.host.generate(request)
+            return report, image
         windows = [active_steps(call, request.steps) for call in calls]
         off = [replace(lora, unet_multiplier=0.0) for lora in applied]
 
@@ -204,6 +215,8 @@ class LoraSession:
 
         def set_step(step: int) -> None:
             merger.apply(at_step(step))
+            if on_step is not None:
+                on_step(step)
 
         report = merger.apply(at_step(0))  # the text encoders get their full part; the UNet step 0's
 

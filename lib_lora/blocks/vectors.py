@@ -8,8 +8,8 @@ OUT00–OUT02 off; use 26 values to control them. The parts no block covers (`ti
 mapping.UNBLOCKED_PARTS) are not in the table: block weights never scale them (weight 1).
 
 Any other length, a value that is not a number, and LBW's random values R/U/X are BlockWeightErrors; nothing
-is padded, truncated or skipped. Random weights are not supported yet: a caller that wants them resolves them
-into numbers itself, with a seed, before calling this module. Text longer than MAX_VECTOR_VALUES values is
+is padded, truncated or skipped. R/U/X are resolved into numbers, with a seed, before this module sees them
+(recipe.py: the Block Weight tab's vector box and XY grid). Text longer than MAX_VECTOR_VALUES values is
 refused by its comma count before a value is read, and parsing is linear in the text's length.
 """
 
@@ -114,8 +114,8 @@ def parse_value(text: str, *, where: str = "") -> float:
         return float(value)
     if _RANDOM.fullmatch(value):
         raise BlockWeightError(
-            f"{prefix}{echo(value)} is one of LBW's random/XY values (R, U, X), which are not supported; "
-            "write a number"
+            f"{prefix}{echo(value)} is one of LBW's random/XY values (R, U, X), which are drawn only in the "
+            "Block Weight tab's vector box and XY grid; write a number here"
         )
     if not value:
         raise BlockWeightError(f"{prefix}empty value (two commas in a row, or a trailing comma?)")

@@ -1,7 +1,13 @@
-"""The Block Weight tab's editor: block sliders for the model's family, presets, the vector text and the tag.
+"""The Block Weight tab's editor: block sliders for the model's family, presets, the vector box and the tag.
 
-Handlers return {output name: value} dicts (see blocks_wiring); they take the arch name and the format toggle
+Handlers return {output name: value} dicts (see wiring.py); they take the arch name and the format toggle
 from the page, so they are plain functions of their inputs plus the user's preset file.
+
+The vector box and the sliders agree: the box takes a vector of the family's formats (LBW's R, U and X allowed:
+their sliders are marked, and the values are drawn when an image is generated) or a preset's name (which loads the
+preset). Input the box cannot take is reported under the box (`vector_note`) and changes nothing else; it stays in
+the box, and Generate and the grid refuse it with the same message (`read_box`). A moved slider writes its value
+into the box, keeping the other positions as written.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..blocks.presets import (
     shortest_length,
     vector_for,
 )
+from ..blocks.recipe import WeightRecipe
 from ..blocks.syntax import parse_prompt
 from ..blocks.userpresets import delete_user_preset, load_presets, save_user_preset
 from ..errors import BlockWeightError
@@ -70,14 +77,17 @@ class BlockLayout:
     def blocks(self) -> tuple[str, ...]:
         return FORMATS[self.family][self.length]
 
-    def slider_updates(self, values: Sequence[float]) -> Updates:
-        """Label, visibility and value of every slider: the layout's blocks, then hidden ones."""
+    def slider_updates(self, values: Sequence[float | str]) -> Updates:
+        """Label, visibility and value of every slider: the layout's blocks, then hidden ones. A position written
+        as R, U or X keeps its slider's value and shows the letter in the label."""
         updates: Updates = {}
         for index, key in enumerate(SLIDER_KEYS):
-            if index < self.length:
-                updates[key] = gr.update(label=self.blocks[index], visible=True, value=float(values[index]))
-            else:
+            if index >= self.length:
                 updates[key] = gr.update(visible=False, value=0.0)
+            elif isinstance(values[index], str):
+                updates[key] = gr.update(label=f"{self.blocks[index]} = {values[index]}", visible=True)
+            else:
+                updates[key] = gr.update(label=self.blocks[index], visible=True, value=float(values[index]))
         return updates
 
     def values_of(self, weights: dict[str, float]) -> list[float]:
@@ -110,11 +120,62 @@ def block_spec(layout: BlockLayout, values: Sequence[float], preset: str | None,
     return vector_text(values)
 
 
-def _bounded(values: Sequence[float]) -> None:
+def _bounded(values: Sequence[float | str]) -> None:
     low, high, _ = SLIDER_RANGE
-    outside = [f"{v:g}" for v in values if not low <= v <= high]
+    outside = [f"{v:g}" for v in values if not isinstance(v, str) and not low <= v <= high]
     if outside:
         raise BlockWeightError(f"weights {', '.join(outside)} are outside the sliders' range {low:g}…{high:g}")
+
+
+RANDOM_NOTE = ("R, U and X are drawn when you generate or run a grid (R: 0…1, U: −0.5…1.5, X: 1, or the values of "
+               "an `x` grid axis); the image's parameters record the numbers and the random seed. The tag for the "
+               "prompt takes numbers only.")
+
+
+@dataclass(frozen=True)
+class BoxValue:
+    """What the vector box holds: its weights (numbers, or R/U/X), and the preset's name when a name was typed."""
+
+    recipe: WeightRecipe
+    layout: BlockLayout
+    preset: str | None = None
+
+
+def read_box(text: str, arch: str, book: PresetBook) -> BoxValue:
+    """The vector box: a preset's name, or a vector of the family's formats (numbers, R, U, X, X+f, X-f) within the
+    sliders' range; BlockWeightError says what is wrong (the same message under the box and on Generate)."""
+    stripped = (text or "").strip()
+    family = family_of(arch)
+    lengths = " or ".join(str(n) for n in FORMATS[family])
+    if not stripped:
+        raise BlockWeightError(f"block weights: the box is empty; type {lengths} values or a preset's name")
+    if "," not in stripped and not _is_number(stripped):
+        weights = book.get(stripped, arch)
+        layout = BlockLayout(arch, shortest_length(weights, arch))
+        return BoxValue(WeightRecipe(tuple(layout.values_of(weights))), layout, stripped)
+    recipe = WeightRecipe.parse(stripped, where="block weights")
+    if family_of_length(len(recipe)) != family or len(recipe) not in FORMATS[family]:
+        raise BlockWeightError(
+            f"block weights: expected {lengths} values for {FAMILY_TITLES[family]}, got {len(recipe)}"
+        )
+    _bounded(recipe.weights)
+    return BoxValue(recipe, BlockLayout(arch, len(recipe)))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def box_note(error: BaseException | None = None, recipe: WeightRecipe | None = None) -> str:
+    """The line under the vector box: the error (the box is not applied), the R/U/X note, or nothing."""
+    if error is not None:
+        return (f"⚠️ **Not applied:** {escape_markdown(str(error))}. The sliders keep the last weights; Generate and "
+                "the grid refuse the box until it is fixed.")
+    return RANDOM_NOTE if recipe is not None and not recipe.plain else ""
 
 
 class BlockEditor:
@@ -130,14 +191,17 @@ class BlockEditor:
     def preset_choices(self, arch: str) -> list[str]:
         return self.book().names(arch)
 
-    def _show(self, layout: BlockLayout, values: Sequence[float], lora: str | None, weight: float,
+    def _show(self, layout: BlockLayout, values: Sequence[float] | WeightRecipe, lora: str | None, weight: float,
               preset: str | None, book: PresetBook) -> Updates:
-        _bounded(values)
+        recipe = values if isinstance(values, WeightRecipe) else WeightRecipe(tuple(float(v) for v in values))
+        _bounded(recipe.weights)
+        numbers = [float(v) for v in recipe.weights] if recipe.plain else None
         return {
-            **layout.slider_updates(values),
+            **layout.slider_updates(recipe.weights),
             "full": layout.full,
-            "vector": vector_text(values),
-            "tag": copy_tag(lora, weight, block_spec(layout, values, preset, book)),
+            "vector": recipe.text(),
+            "tag": copy_tag(lora, weight, block_spec(layout, numbers, preset, book)) if numbers is not None else "",
+            "vector_note": box_note(recipe=recipe),
         }
 
     def load_preset(self, preset: str, arch: str, full: bool, lora: str | None, weight: float) -> Updates:
@@ -150,44 +214,70 @@ class BlockEditor:
         updates = self._show(layout, layout.values_of(weights), lora, weight, preset, book)
         return {**updates, "status": f"Preset **{escape_markdown(preset)}** loaded ({layout.length} values)."}
 
-    def from_sliders(self, arch: str, full: bool, lora: str | None, weight: float, preset: str | None,
-                     *values: float) -> Updates:
-        """Vector text and tag for the sliders' values."""
+    def from_slider(self, index: int, text: str, arch: str, full: bool, lora: str | None, weight: float,
+                    preset: str | None, *values: float) -> Updates:
+        """Slider `index` was moved: its value goes into the box, the other positions stay as the box wrote them
+        (R, U, X kept); a box that does not fit the sliders is rewritten from all of them."""
         layout = BlockLayout.of(arch, full)
         shown = [float(v) for v in values[: layout.length]]
-        return {"vector": vector_text(shown),
-                "tag": copy_tag(lora, weight, block_spec(layout, shown, preset, self.book()))}
+        book = self.book()
+        try:
+            recipe = read_box(text, arch, book).recipe
+            if len(recipe) != layout.length:
+                raise BlockWeightError("another format")
+        except BlockWeightError:
+            recipe = WeightRecipe(tuple(shown))
+        if index < layout.length:
+            recipe = recipe.replaced(index, shown[index])
+        updates = self._show(layout, recipe, lora, weight, preset, book)
+        moved = {SLIDER_KEYS[index]: updates[SLIDER_KEYS[index]]} if index < layout.length else {}
+        return {key: updates[key] for key in ("vector", "tag", "vector_note")} | moved
+
+    def slider_handler(self, index: int) -> Callable[..., Updates]:
+        """`from_slider` for slider `index`, as a named function (the wiring names events after it)."""
+        def moved(*args: Any) -> Updates:
+            return self.from_slider(index, *args)
+
+        moved.__name__ = f"from_slider_{index:02d}"
+        return moved
 
     def retag(self, lora: str | None, weight: float, text: str, preset: str | None, arch: str) -> Updates:
-        """The tag for the prompt from the vector text (a preset's name when it holds exactly that preset)."""
-        values = parse_vector(text, where="block weights")
-        return {"tag": copy_tag(lora, weight, block_spec(BlockLayout(arch, len(values)), values, preset, self.book()))}
+        """The tag for the prompt from the vector box (a preset's name when it holds exactly that preset)."""
+        box = read_box(text, arch, self.book())
+        if not box.recipe.plain:
+            return {"tag": ""}
+        values = [float(v) for v in box.recipe.weights]
+        return {"tag": copy_tag(lora, weight, box.preset or block_spec(box.layout, values, preset, self.book()))}
 
     def from_vector(self, text: str, arch: str, full: bool, lora: str | None, weight: float,
                     preset: str | None) -> Updates:
-        """The typed vector in the sliders; its length may switch between the family's two formats."""
-        values = parse_vector(text, where="block weights")
-        family = family_of(arch)
-        if family_of_length(len(values)) != family or len(values) not in FORMATS[family]:
-            lengths = " or ".join(str(n) for n in FORMATS[family])
-            raise BlockWeightError(
-                f"block weights: expected {lengths} values for {FAMILY_TITLES[family]}, got {len(values)}"
-            )
-        layout = BlockLayout(arch, len(values))
-        return {**self._show(layout, values, lora, weight, preset, self.book()), "status": ""}
+        """The box in the sliders (its length may switch between the family's two formats; a preset's name loads
+        that preset); input it cannot take is reported under the box and changes nothing else."""
+        book = self.book()
+        try:
+            box = read_box(text, arch, book)
+            updates = self._show(box.layout, box.recipe, lora, weight, box.preset or preset, book)
+        except BlockWeightError as error:
+            return {"vector_note": box_note(error), "status": f"**Error:** {escape_markdown(str(error))}"}
+        if box.preset is not None:
+            return {**updates, "preset": box.preset,
+                    "status": f"Preset **{escape_markdown(box.preset)}** loaded ({box.layout.length} values)."}
+        return {**updates, "status": ""}
 
     def switch_format(self, full: bool, text: str, arch: str, lora: str | None, weight: float,
                       preset: str | None) -> Updates:
         """The same weights in the other format; switching to the short one drops the blocks it lacks."""
         old = BlockLayout.of(arch, not full)
         new = BlockLayout.of(arch, full)
+        book = self.book()
         try:
-            values = parse_vector(text, where="block weights")
-            weights = expand_vector(values, arch)
+            box = read_box(text, arch, book)
+            weights: dict[str, float | str] = dict(zip(box.layout.blocks, box.recipe.weights))
         except BlockWeightError:
-            weights = self.book().get(DEFAULT_PRESET, arch)
+            weights = dict(book.get(DEFAULT_PRESET, arch))
         dropped = [b for b in old.blocks if b not in new.blocks and weights.get(b, 0.0) != 0.0]
-        updates = self._show(new, new.values_of(weights), lora, weight, preset, self.book())
+        recipe = WeightRecipe(tuple(weights.get(block, 0.0) for block in new.blocks))
+        updates = self._show(new, recipe, lora, weight, preset, book)
         note = f"; {', '.join(dropped)} set to 0 (the {new.length}-value format has no slider for them)" if dropped \
             else ""
         return {**updates, "status": f"{new.length}-value format{note}."}

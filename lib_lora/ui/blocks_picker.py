@@ -16,7 +16,7 @@ from ..blocks.presets import FAMILY_TITLES, family_of, full_block_ids
 from ..errors import BlockWeightError
 from ..networks.files import MODEL_HASH_KEY, addnet_hash, short_hash
 from ..networks.tools.info import network_info
-from .blocks_editor import DEFAULT_PRESET, BlockEditor, Updates
+from .blocks_editor import DEFAULT_PRESET, BlockEditor, Updates, read_box
 from .common import escape_markdown
 from .context import StudioContext
 
@@ -100,6 +100,7 @@ class LoraPicker:
         try:
             if family_of(new_arch) != family_of(arch):
                 raise BlockWeightError("another family")
+            read_box(vector, new_arch, self.editor.book())  # a box that cannot be read: the preset instead
             updates = self.editor.from_vector(vector, new_arch, full, lora, weight, kept)
         except BlockWeightError:
             updates = self.editor.load_preset(kept, new_arch, full, lora, weight)

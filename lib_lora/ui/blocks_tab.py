@@ -1,9 +1,10 @@
 """The Block Weight tab: pick a LoRA, set per-block strengths (presets, sliders, vector), generate, compare.
 
 Layout and wiring only; the handlers live in blocks_picker (LoRA list, metadata), blocks_editor (sliders,
-presets, tag) and blocks_runs (image, XY grid, analyzer). Handlers return {name: value} dicts; `wiring.bound` maps
-them to components and turns a LoraStudioError into the status line, so no stack trace reaches the page.
-Nothing is read while building: the model, folders and presets are read by events (tab select, Refresh).
+presets, vector box, tag) and blocks_runs (image, XY grid, analyzer: each a job with a progress bar and Cancel).
+Handlers return {name: value} dicts; `wiring.bound` maps them to components and turns a LoraStudioError into the
+status line, so no stack trace reaches the page. Nothing is read while building: the model, folders and presets
+are read by events (tab select, Refresh), which also fit steps and size to the model the first time they see it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import gradio as gr
 from ..blocks.analyze import DEFAULT_THRESHOLD, THRESHOLD_HELP
 from ..blocks.grid import AXIS_HELP
 from ..blocks.presets import PresetBook
-from .blocks_editor import DEFAULT_PRESET, SLIDER_KEYS, SLIDER_RANGE, BlockEditor, BlockLayout, vector_text
+from .blocks_editor import (
+    DEFAULT_PRESET,
+    SLIDER_KEYS,
+    SLIDER_RANGE,
+    BlockEditor,
+    BlockLayout,
+    vector_text,
+)
 from .blocks_picker import LoraPicker
 from .blocks_runs import BlockRuns
 from .context import StudioContext
@@ -24,14 +32,16 @@ from .wiring import wire
 
 TAB_ID = "lora_studio_blocks"
 STATUS = (
-    "Per-block LoRA strengths (issue #4): pick a LoRA, load a preset or move the sliders, and copy the tag — "
-    "`<lora:name:0.8:NCNF>` works in prompts. Compare presets, strengths, LoRAs or seeds in an XY grid, and find "
-    "the blocks a LoRA acts in with the analyzer."
+    "Per-block LoRA strengths: pick a LoRA, load a preset or move the sliders, and copy the tag — "
+    "`<lora:name:0.8:NCNF>` works in prompts. Compare presets, strengths, LoRAs, seeds or each block in an XY "
+    "grid, and find the blocks a LoRA acts in with the analyzer."
 )
 DEFAULT_X = "preset: NONE, ALL, CHAR, NCNF"
 DEFAULT_Y = "strength: 0.5, 1"
 SLIDERS_PER_ROW = 6
-ANALYZER_HEADERS = ["rank", "block", "changed %"]
+ANALYZER_HEADERS = ["rank", "block", "changed"]
+VECTOR_LABEL = ("Block weights (press Enter to apply): numbers, a preset's name, or LBW's R (random 0…1), "
+                "U (random −0.5…1.5) and X (1, or the grid's x values)")
 IMAGE_HEIGHT = 384
 
 Component = Any
@@ -74,8 +84,9 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
                                               value=DEFAULT_PRESET, elem_id="lora_studio_blocks_preset", scale=2)
                     c["full"] = gr.Checkbox(label="Every block (26 values SD1/SD2, 20 SDXL; LyCORIS/LoCon)",
                                             value=False, elem_id="lora_studio_blocks_full", scale=2)
-                c["vector"] = gr.Textbox(label="Block weights (press Enter to apply)", value=vector_text(ones),
+                c["vector"] = gr.Textbox(label=VECTOR_LABEL, value=vector_text(ones),
                                          elem_id="lora_studio_blocks_vector")
+                c["vector_note"] = gr.Markdown("", elem_id="lora_studio_blocks_vector_note")
                 low, high, step = SLIDER_RANGE
                 for start in range(0, len(SLIDER_KEYS), SLIDERS_PER_ROW):
                     with gr.Row(elem_classes=["lora-studio-blocks-sliders"]):
@@ -97,7 +108,7 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
         _build_grid(c)
         _build_analyzer(c)
 
-    _wire_editor(c, editor, picker, tab)
+    _wire_editor(c, editor, picker, runs, tab)
     _wire_runs(c, runs)
     return tab
 
@@ -113,11 +124,18 @@ def _build_settings(c: dict[str, Component]) -> None:
         c["width"] = gr.Number(label="Width", value=512, precision=0, elem_id="lora_studio_blocks_width", min_width=90)
         c["height"] = gr.Number(label="Height", value=512, precision=0, elem_id="lora_studio_blocks_height",
                                 min_width=90)
+        c["random_seed"] = gr.Number(label="Seed for R and U (-1: new)", value=-1, precision=0,
+                                     elem_id="lora_studio_blocks_random_seed", min_width=90)
+    c["settings_note"] = gr.Markdown("", elem_id="lora_studio_blocks_settings_note")
+    c["settings_for"] = gr.State("")
 
 
 def _build_generate(c: dict[str, Component]) -> None:
     with gr.Accordion("Generate", open=True, elem_id="lora_studio_blocks_generate_panel"):
-        c["generate"] = gr.Button("Generate", variant="primary", elem_id="lora_studio_blocks_generate")
+        with gr.Row(equal_height=True):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id="lora_studio_blocks_generate", scale=3)
+            c["image_cancel"] = gr.Button("Cancel", elem_id="lora_studio_blocks_image_cancel", scale=1)
+        c["image_progress"] = gr.Markdown("", elem_id="lora_studio_blocks_image_progress")
         with gr.Row():
             c["image"] = gr.Image(label="Image", type="pil", interactive=False, height=IMAGE_HEIGHT,
                                   elem_id="lora_studio_blocks_image")
@@ -128,7 +146,8 @@ def _build_generate(c: dict[str, Component]) -> None:
 def _build_grid(c: dict[str, Component]) -> None:
     with gr.Accordion("XY grid", open=True, elem_id="lora_studio_blocks_grid_panel"):
         gr.Markdown(f"Axes: {AXIS_HELP}. Leave Y empty for one row. Values not on an axis come from the picker "
-                    "and the sliders.", elem_id="lora_studio_blocks_grid_help")
+                    "and the sliders; block-only and block-off start from the sliders' weights.",
+                    elem_id="lora_studio_blocks_grid_help")
         with gr.Row(equal_height=True):
             c["x_axis"] = gr.Textbox(label="X axis", value=DEFAULT_X, elem_id="lora_studio_blocks_x_axis", scale=3)
             c["y_axis"] = gr.Textbox(label="Y axis", value=DEFAULT_Y, elem_id="lora_studio_blocks_y_axis", scale=3)
@@ -153,7 +172,7 @@ def _build_analyzer(c: dict[str, Component]) -> None:
             c["analyzer_cancel"] = gr.Button("Cancel", elem_id="lora_studio_blocks_analyzer_cancel", scale=1)
         c["analyzer_progress"] = gr.Markdown("", elem_id="lora_studio_blocks_analyzer_progress")
         with gr.Row():
-            c["analyzer_table"] = gr.Dataframe(headers=ANALYZER_HEADERS, datatype=["number", "str", "number"],
+            c["analyzer_table"] = gr.Dataframe(headers=ANALYZER_HEADERS, datatype=["str", "str", "str"],
                                                interactive=False, elem_id="lora_studio_blocks_analyzer_table")
             c["analyzer_image"] = gr.Image(label="Blocks", type="pil", interactive=False,
                                            elem_id="lora_studio_blocks_analyzer_image")
@@ -165,13 +184,20 @@ def _pick(c: Mapping[str, Component], *names: str) -> dict[str, Component]:
     return {name: c[name] for name in names}
 
 
-def _wire_editor(c: dict[str, Component], editor: BlockEditor, picker: LoraPicker, tab: gr.Tab) -> None:
+def _wire_editor(c: dict[str, Component], editor: BlockEditor, picker: LoraPicker, runs: BlockRuns,
+                 tab: gr.Tab) -> None:
     sliders = [c[key] for key in SLIDER_KEYS]
-    shown = _pick(c, *SLIDER_KEYS, "full", "vector", "tag", "status")
-    refresh_outputs = {**shown, **_pick(c, "arch", "lora", "preset", "lora_info")}
-    refresh_inputs = [c[n] for n in ("search", "lora", "preset", "full", "vector", "weight", "arch")]
+    shown = _pick(c, *SLIDER_KEYS, "full", "vector", "vector_note", "tag", "status")
+    refresh_outputs = {**shown, **_pick(c, "arch", "lora", "preset", "lora_info", "steps", "width", "height",
+                                        "settings_for", "settings_note")}
+    refresh_inputs = [c[n] for n in ("search", "lora", "preset", "full", "vector", "weight", "arch", "settings_for")]
+
+    def refresh(*values: Any) -> dict[str, Any]:
+        """The picker's refresh, and steps and size fitted to a model the page has not seen yet (one event)."""
+        return {**picker.refresh(*values[:-1]), **runs.fit_settings(values[-1])}
+
     for listener in (tab.select, c["refresh"].click):
-        _wire(listener, picker.refresh, refresh_inputs, refresh_outputs)
+        _wire(listener, refresh, refresh_inputs, refresh_outputs)
     _wire(c["search"].submit, picker.search, [c["search"], c["lora"]], _pick(c, "lora", "status"))
     _wire(c["search"].blur, picker.search, [c["search"], c["lora"]], _pick(c, "lora", "status"))
     _wire(c["lora"].change, picker.choose, [c[n] for n in ("lora", "weight", "vector", "preset", "arch")],
@@ -180,12 +206,13 @@ def _wire_editor(c: dict[str, Component], editor: BlockEditor, picker: LoraPicke
           _pick(c, "tag", "status"))
     _wire(c["preset"].change, editor.load_preset, [c[n] for n in ("preset", "arch", "full", "lora", "weight")],
           shown)
-    slider_inputs = [c[n] for n in ("arch", "full", "lora", "weight", "preset")] + sliders
-    for slider in sliders:
-        _wire(slider.release, editor.from_sliders, slider_inputs, _pick(c, "vector", "tag", "status"))
+    slider_inputs = [c[n] for n in ("vector", "arch", "full", "lora", "weight", "preset")] + sliders
+    for index, slider in enumerate(sliders):
+        _wire(slider.release, editor.slider_handler(index), slider_inputs,
+              _pick(c, SLIDER_KEYS[index], "vector", "vector_note", "tag", "status"))
     vector_inputs = [c[n] for n in ("vector", "arch", "full", "lora", "weight", "preset")]
     for listener in (c["vector"].submit, c["vector"].blur):
-        _wire(listener, editor.from_vector, vector_inputs, shown)
+        _wire(listener, editor.from_vector, vector_inputs, {**shown, "preset": c["preset"]})
     _wire(c["full"].input, editor.switch_format, [c[n] for n in ("full", "vector", "arch", "lora", "weight", "preset")],
           shown)
     _wire(c["save"].click, editor.save_preset, [c[n] for n in ("preset_name", "overwrite", "arch", "vector")],
@@ -198,11 +225,13 @@ SETTINGS = ("prompt", "negative", "seed", "steps", "cfg", "width", "height")
 
 def _wire_runs(c: dict[str, Component], runs: BlockRuns) -> None:
     settings = [c[n] for n in SETTINGS]
-    _wire(c["generate"].click, runs.generate, [c[n] for n in ("lora", "weight", "vector", "preset", "arch")]
-          + settings, _pick(c, "image", "infotext", "status"))
+    _wire(c["generate"].click, runs.generate,
+          [c[n] for n in ("lora", "weight", "vector", "preset", "arch", "random_seed")] + settings,
+          _pick(c, "image_progress", "image", "infotext", "status"))
+    _wire(c["image_cancel"].click, runs.image_slot.cancel, [], _pick(c, "status"), queue=False)
     _wire(c["grid_run"].click, runs.run_grid,
-          [c[n] for n in ("x_axis", "y_axis", "lora", "weight", "vector", "preset", "arch")] + settings,
-          _pick(c, "grid_progress", "grid_image", "grid_path", "status"))
+          [c[n] for n in ("x_axis", "y_axis", "lora", "weight", "vector", "preset", "arch", "random_seed")]
+          + settings, _pick(c, "grid_progress", "grid_image", "grid_path", "status"))
     _wire(c["grid_cancel"].click, runs.grid_slot.cancel, [], _pick(c, "status"), queue=False)
     _wire(c["analyzer_run"].click, runs.run_analyzer,
           [c[n] for n in ("lora", "weight", "threshold", "arch", "full")] + settings,

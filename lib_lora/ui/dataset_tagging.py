@@ -118,7 +118,8 @@ def start_tagging(session: DatasetSession, context: StudioContext, choice: str |
         control.check()
         tagger = load_tagger(files)
         control.progress(provider=tagger.provider_in_use, warnings=list(tagger.warnings))
-        with context.gpu.hold("tagging") if tagger.gpu else nullcontext():
+        stop = "press Cancel beside Tag the loaded dataset in the Dataset tab to stop it, or wait for it"
+        with context.gpu.hold("tagging", stop=stop) if tagger.gpu else nullcontext():
             return tag_folder(dataset, tagger, options, control)
 
     job: Job[TagReport] = Job("tagging", work).start()

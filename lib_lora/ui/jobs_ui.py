@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..jobs import Job, JobSnapshot
+from .common import escape_markdown
 
 POLL_SECONDS = 0.3
+BAR_CELLS = 20
 
 
 def follow(job: Job[Any], poll_seconds: float = POLL_SECONDS) -> Iterator[JobSnapshot]:
@@ -28,3 +30,12 @@ def follow(job: Job[Any], poll_seconds: float = POLL_SECONDS) -> Iterator[JobSna
             last = snapshot
             yield snapshot
         time.sleep(poll_seconds)
+
+
+def progress_line(snapshot: JobSnapshot) -> str:
+    """Markdown: a text progress bar (once the total is known) before the job's line (state, count, ETA, message)."""
+    text = escape_markdown(snapshot.describe())
+    if snapshot.fraction is None:
+        return text
+    filled = round(BAR_CELLS * snapshot.fraction)
+    return f"`{'█' * filled}{'░' * (BAR_CELLS - filled)}` {text}"
