@@ -185,3 +185,43 @@ def test_chips_move_by_buttons_and_dragging_and_leaving_with_edits_warns(server:
         page.wait_for_timeout(300)
     assert caption_files(workspace) == before
     watch.assert_clean()
+
+
+def test_folders_are_listed_relative_to_their_root_and_a_failed_load_leaves_nothing_to_tag(
+        server: str, workspace: Path) -> None:
+    """The folder list holds the dataset folders only, named relative to their root; a name as listed (the
+    server runs elsewhere) loads; a folder that fails to load leaves nothing loaded; Tag refuses a folder shown
+    but not loaded."""
+    from playwright.sync_api import expect
+
+    (workspace / "datasets" / "empty").mkdir(exist_ok=True)
+    with open_page(server, height=1400) as (page, watch):
+        message = page.locator("#lora_studio_dataset_message")
+        thumbs = page.locator("#lora_studio_dataset_gallery [data-lora-studio-op='select']")
+        field(page, "lora_studio_dataset_folders").click()
+        options = page.get_by_role("option")
+        expect(options).to_have_count(2, timeout=30_000)
+        assert options.all_inner_texts() == ["char", f"char/{SUBSET}"]
+        options.filter(has_text=SUBSET).click()
+        expect(field(page, "lora_studio_dataset_path")).to_have_value(f"char/{SUBSET}")
+        page.locator("#lora_studio_dataset_load").click()
+        expect(message).to_contain_text(f"Loaded {workspace / 'datasets' / 'char' / SUBSET}: 6 images",
+                                        timeout=60_000)
+        expect(thumbs).to_have_count(6)
+
+        field(page, "lora_studio_dataset_path").fill("nosuch")
+        page.locator("#lora_studio_dataset_load").click()
+        expect(message).to_contain_text("no such folder in the allowed folders")
+        expect(message).to_contain_text("Nothing is loaded now")
+        expect(thumbs).to_have_count(0)
+        page.locator("#lora_studio_dataset_tag_start").click()
+        expect(message).to_contain_text("load a dataset folder first")
+
+        field(page, "lora_studio_dataset_path").fill("char")
+        page.locator("#lora_studio_dataset_load").click()
+        expect(thumbs).to_have_count(6, timeout=60_000)
+        field(page, "lora_studio_dataset_path").fill(f"char/{SUBSET}")
+        page.locator("#lora_studio_dataset_tag_start").click()
+        expect(message).to_contain_text("press Load first")
+        page.wait_for_timeout(300)
+    watch.assert_clean()

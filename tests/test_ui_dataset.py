@@ -69,27 +69,32 @@ def test_load_shows_counts_subsets_and_selects_the_first_image(session: DatasetS
     assert 'data-unsaved="0"' not in view["status"] and 'data-lora-studio-unsaved="0"' in view["status"]
 
 
-def test_the_folder_list_shows_each_root_its_folders_and_their_repeats_folders(tmp_path: Path) -> None:
+def test_the_folder_list_shows_the_dataset_folders_of_each_root_relative_to_it(tmp_path: Path) -> None:
+    """Folders holding images, directly or in `<repeats>_<name>` subfolders (tests/test_dataset_folder_paths.py)."""
     first, second, outside = tmp_path / "data", tmp_path / "more", tmp_path / "outside"
     for folder in ("data/charA/10_charA", "data/charA/notes", "data/charA/10_charA/3_deeper", "data/.hidden",
                    "data/.lora_studio_backup", "data/styleB", "outside/5_x", "more/9_y"):
         (tmp_path / folder).mkdir(parents=True)
+        if not folder.endswith("notes"):
+            Image.new("RGB", (8, 8)).save(tmp_path / folder / "a.png")
     (first / "linked").symlink_to(outside)
     choices = dataset_folder_choices([first, second, tmp_path / "missing"])
-    assert choices == [str(first), str(first / "charA"), str(first / "charA" / "10_charA"), str(first / "styleB"),
-                       str(second), str(second / "9_y")]
+    assert choices == ["charA", "charA/10_charA", "charA/10_charA/3_deeper", "styleB", str(second), "9_y"]
 
 
 @pytest.mark.parametrize("path", ["{tmp}/elsewhere", "{root}/../elsewhere", "{root}/escape", "", "/"])
-def test_load_outside_the_allowed_roots_is_refused_and_changes_nothing(
+def test_load_outside_the_allowed_roots_is_refused_and_leaves_nothing_loaded(
         session: DatasetSession, roots: Path, path: str) -> None:
+    """Nothing typed changes nothing; a refused folder unloads the one loaded before (no unsaved edits here), so
+    nothing acts on it while the page shows another (tests/test_dataset_folder_paths.py)."""
     (roots.parent / "elsewhere").mkdir()
     (roots / "escape").symlink_to(roots.parent / "elsewhere")
     before = dict(session.texts)
-    with pytest.raises(DatasetUIError if not path else DatasetUIError.__mro__[1]) as raised:
+    with pytest.raises(DatasetUIError) as raised:
         session.load(path.format(tmp=roots.parent, root=roots))
     assert ("outside the allowed folders" in str(raised.value)) is bool(path)
-    assert session.texts == before and session.dataset is not None and session.dataset.root == roots / "char"
+    assert session.texts == (before if not path else {})
+    assert (session.dataset is not None) is (not path)
 
 
 def test_problems_and_links_leading_outside_are_listed_and_left_out(roots: Path, tmp_path: Path) -> None:

@@ -295,6 +295,47 @@ def test_hires_prompt_with_its_own_weights_and_infotext_as_typed(env: Env) -> No
     assert params["Hires prompt"] == "a <lora:chara:1:ALL>"
 
 
+HIRES_RECORDS = [
+    # block weights only in the hires prompt: applied in the hires pass, recorded as such
+    ("a <lora:chara:1>", "a <lora:chara:1:ALL>", "chara: te=1, unet=1, blocks=ALL, pass=hires", None),
+    # each pass its own
+    ("a <lora:chara:1:NONE>", "a <lora:chara:1:ALL>",
+     "chara: te=1, unet=1, blocks=NONE, pass=first; chara: te=1, unet=1, blocks=ALL, pass=hires", None),
+    # the same in both passes (order aside): recorded once, without a pass
+    ("a <lora:chara:1:NCNF> <lora:styleb:1>", "b <lora:styleb:1> <lora:chara:1:NCNF>",
+     "chara: te=1, unet=1, blocks=NCNF", None),
+    # one LoRA's block weights in the first pass only
+    ("a <lora:chara:1:NCNF> <lora:styleb:0.5:CHAR>", "a <lora:chara:1:NCNF>",
+     "chara: te=1, unet=1, blocks=NCNF; styleb: te=0.5, unet=0.5, blocks=CHAR, pass=first", None),
+    # refused in the hires prompt only: not claimed, and named in the refused field
+    ("a <lora:chara:1:NCNF>", "a <lora:chara:1:NCNF> <lora:styleb:1:NOSUCH>",
+     "chara: te=1, unet=1, blocks=NCNF", "<lora:styleb:1:NOSUCH>"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "hr_prompt", "applied", "refused"), HIRES_RECORDS)
+def test_the_record_says_what_each_pass_applied(env: Env, prompt: str, hr_prompt: str, applied: str,
+                                                refused: str | None) -> None:
+    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD, parse_block_weights_record
+
+    fields = infotext_fields(env, env.generate(prompt, enable_hr=True, hr_prompt=hr_prompt, steps=1))
+    assert fields.get(BLOCK_WEIGHTS_FIELD) == applied  # kept by the paste hook: it reads back
+    assert fields.get(REFUSED_FIELD, "").startswith(refused or ""), fields
+    assert (REFUSED_FIELD in fields) == (refused is not None)
+    passes = {"first": parse_prompt(prompt)[1], "hires": parse_prompt(hr_prompt)[1]}
+    for call, only in parse_block_weights_record(applied):
+        assert all(call in passes[name] for name in ([only] if only else passes)), (call, only)
+
+
+def test_each_image_of_a_batch_records_its_own_hires_pass(env: Env) -> None:
+    """The WebUI gives the record the batch's prompts and the image's place in the batch: the hires prompt of the
+    second batch's image, not the first's."""
+    processed = env.generate(["a <lora:chara:1>", "b <lora:chara:1>"], n_iter=2, enable_hr=True, steps=1,
+                             hr_prompt=["a <lora:chara:1:ALL>", "b <lora:chara:1:NCNF>"])
+    records = [parse_generation_parameters(info).get(BLOCK_WEIGHTS_FIELD) for info in processed.infotexts]
+    assert records == ["chara: te=1, unet=1, blocks=ALL, pass=hires", "chara: te=1, unet=1, blocks=NCNF, pass=hires"]
+
+
 def test_api_style_batch_of_different_prompts(env: Env) -> None:
     prompts = ["one <lora:chara:0.5:CHAR>", "two <lora:chara:0.5:CHAR>", "three <lora:chara:0.5:CHAR> x"]
     p = env.processing(prompts, batch_size=3, is_api=True)
@@ -339,6 +380,9 @@ def infotext_fields(env: Env, processed: ProcessedStandIn) -> dict[str, Any]:
     ("x <lora:chara:1:1,0,1>", None, ["<lora:chara:1:1,0,1>", "values"]),
     # a tag we cannot parse: left as typed for the built-in, refused in the record
     ("x <lora:chara:0.7:lbw=ALL:lbwe=ATTNDEEPON>", None, ["lbwe", "left as typed"]),
+    # ... and the prompt's other tags are still recorded as applied
+    ("x <lora:chara:0.7:lbw=ALL:lbwe=ATTNDEEPON> <lora:styleb:1:CHAR>", "styleb: te=1, unet=1, blocks=CHAR",
+     ["lbwe", "left as typed"]),
     # nothing refused: no refused field
     ("x <lora:chara:0.6:NCNF>", "chara: te=0.6, unet=0.6, blocks=NCNF", None),
 ])
@@ -485,7 +529,8 @@ def test_no_field_without_block_weights_and_bad_pasted_fields_are_dropped(env: E
     processed = env.generate("a <lora:chara:0.8>")
     assert BLOCK_WEIGHTS_FIELD not in processed.infotexts[0]
     (paste,) = [callback for _, callback in env.webui.callbacks["infotext_pasted"]]
-    for value, kept in [("x: te=1, unet=0.5, blocks=NCNF", True), ("x: te=1, frob=2", False), ("nonsense", False)]:
+    for value, kept in [("x: te=1, unet=0.5, blocks=NCNF", True), ("x: te=1, frob=2", False), ("nonsense", False),
+                        ("x: te=1, unet=1, blocks=1,0.5, pass=hires", True), ("x: te=1, unet=1, pass=second", False)]:
         params = {"Prompt": "p <lora:x:1:NCNF>", BLOCK_WEIGHTS_FIELD: value}
         paste("", params)
         assert (BLOCK_WEIGHTS_FIELD in params) == kept

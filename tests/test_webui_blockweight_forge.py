@@ -40,10 +40,10 @@ STEPS = 4
 class Generation:
     """One txt2img through the script's hooks in Neo's order (processing.py, extra_networks.py)."""
 
-    def __init__(self, controller: BlockWeightController, model: ForgeModelStandIn, networks: ForgeNetworksStandIn,
-                 prompt: str) -> None:
-        self.controller, self.model, self.networks = controller, model, networks
-        self.p = SimpleNamespace(sd_model=model, extra_generation_params={}, comments={}, steps=STEPS,
+    def __init__(self, world: SimpleNamespace, prompt: str) -> None:
+        self.controller, self.model, self.networks = world.controller, world.model, world.networks
+        self.extra_networks = world.extra_networks
+        self.p = SimpleNamespace(sd_model=world.model, extra_generation_params={}, comments={}, steps=STEPS,
                                  enable_hr=False, batch_size=1, prompts=[prompt], all_prompts=[prompt])
         self.p.comment = lambda text: self.p.comments.setdefault(text, 1)
         self.typed = prompt
@@ -54,8 +54,7 @@ class Generation:
         self.controller.before_process(self.p)
         self.p.sd_model = self.model
         self.controller.before_process_batch(self.p, 0, self.p.prompts)
-        params = activate(self.networks, self.p.prompts[0])
-        self.controller.after_extra_networks_activate(self.p, {"lora": params})
+        self.extra_networks.activate(self.p, {"lora": lora_params(self.p.prompts[0])})
         for step in range(STEPS if until_step is None else until_step):
             self.controller.on_cfg_denoiser(SimpleNamespace(sampling_step=step, total_sampling_steps=STEPS))
         if until_step is None:
@@ -63,14 +62,39 @@ class Generation:
 
     def field(self, name: str) -> str | None:
         value = self.p.extra_generation_params.get(name)
-        return value(prompt_text=self.typed) if callable(value) else value
+        return value(prompt_text=self.typed, p=self.p, index=0, all_prompts=[self.typed]) if callable(value) else value
+
+
+class ExtraNetworksStandIn:
+    """`modules.extra_networks`: `activate(p, data)` loads the data's LoRAs, then runs the scripts' hook."""
+
+    def __init__(self, networks: ForgeNetworksStandIn) -> None:
+        self.networks = networks
+        self.controller: BlockWeightController | None = None
+
+    def activate(self, p: Any, extra_network_data: dict[str, list[Any]]) -> None:
+        load(self.networks, extra_network_data.get("lora", []))
+        assert self.controller is not None
+        self.controller.after_extra_networks_activate(p, extra_network_data)
+
+
+def lora_params(prompt: str) -> list[Any]:
+    """The `ExtraNetworkParams` of a prompt's tags, as `extra_networks.parse_prompts` makes them."""
+    return [SimpleNamespace(items=match.group(2).split(":")) for match in EXTRA_NETWORK_RE.finditer(prompt)]
 
 
 def activate(networks: ForgeNetworksStandIn, prompt: str) -> list[Any]:
+    """Neo's `ExtraNetworkLora.activate` on a prompt's tags."""
+    params = lora_params(prompt)
+    load(networks, params)
+    return params
+
+
+def load(networks: ForgeNetworksStandIn, params: list[Any]) -> None:
     """Neo's `ExtraNetworkLora.activate`: te/unet parsed as floats from positional and named items."""
-    names, te, unet, params = [], [], [], []
-    for match in EXTRA_NETWORK_RE.finditer(prompt):
-        items = match.group(2).split(":")
+    names, te, unet = [], [], []
+    for param in params:
+        items = param.items
         positional = [item for item in items if "=" not in item]
         named = dict(item.split("=", 1) for item in items if "=" in item)
         te_value = float(named.get("te", positional[1] if len(positional) > 1 else 1.0))
@@ -78,9 +102,7 @@ def activate(networks: ForgeNetworksStandIn, prompt: str) -> list[Any]:
         names.append(positional[0])
         te.append(te_value)
         unet.append(unet_value)
-        params.append(SimpleNamespace(items=items))
     networks.load_networks(names, te, unet)  # the module attribute, as Neo calls it
-    return params
 
 
 FLAVOURS = {"neo": ("neo", NeoPatcherStandIn), "forge2": ("2.0.1v1.10.1", Forge2PatcherStandIn)}
@@ -108,15 +130,20 @@ def make_world(flavour: str, monkeypatch: Any) -> Any:
     model = ForgeModelStandIn(set(UNET_KEYS), {CLIP_KEY}, patcher=patcher)
     files = {name: {key: f"{name}:{key}" for key in [*UNET_KEYS, CLIP_KEY]} for name in ("chara", "styleb")}
     networks = ForgeNetworksStandIn(model, files)
-    controller = BlockWeightController(gate=lambda: GpuGate(), networks=lambda: networks,
-                                       presets_file=lambda: None, interrupt=lambda: None)
-    yield SimpleNamespace(flavour=flavour, model=model, networks=networks, controller=controller,
-                          run=lambda prompt, **kw: _run(controller, model, networks, prompt, **kw))
+    extra_networks = ExtraNetworksStandIn(networks)
+    controller = extra_networks.controller = BlockWeightController(
+        gate=lambda: GpuGate(), networks=lambda: networks, presets_file=lambda: None, interrupt=lambda: None,
+        extra_networks=lambda: extra_networks)
+    world = SimpleNamespace(flavour=flavour, model=model, networks=networks, controller=controller,
+                            extra_networks=extra_networks)
+    world.run = lambda prompt, **kw: _run(world, prompt, **kw)
+    yield world
     controller.unload()
+    assert "activate" not in vars(extra_networks)  # the hook is gone
 
 
-def _run(controller, model, networks, prompt: str, **kwargs: Any) -> Generation:
-    generation = Generation(controller, model, networks, prompt)
+def _run(world: SimpleNamespace, prompt: str, **kwargs: Any) -> Generation:
+    generation = Generation(world, prompt)
     generation.run(**kwargs)
     return generation
 
@@ -240,3 +267,33 @@ def test_a_checkpoint_loaded_inside_processing_still_gets_block_weights(world) -
     generation = world.run("<lora:chara:0.8:NCNF>", loaded_late=True)
     assert strengths(world.model, "chara") == pytest.approx(expected((0.8, 0.8, table("NCNF"))))
     assert generation.field("Lora block weights") == "chara: te=0.8, unet=0.8, blocks=NCNF"
+
+
+def test_block_weights_only_in_the_hires_prompt_are_applied_and_recorded(world) -> None:
+    """The hooks of one batch with hires fix, in the WebUI's order: the hires pass loads the hires prompt's tags."""
+    generation = Generation(world, "<lora:chara:1>")
+    p, controller, extra_networks = generation.p, world.controller, world.extra_networks
+    p.enable_hr, p.all_hr_prompts, p.hr_second_pass_steps = True, ["<lora:chara:1:NCNF>"], STEPS
+    controller.before_process(p)
+    controller.before_process_batch(p, 0, p.prompts)
+    first, hires = ({"lora": lora_params(prompt)} for prompt in (p.prompts[0], p.all_hr_prompts[0]))
+    extra_networks.activate(p, first)
+    controller.process_batch(p)  # the hires prompt back as typed
+    if world.flavour == "neo":  # Neo's setup_conds: the hires LoRAs for the hires conditioning, then the first's
+        extra_networks.activate(p, hires)
+        extra_networks.activate(p, first)
+    assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, None)))
+    p.is_hr_pass = True
+    extra_networks.activate(p, hires)
+    assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, table("NCNF"))))
+    assert p.all_hr_prompts == ["<lora:chara:1:NCNF>"]
+    assert generation.field("Lora block weights") == "chara: te=1, unet=1, blocks=NCNF, pass=hires"
+    controller.postprocess(p)
+
+
+def test_a_failure_while_planning_an_activation_loads_the_loras_plain_and_says_so(world, monkeypatch) -> None:
+    """The plan runs inside the WebUI's own `extra_networks.activate`: a bug there must not stop the generation."""
+    monkeypatch.setattr(world.controller, "_plan_forge_loads", lambda *_: 1 / 0)
+    generation = world.run("<lora:chara:1:NCNF>")
+    assert strengths(world.model, "chara") == pytest.approx(expected((1.0, 1.0, None)))
+    assert any("ZeroDivisionError" in comment for comment in generation.p.comments)

@@ -23,6 +23,7 @@ from .dataset_actions import (
 )
 from .dataset_edits import add_tags, consolidate, propose, set_caption
 from .dataset_folders import dataset_folder_choices
+from .dataset_loading import require_shown
 from .dataset_saving import overwrite_conflicts, reload_conflicts, save
 from .dataset_session import DatasetSession
 from .dataset_tagging import (
@@ -134,7 +135,8 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["propose"].click, propose, ("trigger", "min_share"))
     bind(ui["consolidate"].click, consolidate, ("trigger", "proposals"))
 
-    def start(session: DatasetSession, model: str | None, *values: Any) -> tuple[str, Job[Any]]:
+    def start(session: DatasetSession, path: str | None, model: str | None, *values: Any) -> tuple[str, Job[Any]]:
+        require_shown(session, path)  # the folder the page shows, not one loaded before
         options = tagger_options(session, dict(zip(OPTION_NAMES, values)))
         job = start_tagging(session, context, model, options)
         return f"Tagging with **{model}**…", job
@@ -148,7 +150,7 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
                     message = finish_tagging(session, snapshot)
                 yield message, True
 
-    wiring.bind_job(ui["tag_start"].click, start, follow_tagging, ("model", *TAGGER_INPUTS))
+    wiring.bind_job(ui["tag_start"].click, start, follow_tagging, ("path", "model", *TAGGER_INPUTS))
     bind(ui["tag_cancel"].click, cancel_tagging, queue=False)
     bind(ui["tag_unload"].click,
          lambda session: "The tagger model was freed." if unload_tagger() else "No tagger model was loaded.")

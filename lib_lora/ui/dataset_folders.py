@@ -1,41 +1,35 @@
-"""The Dataset tab's folder picker: the dataset folders the allowed roots hold, and the check of a typed path."""
+"""The folder lists of the Dataset and Train tabs: the dataset folders the allowed roots hold (`dataset.finder`),
+each shown relative to its root, a name `AllowedRoots.locate` resolves back to the same folder."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..dataset.captions import BACKUP_DIR_NAME
-from ..dataset.folder import parse_repeats_folder
+from ..dataset.errors import DatasetError
+from ..dataset.finder import DatasetFolder, find_dataset_folders
 from ..dataset.roots import AllowedRoots
 
 MAX_FOLDER_CHOICES = 500
-"""The picker lists at most this many folders (a root with thousands of subfolders is typed, not scrolled)."""
+"""The lists hold at most this many folders (a root with thousands of datasets is typed into, not scrolled)."""
 
 
-def _subfolders(folder: Path) -> list[Path]:
-    """Visible, non-symlinked subfolders of `folder`, sorted by name; [] when it cannot be listed."""
-    try:
-        with os.scandir(folder) as listing:
-            found = [
-                Path(entry.path) for entry in listing
-                if not entry.name.startswith(".") and entry.name != BACKUP_DIR_NAME
-                and entry.is_dir(follow_symlinks=False)
-            ]
-    except OSError:
-        return []
-    return sorted(found, key=lambda path: path.name.casefold())
+def folder_label(found: DatasetFolder, allowed: AllowedRoots) -> str:
+    """`found` relative to its root (`mychar/10_mychar`), or its full path where that name would not lead back to
+    it (the same name in another root) and for a root itself."""
+    relative = found.relative
+    if relative != ".":
+        try:
+            if allowed.locate(relative) == found.path:
+                return relative
+        except DatasetError:
+            pass
+    return str(found.path)
 
 
 def dataset_folder_choices(roots: Sequence[Path]) -> list[str]:
-    """Each existing root, its subfolders and their `<repeats>_<name>` subfolders, as absolute paths."""
-    choices: list[str] = []
-    for root in AllowedRoots(roots).roots:
-        if not root.is_dir():
-            continue
-        choices.append(str(root))
-        for folder in _subfolders(root):
-            choices.append(str(folder))
-            choices.extend(str(sub) for sub in _subfolders(folder) if parse_repeats_folder(sub.name)[0] is not None)
-    return list(dict.fromkeys(choices))[:MAX_FOLDER_CHOICES]
+    """The dataset folders of the roots (those holding images, directly or in `<repeats>_<name>` subfolders),
+    labelled by `folder_label`, a root's folders together, a dataset before its subfolders."""
+    allowed = AllowedRoots(roots)
+    found = find_dataset_folders(allowed.roots, max_found=MAX_FOLDER_CHOICES)
+    return list(dict.fromkeys(folder_label(folder, allowed) for folder in found))

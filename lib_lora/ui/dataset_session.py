@@ -22,7 +22,6 @@ from typing import Any
 
 from ..dataset.captions import Caption
 from ..dataset.consolidate import ConsolidationProposal
-from ..dataset.errors import DatasetError
 from ..dataset.folder import Dataset, DatasetItem, parse_repeats_folder, rename_subset_repeats, scan_dataset
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
@@ -31,6 +30,7 @@ from ..errors import LoraStudioError
 from ..jobs import Job
 from ..wording import plural
 from .common import escape_markdown
+from .dataset_loading import within_roots
 
 PAGE_SIZE = 48
 """Thumbnails per gallery page: enough to scan quickly, few enough that 1000 images stay fast."""
@@ -180,7 +180,9 @@ class DatasetSession:
     # --- loading ----------------------------------------------------------------------------------------------
 
     def load(self, path: str, caption_ext: str = ".txt", recursive: bool = True) -> str:
-        """Open `path` (inside an allowed root) as the dataset; with unsaved edits only when asked twice."""
+        """Open `path` (inside an allowed root; a relative name is looked up in the roots) as the dataset; with
+        unsaved edits only when asked twice. A load that fails leaves nothing loaded (no action works on the folder
+        loaded before while the page shows another) unless unsaved edits keep it: the message says so."""
         self.require_idle()
         text = (path or "").strip()
         if not text:
@@ -188,13 +190,15 @@ class DatasetSession:
             raise DatasetUIError("choose or type a dataset folder first")
         allowed = AllowedRoots(self.roots())
         try:
-            folder = allowed.check(text)
-        except DatasetError:
-            self.pending = None
+            folder = allowed.locate(text)
+            self._confirm_discard(f"load:{folder}", "Load")
+            scanned = scan_dataset(folder, caption_ext=(caption_ext or ".txt").strip(), recursive=bool(recursive))
+        except ConfirmationNeeded:
             raise
-        self._confirm_discard(f"load:{folder}", "Load")
-        scanned = scan_dataset(folder, caption_ext=(caption_ext or ".txt").strip(), recursive=bool(recursive))
-        dataset = _within(scanned, allowed, self.left_out)
+        except LoraStudioError as error:
+            self.pending = None
+            raise DatasetUIError(f"{error}. {self._unload_after_failure()}") from error
+        dataset = within_roots(scanned, allowed, self.left_out)
         self._use(dataset)
         self.history.clear()
         self.tag_filter = TagFilter()
@@ -204,6 +208,24 @@ class DatasetSession:
         problems = len(dataset.problems) + len(self.left_out)
         tail = f"; {plural(problems, 'problem')} listed under **Folder**" if problems else ""
         return f"Loaded {code(str(folder))}: {counts}{tail}."
+
+    def _unload_after_failure(self) -> str:
+        """After a failed load: unload the dataset unless it has unsaved edits; what is loaded now, in words."""
+        if self.dataset is None:
+            return "Nothing is loaded."
+        unsaved = len(self.unsaved_keys())
+        if unsaved:
+            return (f"{self.dataset.root} stays loaded for its {plural(unsaved, 'unsaved caption')}: "
+                    "Save or Revert them, then load again.")
+        self.unload()
+        return "Nothing is loaded now."
+
+    def unload(self) -> None:
+        """Forget the loaded dataset (nothing unsaved is checked here): the tab is as before any load."""
+        self.dataset, self.texts, self.loaded, self.tag_filter = None, {}, {}, TagFilter()
+        self.selected, self.page, self.chosen_subset, self._suggestions, self._filtered = None, 0, None, None, None
+        for collection in (self.history, self.conflicts, self.failures, self.proposals, self.left_out):
+            collection.clear()
 
     def _use(self, dataset: Dataset) -> None:
         """Show `dataset` as read from disk: texts = baseline, selection kept when the image is still there."""
@@ -222,7 +244,7 @@ class DatasetSession:
         dataset = self.require_loaded()
         fresh = scan_dataset(dataset.root, caption_ext=dataset.caption_ext, recursive=dataset.recursive,
                              check_images=dataset.check_images)
-        return _within(fresh, AllowedRoots(self.roots()), self.left_out)
+        return within_roots(fresh, AllowedRoots(self.roots()), self.left_out)
 
     def revert(self) -> str:
         """Discard unsaved edits and read the folder again (asked twice when there are edits)."""
@@ -248,7 +270,7 @@ class DatasetSession:
         renamed = rename_subset_repeats(self.require_loaded(), subset, number)
         folder = PurePosixPath(subset)
         self.chosen_subset = str(folder.with_name(f"{number}_{parse_repeats_folder(folder.name)[1]}"))
-        self._use(_within(renamed, AllowedRoots(self.roots()), self.left_out))
+        self._use(within_roots(renamed, AllowedRoots(self.roots()), self.left_out))
         self.history.clear()
         return f"Renamed {code(subset)} to repeats {number}."
 
@@ -371,18 +393,3 @@ def _whole_number(value: Any, what: str, minimum: int) -> int:
     if not math.isfinite(number) or number != int(number) or number < minimum:
         raise DatasetUIError(f"{what} must be a whole number of at least {minimum}, got {value!r}")
     return int(number)
-
-
-def _within(dataset: Dataset, allowed: AllowedRoots, left_out: list[str]) -> Dataset:
-    """`dataset` without items whose image or caption is a link leading outside the allowed roots."""
-    left_out.clear()
-    kept = []
-    for item in dataset.items:
-        if allowed.allows(item.image) and allowed.allows(item.caption_path):
-            kept.append(item)
-        else:
-            left_out.append(f"{item.image}: its image or caption links outside the allowed folders; left out")
-    if len(kept) == len(dataset.items):
-        return dataset
-    return Dataset(root=dataset.root, caption_ext=dataset.caption_ext, items=kept, problems=dataset.problems,
-                   recursive=dataset.recursive, check_images=dataset.check_images)

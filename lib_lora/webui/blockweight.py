@@ -10,7 +10,8 @@ One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hoo
   and on Forge wrap its LoRA loader for this generation (`blockweight_forge`); rewrite the batch's prompts and hires
   prompts so the built-in Lora accepts every tag (`<lora:x:0.8:NCNF>` → `<lora:x:0.8:0.8:lbw=NCNF>`); prompts we
   cannot parse stay as typed, reported once. On Forge, plan the block weights of the LoRAs its loader is about to
-  load (first pass and hires).
+  load, again before each activation from the tags activated (`blockweight_host.ActivationHook`): a pass gets its
+  own prompt's block weights, never the other pass's.
 - `after_extra_networks_activate` (first pass and hires pass): on A1111, install per-module multipliers on the
   networks the built-in just loaded (`blockweight_networks.BlockWeightPatch`); on Neo the loader already weighted
   the patches, and the step windows are set for the pass's first step.
@@ -27,10 +28,11 @@ One `BlockWeightController` per WebUI (`CONTROLLER`), driven by the script's hoo
 The records say what was applied: `Lora modules matched` counts, per LoRA of the prompt, its modules the built-in
 placed on a layer (`blockweight_matching`; a LoRA that matched in part or not at all is also reported, and its block
 weights are refused when nothing matched); `Lora block weights` lists only the tags whose block weights and windows
-were applied; each tag that was refused (unknown preset, wrong vector length, a tag we cannot parse, a WebUI whose
-loader we cannot weight) is in `Lora block weights refused` with its reason, in every image's infotext (and so in
-the API's answer), and is reported once per generation as an image comment and a console warning. Generation goes
-on: a refused tag is still applied by the built-in, without block weights.
+were applied, by pass when the hires prompt's differ (`blockweight_prompts.block_weights_record`); each tag that was
+refused (unknown preset, wrong vector length, a tag we cannot parse, a WebUI whose loader we cannot weight) is in
+`Lora block weights refused` with its reason, in every image's infotext (and so in the API's answer), and is
+reported once per generation as an image comment and a console warning. Generation goes on: a refused tag is still
+applied by the built-in, without block weights.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..arch import ARCHS, Arch
+from ..arch import Arch
 from ..blocks.apply import BLOCK_WEIGHTS_FIELD
 from ..blocks.presets import PresetBook
 from ..blocks.steps import is_gated
@@ -52,6 +54,7 @@ from ..hosts.gate import ALLOW_WHILE_HELD_ATTR, WEBUI_GPU
 from ..jobs import GpuGate
 from ..networks.matching import MATCHED_FIELD
 from .blockweight_forge import ForgePatchWeights, is_neo, plan_key
+from .blockweight_host import ActivationHook, arch_of, is_forge, lbw_active, pass_steps, webui_extra_networks
 from .blockweight_matching import MatchRecords, a1111_match
 from .blockweight_networks import BlockWeightPatch, NetworkPlan
 from .blockweight_prompts import (
@@ -69,14 +72,10 @@ from .blockweight_prompts import (
     rewrite_prompts,
 )
 
-__all__ = ["CONTROLLER", "SCRIPT_TITLE", "BlockWeightController", "builtin_networks"]
+__all__ = ["CONTROLLER", "SCRIPT_TITLE", "BlockWeightController", "builtin_networks", "is_forge", "lbw_active"]
 
 SCRIPT_TITLE = "LoRA Studio block weights"
 COMMENT_PREFIX = "LoRA Studio"
-LBW_TITLE = "LoRA Block Weight"
-"""The title of hako-mikan's sd-webui-lora-block-weight script, which scales the same `lbw=` tags in place."""
-LBW_ACTIVE_INPUT = 1
-"""The position of LBW's Active box among its script inputs (presets text, Active, …)."""
 
 logger = logging.getLogger("lora_studio")
 
@@ -130,11 +129,14 @@ class BlockWeightController:
         networks: Callable[[], Any | None] = builtin_networks,
         presets_file: Callable[[], Path | None] = _user_presets_file,
         interrupt: Callable[[], None] = _interrupt_webui,
+        extra_networks: Callable[[], Any | None] = webui_extra_networks,
     ) -> None:
         self._gate = gate
         self._networks = networks
         self._presets_file = presets_file
         self._interrupt = interrupt
+        self._extra_networks = extra_networks
+        self.activation = ActivationHook()
         self.patch = BlockWeightPatch()
         self.forge = ForgePatchWeights()
         self._generation: _Generation | None = None
@@ -144,8 +146,7 @@ class BlockWeightController:
     def before_process(self, p: Any) -> None:
         """Start a generation: refuse it while another job holds the model, else read presets, add the fields and,
         on Forge Neo, wrap its LoRA loader for this generation."""
-        self.patch.restore()
-        self.forge.restore()
+        self._restore()
         holder = self._gate().holder
         if holder is not None and getattr(p, ALLOW_WHILE_HELD_ATTR, None) != holder:
             self._generation = _Generation(PresetBook.builtin(), acting=False)
@@ -172,8 +173,9 @@ class BlockWeightController:
         generation.typed_hires, hires_problems = rewrite_hires_prompts(p, batch_number)
         for problem in [*problems, *hires_problems]:
             self._report_left_as_typed(p, problem)
-        if generation.forge:
-            self._plan_forge_loads(p, [*prompts, *(p.all_hr_prompts[i] for i in hires_batch(p, batch_number))])
+        if generation.forge and not self.activation.installed:  # else each activation is planned from its tags
+            batch = [*prompts, *(p.all_hr_prompts[i] for i in hires_batch(p, batch_number))]
+            self._plan_forge_loads(p, [call for prompt in batch for call in _parsed(prompt)])
 
     def after_extra_networks_activate(self, p: Any, extra_network_data: Any) -> None:
         """Patch the networks the built-in just loaded with the block weights of the calls it was given."""
@@ -191,17 +193,17 @@ class BlockWeightController:
             self.patch.restore()
             return
         if generation.forge:
-            self.forge.set_step(0, _pass_steps(p))
+            self.forge.set_step(0, pass_steps(p))
             return
         networks = self._networks()
-        arch = generation.arch or _arch_of(p.sd_model)
+        arch = generation.arch or arch_of(p.sd_model)
         if networks is None or arch is None or is_forge(p.sd_model):  # Forge without a loader we can weight
             self.patch.restore()
             reason = "they need the WebUI's built-in Lora and an SD1/SD2/SDXL model"
             self._refuse(p, acting, f"block weights not applied: {reason}; the LoRA is applied without them")
             return
         plans = {call.name: self._plan(p, call, generation.presets, arch) for call in acting}
-        steps = _pass_steps(p)
+        steps = pass_steps(p)
         for plan in plans.values():
             plan.unet_on = plan.unet_on_at(0, steps)
         self.patch.apply(networks.loaded_networks, plans, p.sd_model.model.diffusion_model, arch)
@@ -216,8 +218,7 @@ class BlockWeightController:
         """End of the generation: hires prompts as typed, every multiplier and tag removed."""
         if self._generation is not None:
             restore_prompts(getattr(p, "all_hr_prompts", None) or [], self._generation.typed_hires)
-        self.patch.restore()
-        self.forge.restore()
+        self._restore()
         self._generation = None
 
     # --- callbacks -----------------------------------------------------------------------------------------------
@@ -242,11 +243,17 @@ class BlockWeightController:
 
     def unload(self) -> None:
         """`on_script_unloaded`: remove everything this script set on the built-in's networks."""
-        self.patch.restore()
-        self.forge.restore()
+        self._restore()
         self._generation = None
 
     # --- internals -----------------------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        try:
+            self.patch.restore()
+            self.forge.restore()
+        finally:
+            self.activation.restore()
 
     def _current(self, p: Any) -> _Generation:
         if self._generation is None:  # hooks called without before_process (another script driving processing)
@@ -266,15 +273,19 @@ class BlockWeightController:
     def _find_model(self, p: Any, generation: _Generation) -> None:
         """The loaded model's family, and on Forge the loader wrapper, once the model of this batch is loaded: Forge
         Neo loads (or switches) the checkpoint inside processing, after `before_process` and before each batch."""
-        generation.arch = _arch_of(p.sd_model)
+        generation.arch = arch_of(p.sd_model)
         networks = self._networks()
         if is_forge(p.sd_model) and callable(getattr(networks, "load_networks", None)) and generation.arch:
             generation.forge = True
             if not self.forge.installed:
                 self.forge.install(networks, p.sd_model, generation.arch)
+            extra_networks = self._extra_networks()
+            if extra_networks is not None and not self.activation.installed:
+                self.activation.install(extra_networks, self._plan_activation)
         else:
             generation.forge = False
             self.forge.restore()
+            self.activation.restore()
 
     def _plan(self, p: Any, call: Any, presets: PresetBook, arch: Arch) -> NetworkPlan:
         if call.blocks is None:
@@ -285,33 +296,38 @@ class BlockWeightController:
             self._refuse(p, [call], f"{error}; applied without block weights")
             return NetworkPlan(call)
 
-    def _plan_forge_loads(self, p: Any, prompts: list[str]) -> None:
-        """Forge Neo: the block weights of every LoRA the built-in may load for this batch (first pass and hires),
-        by what its loader receives (name, te, unet); a tag given two ways keeps the first and is reported."""
+    def _plan_forge_loads(self, p: Any, calls: list[Any]) -> None:
+        """Forge: the block weights of the LoRAs its loader is about to load, by what it receives (name, te, unet);
+        a LoRA given two ways in one load keeps the first and the other is reported."""
         generation = self._current(p)
-        assert generation.arch is not None
+        if not generation.acting or not generation.forge or generation.arch is None:
+            return
         plans: dict[tuple[str, float, float], NetworkPlan] = {}
-        for prompt in prompts:
-            try:
-                calls = parse_prompt(prompt)[1]
-            except PromptSyntaxError:
-                continue  # a tag left as typed: reported by the rewrite
-            for call in calls_with_block_weights(calls):
-                key = plan_key(call.name, call.te, call.unet)
-                if is_gated(call) and not is_neo():
-                    self._refuse(p, [call], "step windows (start=/stop=) need Forge Neo or A1111 (Forge 2 merges "
-                                            "the LoRA once per generation); applied without block weights")
-                elif key not in plans:
-                    plans[key] = self._plan(p, call, generation.presets, generation.arch)
-                elif plans[key].call != call:
-                    self._refuse(p, [call], f"{plans[key].call.raw or call.name} is used with other block weights "
-                                            "in the same batch; applied with the first one's")
+        for call in calls_with_block_weights(calls):
+            key = plan_key(call.name, call.te, call.unet)
+            if is_gated(call) and not is_neo():
+                self._refuse(p, [call], "step windows (start=/stop=) need Forge Neo or A1111 (Forge 2 merges "
+                                        "the LoRA once per generation); applied without block weights")
+            elif key not in plans:
+                plans[key] = self._plan(p, call, generation.presets, generation.arch)
+            elif plans[key].call != call:
+                self._refuse(p, [call], f"{plans[key].call.raw or call.name} is used with other block weights "
+                                        "in the same batch; applied with the first one's")
         self.forge.set_plans(plans)
+
+    def _plan_activation(self, p: Any, extra_network_data: Any) -> None:
+        """Before Forge activates `extra_network_data`: plan its loads from its own tags. Inside the WebUI's call, so
+        nothing may raise: on a bug the LoRAs load without block weights, reported."""
+        try:
+            self._plan_forge_loads(p, calls_from_extra_network_data(extra_network_data)[0])
+        except Exception as error:  # noqa: BLE001 - the WebUI's processing must go on
+            self.forge.set_plans({})
+            self._report(p, f"block weights not applied to this load ({error!r}); the LoRAs load without them")
 
     def _count_matches(self, p: Any, generation: _Generation, calls: list[Any]) -> None:
         """Record how many modules of each loaded LoRA matched; report a partial or empty match once, and refuse the
         block weights of a LoRA none of whose modules matched."""
-        networks, arch = self._networks(), generation.arch or _arch_of(p.sd_model)
+        networks, arch = self._networks(), generation.arch or arch_of(p.sd_model)
         if networks is None or arch is None or (is_forge(p.sd_model) and not generation.forge):
             return  # a Forge whose loader we do not wrap keeps no modules on its networks: nothing to count
         for network in list(getattr(networks, "loaded_networks", None) or ()):
@@ -353,45 +369,12 @@ class BlockWeightController:
         logger.warning(message)
 
 
-def lbw_active(p: Any) -> bool:
-    """Whether LBW runs in this generation: its always-on script is among `p.scripts` and its Active input is on
-    (None counts as on, as LBW reads it; an input we cannot find counts as LBW's default, on)."""
-    for script in getattr(getattr(p, "scripts", None), "alwayson_scripts", None) or ():
-        try:
-            if script.title() != LBW_TITLE:
-                continue
-        except Exception:  # noqa: BLE001 - someone else's script: a broken title() is not ours to report
-            continue
-        args = tuple(getattr(p, "script_args", None) or ())
-        start = getattr(script, "args_from", None)
-        if not isinstance(start, int) or not 0 <= start + LBW_ACTIVE_INPUT < len(args):
-            return True
-        active = args[start + LBW_ACTIVE_INPUT]
-        return active is None or bool(active)
-    return False
-
-
-def _arch_of(sd_model: Any) -> Arch | None:
-    """The family of A1111's or Forge's loaded model from its `is_sdxl`/`is_sd2`/`is_sd1` flags; None for others."""
-    if getattr(sd_model, "is_sd3", False) is True:
-        return None
-    for flag, name in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
-        if getattr(sd_model, flag, False) is True:
-            return ARCHS[name]
-    return None
-
-
-def is_forge(sd_model: Any) -> bool:
-    """Whether the model is a Forge model (Forge 2 or Forge Neo): it carries `forge_objects`, and its LoRAs are
-    patches on them, weighted by `blockweight_forge`."""
-    return hasattr(sd_model, "forge_objects")
-
-
-def _pass_steps(p: Any) -> int:
-    """The sampling steps of the pass being set up (hires: its own steps, else the first pass's)."""
-    if getattr(p, "is_hr_pass", False):
-        return int(getattr(p, "hr_second_pass_steps", 0) or p.steps)
-    return int(p.steps)
+def _parsed(prompt: str) -> list[Any]:
+    """The calls of a prompt; none for a prompt with a tag we cannot parse (left as typed, reported by the rewrite)."""
+    try:
+        return parse_prompt(prompt)[1]
+    except PromptSyntaxError:
+        return []
 
 
 CONTROLLER = BlockWeightController()

@@ -10,12 +10,16 @@ and, for txt2img with hires fix, re-slices `p.hr_prompts` out of `p.all_hr_promp
   infotext's "Hires prompt" compares them with the prompt).
 A tag our parser rejects (e.g. LBW's `lbwe=`, `step=`) is left exactly as typed, the prompt's other tags are still
 rewritten: the built-in (or LBW, if installed) reads that tag as it always did, and the reason is reported once.
+
+The `Lora block weights` field records, per image, the block weights each pass applied: one `name: te=…, unet=…,
+blocks=…` item per tag, as before, when the hires pass applied what the first pass did (or there is no hires pass);
+else an item applied in one pass only ends in `pass=first` or `pass=hires` (an item without it was applied in both).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, MutableSequence
+from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +29,18 @@ from ..blocks.syntax import EXTRA_NETWORK_RE, LORA_KINDS, NAMED_KEYS, LoraCall, 
 from ..errors import PromptSyntaxError
 
 __all__ = [
+    "PASSES",
     "REFUSED_FIELD",
     "BlockWeightsInfotext",
     "RefusedInfotext",
     "Refusals",
     "RewriteProblem",
+    "block_weights_record",
     "calls_from_extra_network_data",
     "calls_with_block_weights",
     "hires_batch",
+    "image_hires_prompt",
+    "parse_block_weights_record",
     "parse_block_weights_value",
     "restore_prompts",
     "rewrite_hires_prompts",
@@ -155,66 +163,121 @@ class Refusals:
         """The calls with block weights or a window that were not refused."""
         return [call for call in calls_with_block_weights(calls) if call not in self.by_call]
 
+    def applied_in(self, prompt: str) -> list[LoraCall]:
+        """The calls of `prompt` whose block weights or window were applied, in prompt order; a tag we cannot
+        parse was left as typed (refused), the others still count."""
+        return self.applied(call for _, calls in _tags_of(prompt) for call in calls)
+
     def of_prompt(self, prompt: str) -> list[tuple[str, str]]:
         """(tag as typed, reason) for each refused tag in `prompt`, in prompt order."""
         found: list[tuple[str, str]] = []
-        for match in EXTRA_NETWORK_RE.finditer(prompt):
-            tag = match.group(0)
+        for tag, calls in _tags_of(prompt):
             reason = self.by_text.get(tag)
             if reason is None:
-                try:
-                    calls = parse_prompt(tag)[1]
-                except PromptSyntaxError:
-                    continue
                 reason = next((self.by_call[call] for call in calls if call in self.by_call), None)
             if reason is not None:
                 found.append((tag, reason))
         return found
 
 
+def _tags_of(prompt: str) -> list[tuple[str, list[LoraCall]]]:
+    """(tag as typed, its calls) for each extra-network tag of `prompt`; a tag we cannot parse has no calls."""
+    found: list[tuple[str, list[LoraCall]]] = []
+    for match in EXTRA_NETWORK_RE.finditer(prompt):
+        try:
+            calls = parse_prompt(match.group(0))[1]
+        except PromptSyntaxError:
+            calls = []
+        found.append((match.group(0), calls))
+    return found
+
+
+def image_hires_prompt(p: Any, index: int | None, all_prompts: Sequence[str] | None = None,
+                       use_main_prompt: bool = False) -> str | None:
+    """The hires prompt of the image `create_infotext` describes, as typed; None without a hires pass.
+
+    The WebUI passes, while processing, the batch's prompts and the image's place in the batch (`p.iteration` is the
+    batch); afterwards (`Processed.infotext`) every prompt and the image's place among them.
+    """
+    hires = getattr(p, "all_hr_prompts", None)
+    if not getattr(p, "enable_hr", False) or not isinstance(hires, list) or not isinstance(index, int):
+        return None
+    position = index
+    if use_main_prompt:
+        position = 0
+    elif all_prompts is not None and len(all_prompts) < len(hires):
+        position = int(getattr(p, "iteration", 0) or 0) * int(getattr(p, "batch_size", 1) or 1) + index
+    return str(hires[position]) if 0 <= position < len(hires) else None
+
+
+PASSES = ("first", "hires")
+"""The `pass=` values of a `Lora block weights` item applied in one pass only."""
+
+
+def block_weights_record(first: Sequence[LoraCall], hires: Sequence[LoraCall] | None) -> str | None:
+    """The `Lora block weights` value for what each pass applied (`hires` None: no hires pass); None if nothing."""
+    if hires is None or set(first) == set(hires):
+        return block_weights_value(first) if first else None
+    items = [(call, None if call in hires else "first") for call in first]
+    items += [(call, "hires") for call in dict.fromkeys(hires) if call not in first]
+    return "; ".join(block_weights_value([call]) + (f", pass={only}" if only else "") for call, only in items)
+
+
 class BlockWeightsInfotext:
-    """A `p.extra_generation_params` value: the WebUI calls it per image with `prompt_text` (the prompt as typed).
-    It records the block weights and windows that were applied: refused tags are left out."""
+    """A `p.extra_generation_params` value: the WebUI calls it per image with the `create_infotext` locals
+    (`prompt_text`, the prompt as typed; `p`, `index`). It records the block weights and windows each pass applied
+    (the first pass from the prompt, the hires pass from the image's hires prompt): refused tags are left out."""
 
     def __init__(self, refusals: Refusals | None = None) -> None:
         self.refusals = refusals or Refusals()
 
-    def __call__(self, prompt_text: str = "", **_: Any) -> str | None:
-        try:
-            calls = parse_prompt(str(prompt_text))[1]
-        except PromptSyntaxError:
-            return None
-        applied = self.refusals.applied(calls)
-        return block_weights_value(applied) if applied else None
+    def __call__(self, prompt_text: str = "", p: Any = None, index: int | None = None,
+                 all_prompts: Sequence[str] | None = None, use_main_prompt: bool = False, **_: Any) -> str | None:
+        hires_prompt = image_hires_prompt(p, index, all_prompts, use_main_prompt)
+        first = self.refusals.applied_in(str(prompt_text))
+        hires = None if hires_prompt is None else self.refusals.applied_in(hires_prompt)
+        return block_weights_record(first, hires)
 
     def __repr__(self) -> str:
         return f"<{BLOCK_WEIGHTS_FIELD} per image>"
 
 
 class RefusedInfotext:
-    """A `p.extra_generation_params` value: per image, `tag: reason; …` for each refused tag of its prompt."""
+    """A `p.extra_generation_params` value: per image, `tag: reason; …` for each refused tag of its prompt, then of
+    its hires prompt (a tag in both is listed once)."""
 
     def __init__(self, refusals: Refusals) -> None:
         self.refusals = refusals
 
-    def __call__(self, prompt_text: str = "", **_: Any) -> str | None:
-        found = self.refusals.of_prompt(str(prompt_text))
-        return "; ".join(f"{tag}: {reason.replace(';', ',')}" for tag, reason in found) or None
+    def __call__(self, prompt_text: str = "", p: Any = None, index: int | None = None,
+                 all_prompts: Sequence[str] | None = None, use_main_prompt: bool = False, **_: Any) -> str | None:
+        found = dict(self.refusals.of_prompt(str(prompt_text)))
+        hires_prompt = image_hires_prompt(p, index, all_prompts, use_main_prompt)
+        for tag, reason in self.refusals.of_prompt(hires_prompt or ""):
+            found.setdefault(tag, reason)
+        return "; ".join(f"{tag}: {reason.replace(';', ',')}" for tag, reason in found.items()) or None
 
     def __repr__(self) -> str:
         return f"<{REFUSED_FIELD} per image>"
 
 
 _ITEM_RE = re.compile(r"\s*(\w+)=(.*)")
-_VALUE_KEYS = ("te", "unet", "blocks", "start", "stop")
+_VALUE_KEYS = ("te", "unet", "blocks", "start", "stop", "pass")
 
 
 def parse_block_weights_value(value: str) -> list[LoraCall]:
-    """The calls a `Lora block weights` value describes (the inverse of `block_weights_value`).
+    """The calls a `Lora block weights` value describes, whichever pass applied them (see
+    `parse_block_weights_record`)."""
+    return [call for call, _ in parse_block_weights_record(value)]
 
-    Raises PromptSyntaxError, naming the part, for anything `block_weights_value` cannot have written.
+
+def parse_block_weights_record(value: str) -> list[tuple[LoraCall, str | None]]:
+    """(call, the one pass that applied it, or None for every pass) for each item of a `Lora block weights` value
+    (the inverse of `block_weights_record`).
+
+    Raises PromptSyntaxError, naming the part, for anything `block_weights_record` cannot have written.
     """
-    calls: list[LoraCall] = []
+    record: list[tuple[LoraCall, str | None]] = []
     for part in filter(None, (piece.strip() for piece in value.split(";"))):
         name, colon, rest = part.partition(": ")
         if not colon or not name:
@@ -232,10 +295,13 @@ def parse_block_weights_value(value: str) -> list[LoraCall]:
                 items["blocks"] += f",{piece}"
             else:
                 raise PromptSyntaxError(f"unexpected {piece.strip()!r} in {part!r}", tag=BLOCK_WEIGHTS_FIELD)
+        only = items.pop("pass", None)
+        if only is not None and only.strip() not in PASSES:
+            raise PromptSyntaxError(f"pass={only.strip()!r} in {part!r}: expected pass=first or pass=hires",
+                                    tag=BLOCK_WEIGHTS_FIELD)
         if "blocks" in items:
             items["lbw"] = items.pop("blocks")
         items = {key: text.strip() for key, text in items.items()}
         tag = f"<lora:{name}:" + ":".join(f"{key}={text}" for key, text in items.items() if key in NAMED_KEYS) + ">"
-        calls.extend(parse_prompt(tag)[1])
-    return calls
-
+        record += [(call, None if only is None else only.strip()) for call in parse_prompt(tag)[1]]
+    return record

@@ -1,6 +1,7 @@
 """The Dataset tab in the real Forge Neo UI (headless Chromium): open a folder under the WebUI's data folder, edit a
 caption as chips, save, undo, save; tag with a local WD14 tagger folder. The caption files are checked on disk
-after each step. Selectors are those of tests/test_browser_dataset.py (the same tab in the standalone app).
+after each step. Selectors are those of tests/test_browser_dataset.py (the same tab in the standalone app). On every
+host, the Train tab lists the dataset folders of the WebUI's data folder, not the WebUI's own folders.
 
 Allowed roots in the WebUI (lib_lora/webui/settings.py): the WebUI's data folder (Neo's work folder here) plus the
 folders in Settings; tagger models: one folder each in the `lora_studio_tagger_dir` setting's folder (default
@@ -9,6 +10,7 @@ folders in Settings; tagger models: one folder each in the `lora_studio_tagger_d
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -133,5 +135,39 @@ def test_dataset_tagging_with_a_local_tagger_folder_in_neo(neo, host_page) -> No
     expect(page.locator("#lora_studio_dataset_message")).to_contain_text(f"Tagging finished: tagged {COUNT}")
     expect(page.locator("#lora_studio_dataset_unsaved")).to_contain_text("All captions saved")
     assert caption_files(root) == expected
+    page.wait_for_timeout(300)
+    assert watch.ours() == [], watch.errors
+
+
+WEBUI_FOLDERS = ("modules", "repositories", "extensions", "models", "outputs", "html")
+
+
+def dropdown_options(page: Any, elem_id: str) -> list[str]:
+    """Open our dropdown `elem_id` and read its options (gradio 3.41 and 4 both label each with aria-label)."""
+    from playwright.sync_api import expect
+
+    field_input(page, elem_id).click()
+    options = page.locator("[data-testid='dropdown-option']")
+    expect(options.first).to_be_visible(timeout=60_000)
+    return options.evaluate_all("items => items.map(item => item.getAttribute('aria-label'))")
+
+
+@pytest.mark.smoke
+def test_the_train_tab_lists_dataset_folders_not_the_webuis_own(host, host_page) -> None:  # noqa: ANN001
+    """The dropdown holds the test dataset, named relative to the WebUI's data folder, and no folder of the WebUI
+    (they hold code, previews and outputs); the name chosen is found (the dataset is described)."""
+    from playwright.sync_api import expect
+
+    make_dataset(host)
+    page, watch = host_page(host)
+    open_studio_tab(page)
+    page.locator("#lora_studio_root button").filter(has_text=re.compile(r"^\s*Train\s*$")).first.click()
+    options = dropdown_options(page, "lora_studio_train_dataset")
+    assert "datasets/char" in options and f"datasets/char/{SUBSET}" in options, options
+    own = [option for option in options if option.split("/")[0] in WEBUI_FOLDERS or option.startswith("/")]
+    assert own == [], f"the WebUI's own folders are listed: {own[:10]}"
+    page.locator("[data-testid='dropdown-option'][aria-label='datasets/char']").click()
+    info = page.locator("#lora_studio_train_dataset_info").first
+    expect(info).to_contain_text(f"{SUBSET}: {COUNT} images", timeout=60_000)
     page.wait_for_timeout(300)
     assert watch.ours() == [], watch.errors

@@ -1,6 +1,7 @@
 """What the host records for block weights: the applied preset in `Lora block weights`, a refused one in its own
 field `Lora block weights refused`, never claimed as applied; the same in the API's info JSON and the PNG's text.
-How many modules of each LoRA matched a layer is in `Lora modules matched`: a LoRA for another family, not."""
+How many modules of each LoRA matched a layer is in `Lora modules matched`: a LoRA for another family, not.
+Block weights given in the hires prompt only are applied in the hires pass only, and recorded with `pass=hires`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from checks import assert_same, prompt_with
+from checks import assert_differs, assert_same, hires, prompt_with
 from loras import Target, lora_targets, random_lora
 from results import infotext_fields
 
@@ -86,3 +87,24 @@ def test_a_lora_for_another_family_is_counted_as_not_matched(host, loras) -> Non
         value = infotext_fields(infotext).get(MATCHED_FIELD, "")
         assert f"{loras.plain}: {plain_total} of {plain_total}" in value, f"{where}: {infotext}"
         assert re.search(rf"{OTHER}: 0 of {total}, looks like SDXL\b", value), f"{where}: {infotext}"
+
+
+@pytest.mark.smoke
+def test_block_weights_of_the_hires_prompt_alone_are_applied_there_and_recorded(host, loras) -> None:  # noqa: ANN001
+    """`NONE` in the hires prompt only: the hires pass runs without the LoRA (the image is that of a hires prompt
+    without it), the first pass with it (the image is not that of no LoRA at all); the record says which pass."""
+    extra = hires(host)
+    plain, none = f"<lora:{loras.plain}:1>", f"<lora:{loras.plain}:1:NONE>"
+    hires_only = host.txt2img(prompt=prompt_with(plain), hr_prompt=prompt_with(none), **extra)
+    value = f"{loras.plain}: te=1, unet=1, blocks=NONE, pass=hires"
+    for where, infotext in _records(hires_only):
+        fields = infotext_fields(infotext)
+        assert fields.get(FIELD) == value, f"{where}: {infotext}"
+        assert fields.get("Hires prompt") == prompt_with(none), f"{where}: {infotext}"
+        assert REFUSED_FIELD not in fields, where
+    without = host.txt2img(prompt=prompt_with(plain), hr_prompt=prompt_with(""), **extra)
+    assert_same(hires_only, without, "NONE in the hires prompt vs no LoRA in the hires prompt")
+    assert_differs(hires_only, host.txt2img(prompt=prompt_with(plain), **extra), "NONE in the hires prompt vs the "
+                   "plain LoRA in both passes (the hires pass ignored NONE?)")
+    assert_differs(hires_only, host.txt2img(**extra), "NONE in the hires prompt vs no LoRA at all (the first pass "
+                   "got NONE too?)")
