@@ -107,7 +107,10 @@ def run_train_command(args: argparse.Namespace, out: TextIO, err: TextIO | None 
         raise ConfigError("pretrained_model_name_or_path", None,
                           "set the model to train on: tiny, tiny-sdxl, a diffusers folder or a .safetensors file")
     if not args.vram:
+        from .train.optim import check_optimizer
+
         _check_outputs(config, force=args.force)
+        check_optimizer(config.optimizer)  # a package not installed, or arguments it does not take: before the model
     distributed = _distributed(args.device)
     host = _load_host(model, args, distributed)
     if args.vram:

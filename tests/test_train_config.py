@@ -201,7 +201,7 @@ def test_recipes_are_valid_configs_that_name_their_source(name):
     recipe = RECIPES[name]
     config = TrainConfig.from_dict(dict(recipe.values))
     assert config.notes == ()
-    assert "seed note 001" in recipe.source and recipe.title and recipe.description
+    assert recipe.source.startswith("a practitioner's ") and recipe.title and recipe.description
     assert not {"train_data_dir", "output_name", "output_dir", "sample_prompts"} & set(recipe.values)
 
 

@@ -96,10 +96,10 @@ def test_settings_are_coerced_like_sd_scripts_reads_them(settings_: dict, key: s
     assert getattr(DataConfig(**settings_), key) == expected
 
 
-def test_defaults_are_sd_scripts_except_cache_latents() -> None:
+def test_defaults_are_sd_scripts_except_cache_latents_and_txt_captions() -> None:
     config = DataConfig()
     assert (config.resolution, config.caption_extension, config.min_bucket_reso, config.max_bucket_reso,
-            config.bucket_reso_steps, config.prior_loss_weight) == ((512, 512), ".caption", 256, 1024, 64, 1.0)
+            config.bucket_reso_steps, config.prior_loss_weight) == ((512, 512), ".txt", 256, 1024, 64, 1.0)
     assert config.cache_latents is True
 
 

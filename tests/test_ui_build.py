@@ -70,12 +70,12 @@ def test_every_elem_id_is_prefixed(standalone):
     assert len(ids) == len(set(ids))
 
 
-def test_tabs_say_which_issue_brings_them():
+def test_tabs_say_what_they_do():
     from lib_lora.ui import blocks_tab, dataset_tab, train_tab
 
     assert "WD14" in (dataset_tab.__doc__ or "") and not hasattr(dataset_tab, "STATUS")  # issue #5: the real tab
-    assert "issue #6" in train_tab.STATUS and "**Start**" in train_tab.STATUS  # the tab has its controls now
-    assert "issue #4" in blocks_tab.STATUS and "<lora:name:0.8:NCNF>" in blocks_tab.STATUS
+    assert "in-process" in train_tab.STATUS and "**Start**" in train_tab.STATUS  # the tab has its controls now
+    assert "Per-block" in blocks_tab.STATUS and "<lora:name:0.8:NCNF>" in blocks_tab.STATUS
     assert "XY grid" in blocks_tab.STATUS and "analyzer" in blocks_tab.STATUS  # the tab has its controls now
 
 

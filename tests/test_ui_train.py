@@ -220,7 +220,7 @@ def test_start_with_a_bad_value_is_a_message_naming_the_option_and_starts_nothin
     own.update({k: v for k, v in changes.items() if k in own})
     args = [own[name] for name in OWN] + [values[name] for name in train_form.FIELD_NAMES]
     outputs = {name: name for name in ("progress", "curve", "sample", "output", "status")}
-    updates = list(bound(TrainHandlers(session).start, outputs, tab="Train")(*args))
+    updates = [bound(TrainHandlers(session).start, outputs, tab="Train")(*args)]
     assert len(updates) == 1 and updates[0]["status"].startswith("**Error:**")
     assert expected in updates[0]["status"].replace("\\", "")
     assert session.job is None and not (workspace / "Lora" / "x.safetensors").exists()
@@ -244,7 +244,8 @@ def test_dataset_is_described_and_confined_to_the_allowed_roots(workspace, tmp_p
     text = session.describe_dataset(str(workspace / "datasets"), ".txt")
     assert "`10_tinychar`: 2 images × 10 repeats = 20 per epoch" in text and "caption" not in text
     assert "2 of 2 images have no `.caption`" in session.describe_dataset(str(workspace / "datasets"), ".caption")
-    assert str(workspace / "datasets" / "10_tinychar") in session.dataset_choices()
+    assert session.dataset_choices() == [str((workspace / "datasets").resolve()), "10_tinychar"]  # relative to the root
+    assert ": 2 images ×" in session.describe_dataset("10_tinychar", ".txt")  # a name as listed is found in the roots
     outside = tmp_path_factory.mktemp("elsewhere")
     assert "outside the allowed folders" in session.describe_dataset(str(outside), ".txt")
     with pytest.raises(ConfigError, match="choose a dataset"):
@@ -366,7 +367,8 @@ def test_a_run_writes_the_lora_its_card_and_preview_and_leaves_the_host_as_it_wa
     before = _weights(tiny_host)
     own = OwnFields(str(workspace / "datasets"), "mychar", trigger="tinychar", prompts=SAMPLE_PROMPT)
     args = [getattr(own, name) for name in OWN] + [form()[name] for name in train_form.FIELD_NAMES]
-    updates = list(handlers.start(*args))
+    started = handlers.start(*args)
+    updates = [started, *handlers.follow_started(started["run_token"])]
     final = updates[-1]
     lora = workspace / "Lora" / "mychar.safetensors"
     assert final["output"] == str(lora) and lora.is_file() and "**Done:**" in final["status"]
@@ -388,7 +390,7 @@ def test_stop_and_save_now_keep_what_was_learned_and_the_gate_refuses_generation
     session = TrainSession(context, poll_seconds=0.05)
     own = OwnFields(str(workspace / "datasets"), "long")
     session.start(own, form(max_train_steps="500"))
-    with pytest.raises(TrainUIError, match="already going"):
+    with pytest.raises(TrainUIError, match="already running: long, "):
         session.start(own, form(max_train_steps="500"))
     assert session.save_now()["status"].startswith("Saving")
     saved = _wait(session, lambda s: s.extra.get("saved"))
@@ -439,7 +441,8 @@ def test_queue_trains_its_runs_in_turn(workspace, tiny_host):
     dataset = str(workspace / "datasets")
     handlers.queue.add(OwnFields(dataset, "qa"), form(max_train_steps="1"))
     handlers.queue.add(OwnFields(dataset, "qb"), form(max_train_steps="1", network_dim="3"))
-    updates = list(handlers.queue_run())
+    started = handlers.queue_run()
+    updates = [started, *handlers.queue_follow(started["run_token"])]
     status = next(u["status"] for u in reversed(updates) if "status" in u)
     assert "Queue finished" in status and "qa: wrote" in status and "qb: wrote" in status
     assert (workspace / "Lora" / "qa.safetensors").is_file() and (workspace / "Lora" / "qb.safetensors").is_file()

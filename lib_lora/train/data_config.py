@@ -51,9 +51,9 @@ class DataConfig:
     bucket_no_upscale: bool = field(default=False, metadata=_help(
         "Never enlarge an image: each image gets a bucket no larger than itself (min/max bucket sizes are then "
         "ignored)."))
-    caption_extension: str = field(default=".caption", metadata=_help(
-        "Extension of the caption file next to each image (sd-scripts' default is .caption; most datasets use "
-        ".txt). Images without one are captioned with their folder's class name."))
+    caption_extension: str = field(default=".txt", metadata=_help(
+        "Extension of the caption file next to each image: .txt, as the Dataset tab and kohya_ss write them "
+        "(sd-scripts alone defaults to .caption). Images without one are captioned with their folder's class name."))
     shuffle_caption: bool = field(default=False, metadata=_help(
         "Shuffle the caption's tags every time the image is used (the kept tokens stay in front)."))
     keep_tokens: int = field(default=0, metadata=_help(

@@ -28,7 +28,7 @@ from .data import TrainData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingError
 from .network import TrainableNetwork
-from .optim import build_optimizer, optimizer_notes
+from .optim import build_optimizer, check_optimizer, optimizer_notes
 from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
 from .progress import ProgressTracker, TrainProgress
 from .runtime import choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
@@ -77,6 +77,7 @@ class TrainRun:
         self.host = host
         # every name the run writes, and the folder, are checked now: nothing is trained for a save that must fail
         self.output_dir = check_run_outputs(config, output_dir if output_dir is not None else config.run.output_dir)
+        check_optimizer(config.optimizer)  # and an optimizer that is not installed, or arguments it does not take
         self.gpu = gpu
         self.dist = distributed or Distributed()
         self.cache_dir = cache_dir
@@ -130,7 +131,7 @@ class TrainRun:
         if self.gpu is None:
             yield
         else:
-            with self.gpu.hold("training"):
+            with self.gpu.hold("training", stop="press Stop in the Train tab to stop it, or wait for it"):
                 yield
 
     # --- stages: prepare data, build network, build optimizer --------------------------------------------------------

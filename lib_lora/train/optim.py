@@ -4,7 +4,9 @@
 same config). Optional optimizers are imported only when chosen; a missing package is a ConfigError naming
 the pip package, and bitsandbytes' 8-bit/paged optimizers are refused unless the parameters are on a CUDA GPU
 (they run CUDA kernels). A dotted path (`bitsandbytes.optim.AdEMAMix8bit`) names any optimizer class; a bare
-unknown name is looked up in `torch.optim`, as sd-scripts does.
+unknown name is looked up in `torch.optim`, as sd-scripts does. `check_optimizer` refuses, before a run does
+any work, an optimizer that is not installed or arguments its class does not take; `split_args` is what the
+Train tab keeps of optimizer_args when the optimizer changes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.util
+import inspect
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +64,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 """sd-scripts' optimizer_type names (matched without case) -> class, pip package, CUDA need, added defaults."""
 
+LARGE_STEP = 0.1
+"""A learning rate from here up is a factor for an optimizer that adapts its step size, far too large otherwise."""
 SCHEDULERS: tuple[str, ...] = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
                                "polynomial", "adafactor")
 
@@ -179,7 +186,12 @@ def format_optimizer_args(args: Mapping[str, Any]) -> list[str]:
 
 def optimizer_class(config: OptimizerConfig) -> tuple[type[torch.optim.Optimizer], OptimizerSpec | None]:
     """The class `optimizer_type` names (importing its package now), and its table entry when it has one."""
-    name = config.optimizer_type.strip()
+    return class_for(config.optimizer_type)
+
+
+def class_for(optimizer_type: str) -> tuple[type[torch.optim.Optimizer], OptimizerSpec | None]:
+    """The class an optimizer_type names and its table entry; ConfigError (with the fix) when it cannot be had."""
+    name = optimizer_type.strip()
     spec = OPTIMIZERS.get(name.lower())
     if spec is not None:
         return _import(spec.module, spec.name, spec.package, name), spec
@@ -199,13 +211,91 @@ def _import(module: str, name: str, package: str | None, shown: str) -> type:
         cls = getattr(importlib.import_module(module), name)
     except ImportError as error:
         missing = package or module.split(".")[0]
-        raise ConfigError("optimizer_type", shown, f"needs the Python package {missing!r}, which is not installed "
-                                                   f"(pip install {missing}): {error}") from None
+        # the package's own import failing on something else it needs is worth showing; its absence says itself
+        detail = "" if error.name == module.split(".")[0] else f" ({error})"
+        raise ConfigError("optimizer_type", shown, missing_package_reason(missing) + detail) from None
     except AttributeError:
         raise ConfigError("optimizer_type", shown, f"{module} has no {name}") from None
     if not isinstance(cls, type):
         raise ConfigError("optimizer_type", shown, f"{module}.{name} is not a class")
     return cls
+
+
+def pip_command(package: str) -> str:
+    """The command that installs `package` into this Python."""
+    return f'"{sys.executable}" -m pip install {package}'
+
+
+def missing_package_reason(package: str) -> str:
+    """Why an optimizer cannot run without `package`, and the two ways on."""
+    return (f"needs the Python package {package!r}, which is not installed in this Python: install it "
+            f"({pip_command(package)}) or choose another optimizer (AdamW needs nothing more)")
+
+
+def optimizer_package(optimizer_type: str) -> str | None:
+    """The pip package `optimizer_type` needs beyond torch and transformers (None: nothing more, or a bare
+    torch.optim name)."""
+    name = (optimizer_type or "").strip()
+    spec = OPTIMIZERS.get(name.lower())
+    if spec is not None:
+        return spec.package
+    top = name.split(".")[0] if "." in name else ""
+    return top if top and top not in ("torch", "transformers") else None
+
+
+def missing_package(optimizer_type: str) -> str | None:
+    """The pip package `optimizer_type` needs that this Python lacks, None when nothing is missing."""
+    package = optimizer_package(optimizer_type)
+    if package is None:
+        return None
+    spec = OPTIMIZERS.get(optimizer_type.strip().lower())
+    module = spec.module.split(".")[0] if spec is not None else package
+    importlib.invalidate_caches()  # a package installed since the last look is seen
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else package
+
+
+def adapts_step_size(optimizer_type: str) -> bool:
+    """Whether the optimizer finds its own step size (DAdapt…, Prodigy): learning_rate is a factor, usually 1.0."""
+    name = (optimizer_type or "").strip().lower()
+    return name.startswith("dadapt") or name == "prodigy"
+
+
+def accepted_args(optimizer_type: str) -> frozenset[str] | None:
+    """The keyword arguments the optimizer's class takes; None when it takes any, or cannot be imported to tell."""
+    try:
+        cls, _ = class_for(optimizer_type)
+        parameters = inspect.signature(cls).parameters.values()
+    except (ConfigError, TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in parameters if p.kind in named) - {"params"}
+
+
+def split_args(optimizer_type: str, args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(kept, dropped): `args` by whether the optimizer takes them (all kept when that cannot be told)."""
+    accepted = accepted_args(optimizer_type)
+    if accepted is None:
+        return dict(args), {}
+    return ({k: v for k, v in args.items() if k in accepted}, {k: v for k, v in args.items() if k not in accepted})
+
+
+def check_optimizer(config: OptimizerConfig) -> None:
+    """Refuse, before any work, an optimizer that is unknown or not installed, or optimizer_args its class does
+    not take (ConfigError naming the package or the arguments, and the fix)."""
+    cls, _ = optimizer_class(config)
+    _, dropped = split_args(config.optimizer_type, config.optimizer_args)
+    if dropped:
+        accepted = ", ".join(sorted(accepted_args(config.optimizer_type) or ()))
+        raise ConfigError("optimizer_args", " ".join(format_optimizer_args(dropped)),
+                          f"{cls.__name__} does not take {', '.join(dropped)}: remove "
+                          f"{'it' if len(dropped) == 1 else 'them'} from optimizer_args ({cls.__name__} takes "
+                          f"{accepted})")
 
 
 def build_optimizer(config: OptimizerConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -251,13 +341,16 @@ def optimizer_notes(config: OptimizerConfig, param_groups: list[dict]) -> list[s
     """Advice sd-scripts prints for a setting that works but is probably not meant (the caller shows it)."""
     notes = []
     name = config.optimizer_type.lower()
-    if name.startswith("dadapt") or name == "prodigy":
+    if adapts_step_size(name):
         if config.learning_rate <= 0.1:
             notes.append(f"{config.optimizer_type} picks its own step size: learning_rate is a factor, usually 1.0 "
                          f"(got {config.learning_rate:g})")
         if len({group.get("lr") for group in param_groups}) > 1:
             notes.append(f"{config.optimizer_type} adapts one step size from the first group's learning rate; the "
                          "others scale it (LoRA+, separate UNet/text-encoder rates, block weights)")
+    elif not config.adafactor_relative_step and config.learning_rate >= LARGE_STEP:
+        notes.append(f"{config.optimizer_type} takes learning_rate as its step size: {config.learning_rate:g} is far "
+                     "above the usual 1e-4 (a learning rate of 1 is for the DAdapt optimizers and Prodigy)")
     if name == "adafactor" and not config.adafactor_relative_step and config.max_grad_norm:
         notes.append("Adafactor clips updates itself; max_grad_norm = 0 is usual with it")
     return notes

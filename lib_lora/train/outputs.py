@@ -70,6 +70,8 @@ class TrainResult:
     """Why the last LoRA is not where it was asked to go (then `output` is where it is, or None: in memory)."""
     unsaved: dict[str, Any] | None = None
     """{"tensors", "metadata"} of a LoRA no folder would take: the weights, kept for the caller to write."""
+    preview: Path | None = None
+    """The `<name>.preview.png` written beside the last LoRA with its card (None: no sample to make one from)."""
 
     def summary(self) -> str:
         loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
@@ -139,9 +141,12 @@ class RunOutputs:
         """Save `<stem>.safetensors` (and its card files, and a state folder when asked or save_state is on).
 
         Returns where the LoRA went: the asked path, a rescue file when that could not be written (the reason in
-        the notes and, for a card save, `result.save_problem`), or None when it is kept in memory only.
+        the notes and, for a card save, `result.save_problem`), or None when it is kept in memory only. A card
+        save with no sample rendered yet (a stop before the first) renders one for its preview.
         """
         cfg = self.config.run
+        if card and run.prompts and self.dist.broadcast_int(int(tracker.sample is None)):  # rank 0 keeps samples
+            self.samples(run, result, tracker, step=step)
         path: Path | None = lora_path(self.output_dir, stem)
         if self.dist.is_main:
             metadata = build_metadata(self.config, run.facts, step=step, epoch=epoch, finished=finished)
@@ -186,11 +191,12 @@ class RunOutputs:
                                preferred_weight=cfg.preferred_weight, notes=cfg.notes, existing=read_sidecar(path))
         preview = Path(tracker.sample) if tracker.sample else None
         try:
-            _, backups = write_card_files(path, sidecar, preview, stamp=stamp)
+            written, backups = write_card_files(path, sidecar, preview, stamp=stamp)
         except LoraStudioError as error:
             result.notes.append(f"the LoRA is written, its card files are not: {error}")
         else:
             result.backups.extend(backups)
+            result.preview = next((file for file in written if file.name.endswith(".preview.png")), None)
 
     def _state(self, run: PreparedRun, result: TrainResult, tracker: ProgressTracker, folder: Path) -> None:
         """A state folder to resume from; a failure is noted (the LoRA matters more)."""

@@ -52,7 +52,7 @@ class RunConfig:
         "Compute in fp16 or bf16 under autocast while the LoRA weights stay fp32 ('no' = the model's own "
         "precision)."))
     full_fp16: bool = _option(False, "training_arguments", (
-        "Keep the LoRA weights and gradients in fp16 too (less memory; the seed notes warn it can stop SDXL "
+        "Keep the LoRA weights and gradients in fp16 too (less memory; practitioners report it can stop SDXL "
         "learning). Needs mixed_precision = fp16."))
     full_bf16: bool = _option(False, "training_arguments", (
         "Keep the LoRA weights and gradients in bf16 too. Needs mixed_precision = bf16."))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..packages import can_install
 from ..train.config import TrainConfig
+from ..train.optim import missing_package, pip_command
 from ..train.recipes import RECIPES, Recipe
 from . import train_form
 from .common import escape_markdown
@@ -33,5 +35,21 @@ def recipe_values(title: str) -> dict[str, Any]:
 
 
 def recipe_markdown(title: str) -> str:
+    """The recipe's card: what it is for, what it needs beyond torch (installed or not), where it comes from."""
     recipe = recipe_by_title(title)
-    return f"{escape_markdown(recipe.description)}\n\n*Source: {escape_markdown(recipe.source)}*"
+    source = escape_markdown(recipe.source)
+    return f"{escape_markdown(recipe.description)}\n\n{needs_line(recipe)}\n\n*Source: {source}*"
+
+
+def needs_line(recipe: Recipe) -> str:
+    """Markdown: the Python package the recipe's optimizer needs and whether this Python has it."""
+    package = recipe.package
+    if package is None:
+        return "**Needs:** nothing beyond torch."
+    optimizer = escape_markdown(str(recipe.values.get("optimizer_type")))
+    if missing_package(str(recipe.values.get("optimizer_type"))) is None:
+        return f"**Needs:** the Python package `{package}` (for {optimizer}), which is installed."
+    fix = f"press **Install {package}** under the options" if can_install(package) else \
+        f"install it (`{pip_command(package)}`)"
+    return (f"**Needs:** the Python package `{package}` (for {optimizer}), which is **not installed**: {fix}, or "
+            "choose optimizer_type AdamW.")

@@ -3,6 +3,7 @@
 No gradio here: handlers take the form's values and return {output name: value} dicts (generators while a run
 is followed), so they are tested without a browser. One run at a time per tab; it runs as a `jobs.Job` in its
 own thread holding the context's GPU gate, so the page stays responsive and generation elsewhere is refused.
+The session outlives the page: a page opened (or reloaded) while a run goes reattaches to it (`reattach`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ class TrainSession:
         self._lock = threading.Lock()
         self.run: TrainRun | None = None
         self.job: Job[Any] | None = None
+        self._serial = 0
+        self._token: str | None = None  # the current job's, for the page that started it
+        self._unfollowed: str | None = None  # the token no page has followed yet
 
     # --- folders and checks --------------------------------------------------------------------------------------
     def dataset_choices(self) -> list[str]:
@@ -78,7 +82,7 @@ class TrainSession:
         """The dataset folder resolved inside the allowed roots; ConfigError naming train_data_dir otherwise."""
         if not (folder or "").strip():
             raise ConfigError("train_data_dir", folder, "choose a dataset folder")
-        resolved = AllowedRoots(self.context.data_roots()).check(folder.strip())
+        resolved = AllowedRoots(self.context.data_roots()).locate(folder.strip())
         if not resolved.is_dir():
             raise ConfigError("train_data_dir", folder, "no such folder")
         return resolved
@@ -89,7 +93,7 @@ class TrainSession:
             return ""
         from ..train.data_scan import scan_images
 
-        extension = (caption_extension or "").strip() or ".caption"
+        extension = (caption_extension or "").strip() or ".txt"
         try:
             path = self.check_dataset(folder)
             scanned = scan_images(path, caption_extension=extension, is_reg=False)
@@ -187,12 +191,25 @@ class TrainSession:
     def active(self) -> bool:
         return self.job is not None and self.job.snapshot().active
 
+    def describe_running(self) -> str:
+        """The run that is going as "<name>, step N of M" (before its first step: what it is preparing)."""
+        job, run = self.job, self.run
+        if job is None:
+            return "no run"
+        snapshot = job.snapshot()
+        extra = snapshot.extra
+        name = run.config.run.output_name if run is not None else str(extra.get("queue_name") or job.name)
+        if "step" in extra and extra.get("stage") in ("train", "save"):
+            return f"{name}, step {extra['step']} of {extra['total_steps']}"
+        return f"{name}, {snapshot.message or 'starting'}"
+
     def _check_free(self) -> None:
         if self.active:
-            raise TrainUIError("A training run is already going; stop it or wait for it to finish.")
-        holder = self.context.gpu.holder
-        if holder is not None:
-            raise TrainUIError(f"The model is busy with {holder}; wait for it or stop it, then start.")
+            raise TrainUIError(f"A run is already running: {self.describe_running()}. Stop it, or wait for it to "
+                               "finish, then start.")
+        busy = self.context.gpu.busy_message()
+        if busy:
+            raise TrainUIError(f"{busy[0].upper()}{busy[1:]}; then start.")
 
     def start(self, own: OwnFields, values: Mapping[str, Any]) -> Job[Any]:
         """Check everything, write the sample prompt file, start the run in the background; TrainUIError/
@@ -205,6 +222,7 @@ class TrainSession:
                            cache_dir=self.cache_dir())
             self.release_host_loras()
             self.run, self.job = run, run.job()
+            self._new_token()
             return self.job.start()
 
     def start_job(self, name: str, work: Callable[[JobControl], Any]) -> Job[Any]:
@@ -213,7 +231,16 @@ class TrainSession:
             self._check_free()
             self.host()
             self.run, self.job = None, Job(name, work)
+            self._new_token()
             return self.job.start()
+
+    def _new_token(self) -> None:
+        self._serial += 1
+        self._token = self._unfollowed = f"run-{self._serial}"
+
+    def token_of(self, job: Job[Any]) -> str | None:
+        """The token a page passes to `follow_started` to follow `job` (None for a job that is not the current)."""
+        return self._token if job is self.job else None
 
     def stop(self) -> Updates:
         """Stop the run between steps; what was learned is saved (save_on_cancel)."""
@@ -236,6 +263,29 @@ class TrainSession:
         return {"status": "Saving a LoRA of the current step after it; training goes on."}
 
     # --- following a run -------------------------------------------------------------------------------------------
+    def follow_started(self, token: str | None) -> Iterator[Updates]:
+        """Follow the run whose start gave `token`, once, even if it has already ended; nothing for any other token
+        (a start that failed leaves the page's old one): so a Start pressed again reports and follows nothing."""
+        with self._lock:
+            claimed = token is not None and token == self._unfollowed
+            if claimed:
+                self._unfollowed = None
+        if claimed:
+            yield from self.follow()
+
+    def follow_active(self) -> Iterator[Updates]:
+        """Follow the run that is going to its end; nothing when none is."""
+        if self.active:
+            yield from self.follow()
+
+    def reattach(self) -> Iterator[Updates]:
+        """A page opened while a run goes: say which, then follow it to its end; nothing when none is going."""
+        if not self.active:
+            return
+        yield {"status": f"Training **{escape_markdown(self.describe_running())}** (started before this page was "
+                         "opened): its progress follows. Stop and Save now act on it."}
+        yield from self.follow()
+
     def follow(self) -> Iterator[Updates]:
         """Progress of the current (or last) run until it ends: text, loss curve, latest sample, saves, result."""
         job = self.job

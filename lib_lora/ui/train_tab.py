@@ -12,20 +12,21 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from ..blocks.presets import PresetBook, family_of
 from ..train.config import TRAIN_HELP
-from . import train_form, train_recipes
+from . import train_form, train_hints, train_recipes
 from .common import escape_markdown
 from .context import StudioContext
 from .train_queue import QueuePanel
 from .train_session import OwnFields, TrainSession
 from .train_view import CURVE_SIZE
-from .wiring import bound, wire
+from .wiring import wire
 
 TAB_ID = "lora_studio_train"
 STATUS = (
-    "Train a LoRA in-process on the model shown above (issue #6): no second copy of the checkpoint, the model "
+    "Train a LoRA in-process on the model shown above: no second copy of the checkpoint, the model "
     "restored exactly afterwards. Choose a dataset folder and a recipe, check the options, press **Start**."
 )
 OWN = ("dataset", "output_name", "overwrite", "trigger", "prompts")
@@ -61,9 +62,6 @@ class TrainHandlers:
             updates["train_blocks"] = gr.update(choices=["", *PresetBook.builtin().names(family_of(host.arch))])
         return updates
 
-    def dataset_info(self, dataset: str | None, caption_extension: str | None) -> dict[str, Any]:
-        return {"dataset_info": self.session.describe_dataset(dataset or "", caption_extension or "")}
-
     def recipe(self, title: str | None) -> dict[str, Any]:
         if not title:
             return {}
@@ -73,13 +71,37 @@ class TrainHandlers:
     def estimate(self, *args: Any) -> dict[str, Any]:
         return {"estimate": self.session.estimate(*self.split(args))}
 
-    def start(self, *args: Any) -> Iterator[dict[str, Any]]:
-        self.session.start(*self.split(args))
-        yield {"status": "Training started.", "output": "", "sample": None, "curve": None}
-        yield from self.session.follow()
+    def hints(self, recipe: str | None, *args: Any) -> dict[str, Any]:
+        """Every hint for the form as it is now (after any change: a field, a recipe, an import, an install)."""
+        updates = train_hints.hints(self.session, *self.split(args), recipe)
+        package = updates.pop("install")
+        updates["install"] = gr.update(visible=package is not None, value=f"Install {package or ''}".strip())
+        updates["status"] = updates.pop("estimate")  # the estimate panel is the hints' status line (see wiring)
+        return updates
+
+    def switch_optimizer(self, optimizer_type: str | None, args: str | None, rate: str | None) -> dict[str, Any]:
+        return train_hints.switch_optimizer(optimizer_type, args, rate)
+
+    def install(self, optimizer_type: str | None) -> Iterator[dict[str, Any]]:
+        yield from train_hints.install(optimizer_type)
+
+    def start(self, *args: Any) -> dict[str, Any]:
+        """Start the run and return at once (its progress is `follow_started`'s), so a second press is answered."""
+        job = self.session.start(*self.split(args))
+        return {"status": "Training started.", "output": "", "sample": None, "curve": None,
+                "run_token": self.session.token_of(job)}
+
+    def follow_started(self, token: str | None) -> Iterator[dict[str, Any]]:
+        yield from _at_least_once(self.session.follow_started(token))
 
     def follow(self) -> Iterator[dict[str, Any]]:
         yield from self.session.follow()
+
+    def follow_active(self) -> Iterator[dict[str, Any]]:
+        yield from _at_least_once(self.session.follow_active())
+
+    def reattach(self) -> Iterator[dict[str, Any]]:
+        yield from _at_least_once(self.session.reattach())
 
     def stop(self) -> dict[str, Any]:
         return self.session.stop()
@@ -96,11 +118,13 @@ class TrainHandlers:
     def queue_remove(self, name: str | None) -> dict[str, Any]:
         return self.queue.remove(name)
 
-    def queue_run(self) -> Iterator[dict[str, Any]]:
-        self.queue.start()
-        yield {"status": "Training the queued runs, one after another.", "output": "", "sample": None,
-               "curve": None}
-        yield from self.session.follow()
+    def queue_run(self) -> dict[str, Any]:
+        job = self.queue.start()
+        return {"status": "Training the queued runs, one after another.", "output": "", "sample": None,
+                "curve": None, "run_token": self.session.token_of(job)}
+
+    def queue_follow(self, token: str | None) -> Iterator[dict[str, Any]]:
+        yield from _at_least_once(self.session.follow_started(token))
         yield self.queue.listing()
 
     def import_toml(self, text: str | None, upload: Any) -> dict[str, Any]:
@@ -108,6 +132,16 @@ class TrainHandlers:
 
     def export_toml(self, *args: Any) -> dict[str, Any]:
         return self.session.export_toml(*self.split(args))
+
+
+def _at_least_once(updates: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """`updates`, or one update that changes nothing when there are none (a gradio event must yield once)."""
+    empty = True
+    for update in updates:
+        empty = False
+        yield update
+    if empty:
+        yield {"progress": gr.update()}
 
 
 def _field(f: train_form.FormField) -> Component:
@@ -143,6 +177,10 @@ def build_train_tab(context: StudioContext) -> gr.Tab:
             with gr.Column(scale=2, min_width=480):
                 _build_own(c)
                 _fields_in_rows(groups.pop("basic"), c)
+                with gr.Row(equal_height=True):
+                    c["optimizer_info"] = gr.Markdown("", elem_id="lora_studio_train_optimizer_info")
+                    c["install"] = gr.Button("Install", visible=False, size="sm", scale=0, min_width=160,
+                                             elem_id="lora_studio_train_install")
                 with gr.Accordion("Samples", open=True, elem_id="lora_studio_train_samples_panel"):
                     c["prompts"] = gr.Textbox(
                         label="Sample prompts", lines=2, elem_id="lora_studio_train_prompts",
@@ -211,6 +249,7 @@ def _build_run_panel(c: dict[str, Component]) -> None:
     c["sample"] = gr.Image(label="Latest sample", type="pil", interactive=False, height=IMAGE_HEIGHT,
                            elem_id="lora_studio_train_sample")
     c["output"] = gr.Textbox(label="LoRA file", interactive=False, elem_id="lora_studio_train_output")
+    c["run_token"] = gr.State(None)  # the run this page started, for the event that follows it
     with gr.Accordion("Queue", open=False, elem_id="lora_studio_train_queue_panel"):
         c["queue_list"] = gr.Markdown("The queue is empty.", elem_id="lora_studio_train_queue_list")
         with gr.Row():
@@ -231,29 +270,45 @@ def _wire_events(c: dict[str, Component], handlers: TrainHandlers, tab: gr.Tab) 
     estimate = _pick(c, "estimate", "status")
     for listener in (tab.select, c["dataset_refresh"].click):
         _wire(listener, handlers.refresh, [c["dataset"]], _pick(c, "dataset", "train_blocks", "status"))
-    for listener in (c["dataset"].change, c["caption_extension"].blur):
-        _wire(listener, handlers.dataset_info, [c["dataset"], c["caption_extension"]],
-              _pick(c, "dataset_info", "status"))
+    # Not the tab's status line: gradio 3.41 grows a pending output, so a hint recomputed on a field's blur would
+    # move Start under the pointer and the click would be lost. A hint's own error shows in the estimate panel.
+    hint_outputs = {**_pick(c, "dataset_info", "optimizer_info", "install", "recipe_info"), "status": c["estimate"]}
+
+    def then_hints(event: Any) -> None:  # every change ends with the hints recomputed from the whole form
+        _wire(event.then, handlers.hints, [c["recipe"], *form], hint_outputs, show_progress="hidden")
+
     recipe_outputs = {**_pick(c, *train_form.FIELD_NAMES), **_pick(c, "recipe_info", "status")}
-    _wire(c["recipe"].input, handlers.recipe, [c["recipe"]], recipe_outputs).then(
-        bound(handlers.estimate, estimate, tab='Train'), inputs=form, outputs=list(estimate.values()), api_name=False)
+    then_hints(_wire(c["recipe"].input, handlers.recipe, [c["recipe"]], recipe_outputs))
+    then_hints(_wire(c["optimizer_type"].input, handlers.switch_optimizer,
+                     [c["optimizer_type"], c["optimizer_args"], c["learning_rate"]],
+                     _pick(c, "optimizer_args", "learning_rate", "status")))
+    then_hints(_wire(c["install"].click, handlers.install, [c["optimizer_type"]], _pick(c, "status")))
     _wire(c["estimate_button"].click, handlers.estimate, form, estimate)
-    for name in train_form.BASIC + ("gradient_checkpointing", "mixed_precision", "full_fp16", "full_bf16",
-                                    "network_train_unet_only", "cache_text_encoder_outputs"):
+    for name in ("dataset", "output_name", "trigger", "prompts", *train_form.FIELD_NAMES):
         component = c[name]
-        listener = component.blur if isinstance(component, gr.Textbox) else component.input
-        _wire(listener, handlers.estimate, form, estimate)
+        if name == "optimizer_type":
+            continue  # its switch above ends with the hints
+        if name == "dataset":
+            listener = component.change  # chosen, typed, or set by an import
+        else:
+            listener = component.blur if isinstance(component, gr.Textbox) else component.input
+        _wire(listener, handlers.hints, [c["recipe"], *form], hint_outputs, show_progress="hidden")
     queue_outputs = _pick(c, "queue_list", "queue_pick", "status")
     _wire(tab.select, handlers.queue_listing, [], queue_outputs)
     _wire(c["queue_add"].click, handlers.queue_add, form, queue_outputs)
     _wire(c["queue_remove"].click, handlers.queue_remove, [c["queue_pick"]], queue_outputs)
     run_outputs = _pick(c, "progress", "curve", "sample", "output", "status")
-    _wire(c["queue_run"].click, handlers.queue_run, [], {**run_outputs, **queue_outputs})
-    _wire(c["start"].click, handlers.start, form, run_outputs)
+    token = [c["run_token"]]
+    queued = _wire(c["queue_run"].click, handlers.queue_run, [], {**run_outputs, **_pick(c, "run_token")})
+    _wire(queued.then, handlers.queue_follow, token, {**run_outputs, **queue_outputs})
+    started = _wire(c["start"].click, handlers.start, form, {**run_outputs, **_pick(c, "run_token")})
+    _wire(started.then, handlers.follow_started, token, run_outputs)
     _wire(c["follow"].click, handlers.follow, [], run_outputs)
-    _wire(c["stop"].click, handlers.stop, [], _pick(c, "status"), queue=False)
+    _wire(Context.root_block.load, handlers.reattach, [], run_outputs)  # a reloaded page shows the run going
+    stopped = _wire(c["stop"].click, handlers.stop, [], _pick(c, "status"), queue=False)
+    _wire(stopped.then, handlers.follow_active, [], run_outputs)  # to its end: what was saved, and where
     _wire(c["save_now"].click, handlers.save_now, [], _pick(c, "status"), queue=False)
     import_outputs = {**_pick(c, *OWN), **_pick(c, *train_form.FIELD_NAMES), "status": c["status"]}
     import_outputs.pop("overwrite")
-    _wire(c["import"].click, handlers.import_toml, [c["toml"], c["toml_upload"]], import_outputs)
+    then_hints(_wire(c["import"].click, handlers.import_toml, [c["toml"], c["toml_upload"]], import_outputs))
     _wire(c["export"].click, handlers.export_toml, form, _pick(c, "toml", "toml_file", "status"))

@@ -58,12 +58,18 @@ def result_text(snapshot: JobSnapshot) -> str:
         return escape_markdown(snapshot.describe())
     if hasattr(result, "results"):  # a queue: its own summary of every run
         return result.summary()
+    preview = getattr(result, "preview", None)
+    if preview is not None:
+        shown = f", preview `{preview.name}`"
+    else:
+        shown = ", no preview (see the notes)" if getattr(result, "samples", None) else \
+            ", no preview: give a sample prompt or a trigger word for one"
     if result.output is None:
         text = f"**Stopped** after {result.steps} steps: nothing was written (save_on_cancel is off or no step ran)."
     elif result.cancelled:
-        text = f"**Stopped and saved** `{result.output}` ({result.steps} steps)."
+        text = f"**Stopped and saved** `{result.output}` ({result.steps} steps{shown})."
     else:
-        text = f"**Done:** `{result.output}` ({result.steps} steps, {result.seconds:.0f} s)."
+        text = f"**Done:** `{result.output}` ({result.steps} steps, {result.seconds:.0f} s{shown})."
     notes = list(getattr(result, "notes", []) or [])
     if notes:
         text += "\n\n" + "\n".join(f"- {escape_markdown(note)}" for note in notes)
