@@ -51,3 +51,16 @@ class RecordingRenderer:
     def generate(self, request: Any) -> Any:
         self.generated.append(request.prompt)
         return self.session.generate(request)
+
+
+def tiny_workspace(root: Path) -> tuple[Any, Any]:
+    """(StudioContext, BlockEditor) over the tiny diffusers model, on a workspace `root` whose Lora/ holds `part`
+    (modules in BASE, IN04 and OUT05 only)."""
+    from lib_lora.hosts.diffusers import load_diffusers_host
+    from lib_lora.ui import StudioContext
+    from lib_lora.ui.blocks_editor import BlockEditor
+
+    host = load_diffusers_host("tiny")
+    write_lora(host, root / "Lora" / "part.safetensors", blocks={"BASE", "IN04", "OUT05"})
+    context = StudioContext.for_folder(lambda: host, root)
+    return context, BlockEditor(lambda: context.presets_file)

@@ -186,18 +186,12 @@ def test_outside_a_webui_following_steps_does_nothing(monkeypatch):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from blocks_testing import write_lora
+    from blocks_testing import tiny_workspace
 
-    from lib_lora.hosts.diffusers import load_diffusers_host
-    from lib_lora.ui import StudioContext
-    from lib_lora.ui.blocks_editor import BlockEditor
     from lib_lora.ui.blocks_runs import BlockRuns
 
-    host = load_diffusers_host("tiny")
-    root = tmp_path_factory.mktemp("workspace")
-    write_lora(host, root / "Lora" / "part.safetensors", blocks={"BASE", "IN04", "OUT05"})
-    context = StudioContext.for_folder(lambda: host, root)
-    return context, BlockRuns(context, BlockEditor(lambda: context.presets_file), poll_seconds=0.02)
+    context, editor = tiny_workspace(tmp_path_factory.mktemp("workspace"))
+    return context, BlockRuns(context, editor, poll_seconds=0.02)
 
 
 ALL_17 = ",".join(["1"] * 17)

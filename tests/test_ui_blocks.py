@@ -335,15 +335,9 @@ def test_job_slot_runs_one_job_and_cancels_it():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     pytest.importorskip("diffusers")
-    from blocks_testing import write_lora
+    from blocks_testing import tiny_workspace
 
-    from lib_lora.hosts.diffusers import load_diffusers_host
-
-    host = load_diffusers_host("tiny")
-    root = tmp_path_factory.mktemp("workspace")
-    write_lora(host, root / "Lora" / "part.safetensors", blocks={"BASE", "IN04", "OUT05"})
-    context = StudioContext.for_folder(lambda: host, root)
-    editor = BlockEditor(lambda: context.presets_file)
+    context, editor = tiny_workspace(tmp_path_factory.mktemp("workspace"))
     return context, LoraPicker(context, editor), BlockRuns(context, editor, poll_seconds=0.05)
 
 
