@@ -8,7 +8,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-standalone test-host test-hosts host-venvs setup setup-host serve browser clean
+.PHONY: demo test test-standalone test-host test-hosts host-venvs setup setup-host serve browser screenshots clean
 
 # Standalone environment: diffusers pipelines, gradio 4.x (as in Forge).
 $(VENV)/.installed: requirements.txt requirements/standalone.txt requirements/test.txt requirements/ldm.txt
@@ -100,6 +100,13 @@ $(A1111_SD1_MODEL): | host-venvs
 $(A1111_SDXL_MODEL): | host-venvs
 	$(HOST_VENVS)/a1111/bin/python $(A1111_HOST_DIR)/make-model.py $(HOST_MODELS)/a1111 --sdxl \
 		|| { rm -f $@; exit 1; }
+
+# The README's screenshots of the three tabs, taken by the browser tests that drive each tab (tiny model).
+screenshots: setup browser
+	LS_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_browser_dataset.py::test_tag_edit_save_and_undo_in_the_browser \
+		tests/test_browser_train.py::test_train_from_the_character_recipe_then_stop_and_save \
+		tests/test_browser_blocks.py::test_pick_generate_and_grid
 
 clean:
 	rm -rf $(VENV) $(VENV_HOST) .pytest_cache

@@ -42,6 +42,19 @@ GRADIO_TEMPLATE_CDN_SCRIPT = re.compile(
 )
 
 
+SCREENSHOT_DIR_ENV = "LS_SCREENSHOT_DIR"
+"""Where `save_screenshot` writes (default /tmp); `make screenshots` points it at docs/screenshots for the README."""
+
+
+def save_screenshot(page: Any, name: str) -> Path:
+    """A full-page screenshot as `lora_studio_<name>.png` in $LS_SCREENSHOT_DIR (default /tmp); returns its path."""
+    folder = Path(os.environ.get(SCREENSHOT_DIR_ENV) or "/tmp")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"lora_studio_{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
 def chromium_path() -> str:
     """Debian's chromium; skips the test locally and fails it in CI when it is missing."""
     if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):

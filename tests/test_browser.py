@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, serve_app
+from browser_app import chromium_path, open_page, save_screenshot, serve_app
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path("/tmp/lora_studio_ui.png")
 TABS = {"Dataset": "dataset", "Train": "train", "Block Weight": "blocks"}
 
 
@@ -49,5 +47,5 @@ def test_app_loads_and_tabs_switch_without_console_errors(server):
         # javascript/*.js run standalone too (no onUiTabChange there) without errors
         assert page.evaluate("typeof loraStudioRefreshModelInfo === 'function' && loraStudioRefreshModelInfo()")
         page.wait_for_timeout(500)  # let late console messages arrive
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        save_screenshot(page, "ui")
     watch.assert_clean()

@@ -9,11 +9,10 @@ from typing import Any, Iterator
 
 import pytest
 from blocks_testing import write_lora
-from browser_app import chromium_path, open_page, serve_app
+from browser_app import chromium_path, open_page, save_screenshot, serve_app
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path("/tmp/lora_studio_blocks.png")
 CHAR_17 = "1,0,0,1,1,1,0,0,1,1,1,1,0,0,0,0,0"
 
 
@@ -89,7 +88,7 @@ def test_pick_generate_and_grid(app):
         saved = Path(page.locator("#lora_studio_blocks_grid_path textarea").input_value())
         expect(status).to_contain_text(f"XY grid saved to {saved}")
         page.wait_for_timeout(500)  # let late console messages arrive
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        save_screenshot(page, "blocks")
     assert saved.is_file() and saved.parent == workspace / "lora_studio" / "grids" and saved.name.endswith("-xy.png")
     watch.assert_clean()
 
@@ -162,4 +161,35 @@ def test_the_vector_box_refuses_bad_input_and_loads_a_typed_preset(app):
         expect(note).not_to_contain_text("Not applied")
         expect(page.locator("#lora_studio_blocks_preset input")).to_have_value("CHAR")
         expect(page.locator("#lora_studio_blocks_w01 input[type=number]")).to_have_value("0")
+    watch.assert_clean()
+
+
+def test_a_per_block_sweep_with_lbw_random_weights_records_the_seed(app):
+    import json
+    import re
+
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from lib_lora.blocks.grid import GRID_SETTINGS_KEY
+
+    url, _ = app
+    with open_page(url, height=1400) as (page, watch):
+        open_tab(page)
+        choose(page, "lora_studio_blocks_lora", "part")
+        box = page.locator("#lora_studio_blocks_vector textarea")
+        box.fill(",".join(["1"] + ["R"] * 15 + ["U"]))
+        box.press("Enter")
+        expect(page.locator("#lora_studio_blocks_vector_note")).not_to_contain_text("Not applied", timeout=30_000)
+        fill_settings(page, steps="2", cfg="1", width="64", height="64", random_seed="7")
+        page.locator("#lora_studio_blocks_x_axis textarea").fill("block-off: IN04, OUT05")
+        page.locator("#lora_studio_blocks_y_axis textarea").fill("strength: 1")
+        page.locator("#lora_studio_blocks_grid_run").click()
+        expect(page.locator("#lora_studio_blocks_grid_progress")).to_contain_text("done · 2/2", timeout=180_000)
+        saved = Path(page.locator("#lora_studio_blocks_grid_path textarea").input_value())
+    with Image.open(saved) as grid:
+        cells = json.loads(grid.info[GRID_SETTINGS_KEY])["cells"]
+    records = [dict(re.findall(r'(Lora (?:random|block) weights): "([^"]*)"', cell["parameters"])) for cell in cells]
+    assert len(records) == 2 and all("seed 7" in record["Lora random weights"] for record in records), records
+    assert records[0]["Lora block weights"] != records[1]["Lora block weights"]  # a different block off in each
     watch.assert_clean()

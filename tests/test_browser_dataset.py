@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, serve_app
+from browser_app import chromium_path, open_page, save_screenshot, serve_app
 
 pytestmark = pytest.mark.browser
 
@@ -133,6 +133,7 @@ def test_tag_edit_save_and_undo_in_the_browser(server: str, workspace: Path) -> 
         expect(status).to_contain_text("All captions saved")
         assert caption_files(workspace) == {name: (text + "\n").encode() for name, text in tagged.items()}
         page.wait_for_timeout(300)  # let late console messages arrive
+        save_screenshot(page, "dataset")
     backups = workspace / "datasets" / "char" / ".lora_studio_backup" / SUBSET
     # 6 from the tagger's overwrite, then one per changed file for each of the two saves
     assert len(list(backups.iterdir())) == 6 + 2 * len(changed)

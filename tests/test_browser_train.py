@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, serve_app
+from browser_app import chromium_path, open_page, save_screenshot, serve_app
 
 from lib_lora.tiny.images import generate_dataset
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOT = Path("/tmp/lora_studio_train.png")
 TINY = {  # what the tiny CPU model needs on top of the recipe: small, quick, still running when stopped
     "resolution": "64", "network_dim": "4", "network_alpha": "4", "conv_dim": "", "conv_alpha": "",
     "train_batch_size": "1", "max_train_steps": "400", "caption_extension": ".txt", "sample_every_n_steps": "2",
@@ -94,7 +93,7 @@ def test_train_from_the_character_recipe_then_stop_and_save(app):
         assert saved.name.startswith("tinychar-") and saved.suffix == ".safetensors" and saved.is_file()
         assert (saved.parent / f"{saved.stem}.json").is_file()
         page.wait_for_timeout(500)  # let late console messages arrive
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        save_screenshot(page, "train")
     watch.assert_clean()
 
 
