@@ -366,6 +366,18 @@ def test_generate_and_grid_through_the_tab(workspace):
     assert "saved" in final["status"] and "done · 2/2" in final["grid_progress"]
 
 
+def test_a_refresh_on_the_same_model_leaves_what_the_user_picked_meanwhile(workspace):
+    """The tab's refresh runs while the user may already pick a LoRA and a preset: it must not write back the values
+    it read at its start (real hosts showed the preset's tag reset to all ones)."""
+    _, picker, _ = workspace
+    ones = ",".join(["1"] * 17)
+    again = picker.refresh("", "part", "ALL", False, ones, 1.0, "sd1")
+    assert not {"vector", "tag", "w00", "lora_info"} & set(again), sorted(again)
+    assert "value" not in again["lora"] and "value" not in again["preset"]
+    relaid = picker.refresh("", "part", "ALL", False, ones, 1.0, "sdxl")  # the page shows another family: re-lay
+    assert "vector" in relaid and relaid["arch"] == "sd1"
+
+
 def test_grid_errors_come_before_any_job(workspace):
     _, picker, runs = workspace
     with pytest.raises(LoraStudioError, match="did you mean CHAR"):

@@ -89,28 +89,38 @@ class LoraPicker:
 
     def refresh(self, search: str, lora: str | None, preset: str | None, full: bool, vector: str, weight: float,
                 arch: str) -> Updates:
-        """Read the loaded model's family, the LoRA names and presets; re-lay the sliders for the family."""
+        """Read the loaded model's family, the LoRA names and presets; re-lay the sliders for a new family.
+
+        The page's values are only rewritten when they must change (another model family, a LoRA or preset no longer
+        there, a box that cannot be read): the event runs while the user may already be picking a LoRA or a preset,
+        and writing back the values it read at its start would undo those choices."""
         host = self.context.host_provider()
         model_arch = host.arch.name if host is not None else None
-        names, lora = self._choices(search, lora)
+        names, kept_lora = self._choices(search, lora)
         new_arch = model_arch or arch
         choices = self.editor.preset_choices(new_arch)
         kept = preset if preset in choices else DEFAULT_PRESET
-        updates: Updates
+        updates: Updates = {}
         try:
-            if family_of(new_arch) != family_of(arch):
-                raise BlockWeightError("another family")
+            if new_arch != arch:
+                raise BlockWeightError("another model")
             read_box(vector, new_arch, self.editor.book())  # a box that cannot be read: the preset instead
-            updates = self.editor.from_vector(vector, new_arch, full, lora, weight, kept)
         except BlockWeightError:
-            updates = self.editor.load_preset(kept, new_arch, full, lora, weight)
+            if family_of(new_arch) == family_of(arch) and _readable(self.editor, vector, new_arch):
+                updates = self.editor.from_vector(vector, new_arch, full, kept_lora, weight, kept)
+            else:
+                updates = self.editor.load_preset(kept, new_arch, full, kept_lora, weight)
         status = "" if host is not None else "No model is loaded; the blocks shown are SD1's."
+        lora_update = gr.update(choices=names, value=kept_lora) if kept_lora != lora else gr.update(choices=names)
+        preset_update = gr.update(choices=choices, value=kept) if kept != preset else gr.update(choices=choices)
+        if updates or kept_lora != lora:
+            library = LoraLibrary(self.context.lora_dirs())
+            updates["lora_info"] = describe_lora(library.resolve(kept_lora), model_arch) if kept_lora else ""
         return {
             **updates,
             "arch": new_arch,
-            "lora": gr.update(choices=names, value=lora),
-            "preset": gr.update(choices=choices, value=kept),
-            "lora_info": describe_lora(LoraLibrary(self.context.lora_dirs()).resolve(lora), model_arch) if lora else "",
+            "lora": lora_update,
+            "preset": preset_update,
             "status": status or f"{len(names)} LoRA(s) found; {FAMILY_TITLES[family_of(new_arch)]} blocks.",
         }
 
@@ -126,3 +136,11 @@ class LoraPicker:
         path = LoraLibrary(self.context.lora_dirs()).resolve(lora)
         return {"lora_info": describe_lora(path, host.arch.name if host is not None else None),
                 **self.editor.retag(lora, weight, vector, preset, arch)}
+
+
+def _readable(editor: BlockEditor, vector: str, arch: str) -> bool:
+    try:
+        read_box(vector, arch, editor.book())
+    except BlockWeightError:
+        return False
+    return True
