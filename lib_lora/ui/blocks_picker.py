@@ -100,16 +100,14 @@ class LoraPicker:
         new_arch = model_arch or arch
         choices = self.editor.preset_choices(new_arch)
         kept = preset if preset in choices else DEFAULT_PRESET
-        updates: Updates = {}
-        try:
-            if new_arch != arch:
-                raise BlockWeightError("another model")
-            read_box(vector, new_arch, self.editor.book())  # a box that cannot be read: the preset instead
-        except BlockWeightError:
-            if family_of(new_arch) == family_of(arch) and _readable(self.editor, vector, new_arch):
-                updates = self.editor.from_vector(vector, new_arch, full, kept_lora, weight, kept)
-            else:
-                updates = self.editor.load_preset(kept, new_arch, full, kept_lora, weight)
+        readable = _readable(self.editor, vector, new_arch)  # a box that cannot be read: the preset instead
+        updates: Updates
+        if new_arch == arch and readable:
+            updates = {}
+        elif readable and family_of(new_arch) == family_of(arch):
+            updates = self.editor.from_vector(vector, new_arch, full, kept_lora, weight, kept)
+        else:
+            updates = self.editor.load_preset(kept, new_arch, full, kept_lora, weight)
         status = "" if host is not None else "No model is loaded; the blocks shown are SD1's."
         lora_update = gr.update(choices=names, value=kept_lora) if kept_lora != lora else gr.update(choices=names)
         preset_update = gr.update(choices=choices, value=kept) if kept != preset else gr.update(choices=choices)

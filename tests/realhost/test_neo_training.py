@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hosts import BASE_PROMPT
-from ui import field_input, open_studio_tab
+from ui import choose, field_input, open_studio_tab
 
 TRAIN_TIMEOUT_MS = 1_800_000
 SCREENSHOT = Path("/tmp/lora_studio_neo_train.png")
@@ -37,11 +37,6 @@ def make_dataset(host: Any) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     generate_dataset(root, count=2, seed=3, repeats=1, name="tinychar", sizes=((64, 64),))
     return root
-
-
-def choose(page: Any, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def train_in_the_tab(page: Any, dataset: Path, name: str) -> Path:

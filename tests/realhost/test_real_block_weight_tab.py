@@ -23,17 +23,10 @@ NEO_PICKER_BUG = ("known bug on Forge Neo: after picking a preset, the tab's tag
                   "(an event reads the new preset with the old box); passes on A1111 and standalone")
 
 
-def choose(page: Any, elem_id: str, option: str) -> None:
-    """Pick `option` in our gradio dropdown `elem_id` as a user does: open it, click the option (gradio 3.41 marks
-    options with `data-value`, gradio 4.40 with `aria-label`)."""
-    page.locator(f"#{elem_id} input").first.click()
-    page.locator(f"ul.options li[data-value='{option}'], ul.options li[aria-label='{option}']").first.click()
-
-
 def open_block_weight_tab(page: Any, lora: str) -> None:
     """LoRA Studio → Block Weight; pick `lora` and PRESET; type the prompt and SETTINGS."""
     from playwright.sync_api import expect
-    from ui import open_studio_tab
+    from ui import choose, open_studio_tab
 
     open_studio_tab(page)
     page.locator("#lora_studio_root button").filter(has_text="Block Weight").first.click()

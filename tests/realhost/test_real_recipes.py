@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ui import field_input, open_studio_tab
+from ui import choose, field_input, open_studio_tab
 
 from lib_lora.train.optim import OPTIMIZERS
 from lib_lora.train.recipes import RECIPES
@@ -34,12 +34,6 @@ def a1111_sdxl(request: pytest.FixtureRequest, host_pool: Any) -> Any:
     if "a1111-sdxl" not in selected_hosts(request.config):
         pytest.skip("a1111-sdxl is not among the selected hosts (the full set, or --hosts=a1111-sdxl)")
     return _running(host_pool, "a1111-sdxl")
-
-
-def choose(page: Any, elem_id: str, option: str) -> None:
-    """Pick `option` in our dropdown as a user does (gradio 3.41 marks options with `data-value`)."""
-    page.locator(f"#{elem_id} input").first.click()
-    page.locator(f'ul.options li[data-value="{option}"], ul.options li[aria-label="{option}"]').first.click()
 
 
 def host_lacks(host: Any, package: str | None) -> bool:

@@ -97,3 +97,10 @@ def open_studio_tab(page: Any) -> None:
 def field_input(page: Any, elem_id: str) -> Any:
     """The text field inside one of our gradio textboxes (found by our elem_id)."""
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def choose(page: Any, elem_id: str, option: str) -> None:
+    """Pick `option` in our gradio dropdown `elem_id` as a user does: open it, click the option (gradio 3.41 marks
+    options with `data-value`, gradio 4.40 with `aria-label`)."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.locator(f'ul.options li[data-value="{option}"], ul.options li[aria-label="{option}"]').first.click()
