@@ -84,8 +84,7 @@ def test_preset_sliders_vector_round_trip(editor):
     assert loaded["tag"] == "<lora:part:0.8:CHAR>"
 
     padded = CHAR_17 + [0.0] * (MAX_BLOCKS - 17)  # the page sends every slider, hidden ones too
-    same = editor.from_slider(1, loaded["vector"], "sd1", False, "part", 0.8, "CHAR", *padded)
-    assert (same["vector"], same["tag"], same["vector_note"]) == (loaded["vector"], "<lora:part:0.8:CHAR>", "")
+    assert editor.from_slider(1, loaded["vector"], "sd1", False, "part", 0.8, "CHAR", *padded) == {}  # not moved
     padded[1] = 0.5
     moved = editor.from_slider(1, loaded["vector"], "sd1", False, "part", 0.8, "CHAR", *padded)
     assert moved["vector"] == "1,0.5,0,1,1,1,0,0,1,1,1,1,0,0,0,0,0"
@@ -93,6 +92,17 @@ def test_preset_sliders_vector_round_trip(editor):
 
     back = editor.from_vector(moved["vector"], "sd1", False, "part", 0.8, "CHAR")
     assert slider_values(back) == padded[:17] and back["tag"] == moved["tag"]
+
+
+def test_a_release_that_moved_nothing_keeps_the_preset_that_arrives(editor):
+    """Picking a preset in gradio 4 ends with a release on the slider under the list, carrying the page from
+    before the preset arrived: the old box, the old sliders and the new preset's name. It must write nothing (it
+    used to write the old weights back, tagged as a literal vector)."""
+    ones = [1.0] * 17 + [0.0] * (MAX_BLOCKS - 17)
+    stale = editor.from_slider(4, ",".join(["1"] * 17), "sd1", False, "part", 1.0, "NCNF", *ones)
+    assert stale == {}
+    loaded = editor.load_preset("NCNF", "sd1", False, "part", 1.0)
+    assert loaded["tag"] == "<lora:part:1:NCNF>"
 
 
 @given(st.lists(st.sampled_from([-1.0, -0.25, 0.0, 0.05, 0.5, 1.0, 1.5, 2.0]), min_size=17, max_size=17))
@@ -285,6 +295,8 @@ def test_bind_turns_errors_into_the_status_line():
     assert bound(fails, outputs, tab="Block Weight")() == {status: r"**Error:** bad \<vector\>"}
     assert list(bound(streams, outputs, tab="Block Weight")()) == [{other: "first"}, {status: "**Error:** stopped"}]
     assert bound(buggy, outputs, tab="Block Weight")()[status].startswith("**Unexpected error**")
+    nothing = bound(lambda: {}, outputs, tab="Block Weight")()  # gradio refuses an empty dict of updates
+    assert list(nothing) == [status] and nothing[status] == gr.update()
 
 
 @pytest.mark.parametrize(("inputs", "needle"), [

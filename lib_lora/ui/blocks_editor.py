@@ -217,7 +217,10 @@ class BlockEditor:
     def from_slider(self, index: int, text: str, arch: str, full: bool, lora: str | None, weight: float,
                     preset: str | None, *values: float) -> Updates:
         """Slider `index` was moved: its value goes into the box, the other positions stay as the box wrote them
-        (R, U, X kept); a box that does not fit the sliders is rewritten from all of them."""
+        (R, U, X kept); a box that does not fit the sliders is rewritten from all of them. A release that leaves the
+        box's number as it was changes nothing: gradio 4 picks a dropdown option on mousedown, so the click that picks
+        a preset can end on the slider under the list, and that release carries the page as it was before the preset
+        arrived (answering it wrote the old weights back, with the new preset's name, as a literal vector)."""
         layout = BlockLayout.of(arch, full)
         shown = [float(v) for v in values[: layout.length]]
         book = self.book()
@@ -225,6 +228,8 @@ class BlockEditor:
             recipe = read_box(text, arch, book).recipe
             if len(recipe) != layout.length:
                 raise BlockWeightError("another format")
+            if index < layout.length and recipe.weights[index] == shown[index]:
+                return {}
         except BlockWeightError:
             recipe = WeightRecipe(tuple(shown))
         if index < layout.length:

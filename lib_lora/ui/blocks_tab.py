@@ -200,8 +200,7 @@ def _wire_editor(c: dict[str, Component], editor: BlockEditor, picker: LoraPicke
         _wire(listener, refresh, refresh_inputs, refresh_outputs)
     _wire(c["search"].submit, picker.search, [c["search"], c["lora"]], _pick(c, "lora", "status"))
     _wire(c["search"].blur, picker.search, [c["search"], c["lora"]], _pick(c, "lora", "status"))
-    # `input`: the user's pick only. `change` also fired when the tab's refresh re-sent the list, and its handler then
-    # wrote a tag from values read mid-way through a preset being loaded (a literal all-ones vector on Forge Neo).
+    # `input`: the user's pick only (`change` also fires when the tab's refresh re-sends the list).
     _wire(c["lora"].input, picker.choose, [c[n] for n in ("lora", "weight", "vector", "preset", "arch")],
           _pick(c, "lora_info", "tag", "status"))
     _wire(c["weight"].release, editor.retag, [c[n] for n in ("lora", "weight", "vector", "preset", "arch")],

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import gradio as gr
+
 from ..errors import LoraStudioError
 from .common import escape_markdown
 
@@ -38,6 +40,8 @@ def bound(fn: Callable[..., Any], outputs: Mapping[str, Component], *, tab: str)
         unknown = set(updates) - set(outputs)
         if unknown:
             raise KeyError(f"{fn.__name__} returned outputs it is not wired to: {sorted(unknown)}")
+        if not updates:  # nothing changes; gradio takes an empty dict for a wrong number of outputs
+            return {status: gr.update()}
         return {outputs[name]: value for name, value in updates.items()}
 
     if inspect.isgeneratorfunction(fn):

@@ -19,8 +19,6 @@ from results import Generated, infotext_fields
 PRESET = "NCNF"
 SETTINGS = {"seed": "42", "steps": "4", "cfg": "7", "width": "64", "height": "64"}
 GRID_SEEDS = (42, 43)
-NEO_PICKER_BUG = ("known bug on Forge Neo: after picking a preset, the tab's tag turns into a literal all-ones vector "
-                  "(an event reads the new preset with the old box); passes on A1111 and standalone")
 
 
 def open_block_weight_tab(page: Any, lora: str) -> None:
@@ -64,11 +62,9 @@ def shown_image(page: Any, host: Any, elem_id: str) -> np.ndarray:
 
 
 @pytest.mark.smoke
-def test_generate_keeps_what_was_entered_and_matches_the_api(host, loras, host_page, request) -> None:  # noqa: ANN001
+def test_generate_keeps_what_was_entered_and_matches_the_api(host, loras, host_page) -> None:  # noqa: ANN001
     from playwright.sync_api import expect
 
-    if host.kind == "neo":
-        request.node.add_marker(pytest.mark.xfail(reason=NEO_PICKER_BUG, strict=False))
     page, watch = host_page(host)
     open_block_weight_tab(page, loras.plain)
     page.locator("#lora_studio_blocks_generate").click()
