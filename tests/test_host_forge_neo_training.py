@@ -173,8 +173,11 @@ def test_low_bit_bases_are_refused_naming_the_setting(neo_host: ForgeNeoHost, st
 
 
 @SD1_ONLY
-def test_fp8_base_trains_in_fp8_and_recasts_in_backward(neo_host: ForgeNeoHost) -> None:
-    layers = to_fp8(neo_host.unet)
+@pytest.mark.parametrize("stored", [torch.float8_e4m3fn, torch.bfloat16])  # bf16: `--bf16-unet` on a CPU (fp32)
+def test_a_low_precision_base_trains_as_stored_and_recasts_in_backward(neo_host: ForgeNeoHost,
+                                                                       stored: torch.dtype) -> None:
+    assert neo_host.dtype == torch.float32
+    layers = to_fp8(neo_host.unet, stored)
     pointers = {k: v.data_ptr() for k, v in neo_host.unet.state_dict(keep_vars=True).items()}
     fp8 = _copies(neo_host.unet.state_dict(keep_vars=True))
     with neo_host.training_mode():
@@ -182,7 +185,7 @@ def test_fp8_base_trains_in_fp8_and_recasts_in_backward(neo_host: ForgeNeoHost) 
         assert recast == layers
         grad = _step(neo_host)
         assert {p.dtype for n, p in neo_host.unet.named_parameters() if n.endswith("weight") and p.dim() > 1} \
-            == {torch.float8_e4m3fn}
+            == {stored}
     assert not any("forward" in m.__dict__ for m in neo_host.unet.modules())
     assert {k: v.data_ptr() for k, v in neo_host.unet.state_dict(keep_vars=True).items()} == pointers
     assert _same(fp8, _copies(neo_host.unet.state_dict(keep_vars=True)))

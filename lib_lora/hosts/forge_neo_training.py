@@ -11,9 +11,10 @@
    applies no LoRA of its own.
 4. Hold them there (`forge_neo_guards.memory_held`) and refuse model switches (`forge_neo_guards.switches_refused`).
 5. Make Neo's inference-mode weights usable by autograd without copying them (`inference_weights_aliased`; torch
-   allows no flag change on the originals), capture every flag and hook (`state.preserved_state`), let fp8-stored
-   layers recompute their cast in the backward pass (`fp8_recast_in_backward`), give the norms before Neo's
-   in-place residual adds a copy of their input (`inplace_residuals_made_safe`), and freeze everything.
+   allows no flag change on the originals), capture every flag and hook (`state.preserved_state`), let layers
+   stored in another dtype than the computation's (fp8; bf16 on a CPU) recompute their cast in the backward pass
+   (`recast_in_backward`), give the norms before Neo's in-place residual adds a copy of their input
+   (`inplace_residuals_made_safe`), and freeze everything.
 On exit the remembered objects and hash come back; Neo merges the LoRAs again at the next generation, because the
 patchers it then loads differ from the ones left loaded.
 """
@@ -152,7 +153,7 @@ def inference_weights_aliased(roots: Iterable[torch.nn.Module]) -> Iterator[int]
 
 
 class _RecastLinear(torch.autograd.Function):
-    """y = x·cast(W)ᵀ + b where only the stored (fp8) W is kept: the backward pass casts it again."""
+    """y = x·cast(W)ᵀ + b where only the stored (fp8, bf16…) W is kept: the backward pass casts it again."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -165,7 +166,7 @@ class _RecastLinear(torch.autograd.Function):
 
 
 class _RecastConv2d(torch.autograd.Function):
-    """A 2-D convolution by cast(W) where only the stored (fp8) W is kept; the backward pass casts it again."""
+    """A 2-D convolution by cast(W) where only the stored (fp8, bf16…) W is kept; the backward pass casts it again."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
@@ -183,7 +184,7 @@ class _RecastConv2d(torch.autograd.Function):
 
 
 def _recast_forward(module: torch.nn.Module) -> Any:
-    """An instance forward for a manual-cast fp8 layer: Neo's cast per layer, without keeping the cast copy."""
+    """An instance forward for a manual-cast layer: Neo's cast per layer, without keeping the cast copy."""
     plain = type(module).forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -200,12 +201,14 @@ def _recast_forward(module: torch.nn.Module) -> Any:
 
 
 @contextmanager
-def fp8_recast_in_backward(unet: torch.nn.Module) -> Iterator[int]:
-    """fp8-stored Linear / plain Conv2d layers of `unet` (Neo casts each to the computation dtype as it runs) keep
-    only their fp8 weight in the autograd graph: the backward pass casts again instead of holding every layer's
-    full-precision copy until then. Instance forwards, removed on exit (`preserved_state` also restores them)."""
+def recast_in_backward(unet: torch.nn.Module, computation: torch.dtype) -> Iterator[int]:
+    """Linear / plain Conv2d layers of `unet` stored in another dtype than `computation` (fp8, or bf16 computed in
+    fp32 on a CPU: Neo casts each as it runs) keep only their stored weight in the autograd graph: the backward pass
+    casts again instead of holding every layer's cast copy until then (a second, full-precision UNet). Instance
+    forwards, removed on exit (`preserved_state` also restores them)."""
     layers = [m for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-              and getattr(m, "weight", None) is not None and m.weight.dtype in FP8 and "forward" not in m.__dict__
+              and getattr(m, "weight", None) is not None and m.weight.dtype != computation
+              and m.weight.is_floating_point() and "forward" not in m.__dict__
               and (isinstance(m, torch.nn.Linear) or (m.padding_mode == "zeros" and not isinstance(m.padding, str)))]
     with instance_attributes((layer, "forward", _recast_forward(layer)) for layer in layers) as recast:
         yield recast
@@ -271,7 +274,7 @@ def held_for_training(host: ForgeNeoHost) -> Iterator[None]:
         roots = host.state_roots()
         stack.enter_context(inference_weights_aliased(roots))  # first: the originals' flags are never touched
         stack.enter_context(preserved_state(roots))
-        stack.enter_context(fp8_recast_in_backward(host.unet))
+        stack.enter_context(recast_in_backward(host.unet, host.dtype))
         stack.enter_context(inplace_residuals_made_safe(host.unet))
         freeze_for_training(roots)
         yield
