@@ -82,3 +82,23 @@ def test_the_seed_and_steps_asked_for_are_the_ones_generated_and_recorded(webui:
     p = webui.seen[0]
     assert (p.seed, p.steps, p.is_api) == (42, 4, True)
     assert image.info["parameters"] == "a cat\nSteps: 4, Seed: 42"
+
+
+def test_our_generation_waits_for_the_webui_s_queue(webui: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A txt2img holding the WebUI's queue lock runs alone: ours starts once it is done."""
+    import threading
+
+    lock = threading.Lock()
+    monkeypatch.setitem(sys.modules, "modules.call_queue", SimpleNamespace(queue_lock=lock))
+    held_during: list[bool] = []
+    plain = sys.modules["modules"].processing.process_images
+    sys.modules["modules"].processing.process_images = lambda p: (held_during.append(lock.locked()), plain(p))[1]
+    request = GenerationRequest(prompt="a cat", steps=4, seed=42, width=64, height=64)
+    lock.acquire()  # the WebUI's generation
+    worker = threading.Thread(target=generate_txt2img, args=(object(), request, "the WebUI"))
+    worker.start()
+    worker.join(0.3)
+    assert worker.is_alive() and webui.seen == []  # waiting
+    lock.release()
+    worker.join(5)
+    assert held_during == [True] and not lock.locked() and len(webui.seen) == 1

@@ -3,6 +3,7 @@
 - `run_always_on_scripts(p)`: txt2img's always-on scripts see a processing object built in code.
 - `sized_prompts(texts, width, height)`: the prompt list `get_learned_conditioning` takes, carrying the image size.
 - `generate_txt2img(sd_model, request, host_name)`: one image through the WebUI's own processing.
+- `webui_queue()`: the WebUI's queue lock (`modules.call_queue.queue_lock`), which its own generations hold.
 
 The WebUI's `modules.*` are looked up lazily (only `modules.scripts`, and `modules.prompt_parser` when it is loaded).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..pnginfo import PARAMETERS_KEY
@@ -34,6 +36,13 @@ def sized_prompts(texts: Sequence[str], *, width: int, height: int) -> list[str]
     if sd_conditioning is not None:
         return sd_conditioning(list(texts), width=width, height=height)
     return SizedPrompts(list(texts), width=width, height=height)
+
+
+def webui_queue() -> AbstractContextManager[Any]:
+    """The lock the WebUI's generations and API calls hold while they run (a FIFO lock, not reentrant); a no-op
+    outside a WebUI. Ours take it too, so a txt2img and a Block Weight image never run on the model at once."""
+    lock = getattr(sys.modules.get("modules.call_queue"), "queue_lock", None)
+    return lock if lock is not None else nullcontext()
 
 
 def run_always_on_scripts(p: Any) -> None:
@@ -81,7 +90,7 @@ def generate_txt2img(sd_model: Any, request: Any, host_name: str) -> Any:
     )
     run_always_on_scripts(p)
     try:
-        with torch.no_grad():
+        with webui_queue(), torch.no_grad():  # after the WebUI's running or queued generations, in turn
             processed = processing.process_images(p)
     finally:
         close = getattr(p, "close", None)
