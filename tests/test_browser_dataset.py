@@ -226,3 +226,71 @@ def test_folders_are_listed_relative_to_their_root_and_a_failed_load_leaves_noth
         expect(message).to_contain_text("press Load first")
         page.wait_for_timeout(300)
     watch.assert_clean()
+
+
+def make_many(folder: Path, count: int) -> dict[str, str]:
+    """`count` tiny images in two `<repeats>_<name>` subfolders, captions of 12 tags from 240; caption by path."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(7)
+    vocabulary = [f"word{n:03d}" for n in range(240)]
+    captions = {}
+    for n in range(count):
+        path = folder / ("1_first" if n % 2 else "2_second") / f"img{n:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (n % 256, 40, 90)).save(path)
+        text = ", ".join(rng.sample(vocabulary[:12], 3) + rng.sample(vocabulary[12:], 9))
+        path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+        captions[str(path.with_suffix(".txt"))] = text
+    return captions
+
+
+def test_a_few_hundred_images_page_filter_batch_edit_and_save(server: str, workspace: Path) -> None:
+    """A larger set: one page of thumbnails, the tag table paged (◀ Tags / Tags ▶), a tag from it filters, a
+    batch remove on the filter, and Save (a job with progress) writes exactly the captions that changed."""
+    from playwright.sync_api import expect
+
+    from lib_lora.dataset.tags import tag_frequency
+    from lib_lora.ui.dataset_session import PAGE_SIZE
+    from lib_lora.ui.dataset_views import FREQUENCY_ROWS
+
+    folder = workspace / "datasets" / "many"
+    captions = make_many(folder, 300)
+    counts = tag_frequency(captions)
+    tag = counts[0][0]
+    holding = {path for path, text in captions.items() if tag in text.split(", ")}
+    with open_page(server, height=1400) as (page, watch):
+        message = page.locator("#lora_studio_dataset_message")
+        status = page.locator("#lora_studio_dataset_unsaved")
+        thumbs = page.locator("#lora_studio_dataset_gallery [data-lora-studio-op='select']")
+        table = page.locator("#lora_studio_dataset_frequency")
+        rows = table.locator("[data-lora-studio-op='include']")
+        field(page, "lora_studio_dataset_path").fill("many")
+        page.locator("#lora_studio_dataset_load").click()
+        expect(message).to_contain_text("300 images, 300 with captions, 2 subfolders", timeout=60_000)
+        expect(thumbs).to_have_count(PAGE_SIZE)
+        expect(rows).to_have_count(FREQUENCY_ROWS)
+        expect(table).to_contain_text(f"Tags 1–{FREQUENCY_ROWS} of {len(counts)}")
+        page.locator("#lora_studio_dataset_frequency_next").click()
+        expect(table).to_contain_text(f"Tags {FREQUENCY_ROWS + 1}–{2 * FREQUENCY_ROWS} of {len(counts)}")
+        expect(rows.first).to_have_attribute("data-tag", counts[FREQUENCY_ROWS][0])
+        page.locator("#lora_studio_dataset_frequency_prev").click()
+        expect(rows.first).to_have_attribute("data-tag", tag)
+        rows.first.click()
+        expect(field(page, "lora_studio_dataset_include")).to_have_value(tag)
+        expect(thumbs).to_have_count(min(PAGE_SIZE, len(holding)))
+        page.get_by_text("Batch edit (the images in the filter)").click()
+        field(page, "lora_studio_dataset_batch_remove_tags").fill(tag)
+        page.locator("#lora_studio_dataset_batch_remove").click()
+        expect(message).to_contain_text(f"{len(holding)} captions of {len(holding)} in the filter changed")
+        expect(status).to_contain_text(f"{len(holding)} unsaved captions")
+        page.locator("#lora_studio_dataset_save").click()
+        expect(message).to_contain_text(f"Saved {len(holding)} captions", timeout=60_000)
+        expect(status).to_contain_text("All captions saved")
+        page.wait_for_timeout(300)
+    for path, text in captions.items():
+        expected = ", ".join(t for t in text.split(", ") if t != tag) if path in holding else text
+        assert Path(path).read_text(encoding="utf-8") == expected + "\n"
+    watch.assert_clean()

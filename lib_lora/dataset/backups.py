@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,33 @@ def prepare_backup(path: Path, *, stamp: str, backup_dir: Path | None = None, ro
             path=path,
         ) from error
     return BackupSlot(target)
+
+
+class BackupFolders:
+    """prepare_backup for many captions of one save: each caption folder's backup folder is checked and made once.
+
+    Thread-safe; `folders` lists the backup folders used (for syncing them once at the end)."""
+
+    def __init__(self, *, stamp: str, backup_dir: Path | None = None, root: Path | None = None) -> None:
+        self.stamp, self.backup_dir, self.root = stamp, backup_dir, root
+        self._by_parent: dict[Path, Path] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def folders(self) -> list[Path]:
+        with self._lock:
+            return list(self._by_parent.values())
+
+    def slot(self, path: Path) -> BackupSlot:
+        """The slot for `path` (a plain file or none yet: links are refused before a backup is asked for)."""
+        with self._lock:
+            folder = self._by_parent.get(path.parent)
+        if folder is not None:
+            return BackupSlot(folder / f"{path.stem}.{self.stamp}{path.suffix}")
+        slot = prepare_backup(path, stamp=self.stamp, backup_dir=self.backup_dir, root=self.root)
+        with self._lock:
+            self._by_parent[path.parent] = slot.target.parent
+        return slot
 
 
 def _hard_link(source: Path, link: Path) -> None:

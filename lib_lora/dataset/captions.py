@@ -34,7 +34,7 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +42,8 @@ from pathlib import Path
 from lib_lora.atomic import hidden_name, sync_directory, write_new
 
 from .backups import BACKUP_DIR_NAME as BACKUP_DIR_NAME  # where it was first defined; importers still use it
+from .backups import BackupSlot, describe_os_error, prepare_backup
 from .backups import backup_path_for as backup_path_for
-from .backups import describe_os_error, prepare_backup
 from .errors import CaptionConflictError, CaptionReadError, CaptionWriteError, DatasetError
 from .swap import Accept, install
 
@@ -108,11 +108,13 @@ class SaveFailure:
 
 @dataclass
 class BatchSaveResult:
-    """Outcome of save_captions: every file is either in `saved` (old or new content, never a mix) or
-    `failed` with the reason; `failed` files were left as they were."""
+    """Outcome of save_captions: every file is either in `saved` (old or new content, never a mix), `failed` with
+    the reason or `skipped` (cancelled before it was begun); `failed` and `skipped` files were left as they were."""
 
     saved: list[SaveResult] = field(default_factory=list)
     failed: list[SaveFailure] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    """Files not begun because the batch was cancelled: left as they were."""
 
     @property
     def written(self) -> list[Path]:
@@ -120,7 +122,7 @@ class BatchSaveResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.skipped
 
 
 def digest_bytes(data: bytes) -> str:
@@ -228,33 +230,28 @@ def save_captions(
     backup_dir: Path | None = None,
     root: Path | None = None,
     force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> BatchSaveResult:
     """Save each change as save_caption does; a refused or failed file is reported and the others go on.
 
-    Every file ends up old or new, never partial, even when an unexpected exception stops the batch. All
-    backups of one batch share one timestamp.
+    Every file ends up old or new, never partial, even when an unexpected exception or `cancelled()` stops the
+    batch (the files not begun are listed in `skipped`). All backups of one batch share one timestamp. The files
+    are written by several threads (their fsyncs overlap) and each folder is synced once at the end;
+    `progress(done, total)` is called as files finish (see caption_batch).
     """
-    changes = list(changes)
-    seen: set[Path] = set()
-    for change in changes:
-        key = Path(change.path).absolute()
-        if key in seen:
-            raise DatasetError("the same caption appears twice in one save", path=change.path)
-        seen.add(key)
-    stamp = _timestamp()
-    result = BatchSaveResult()
-    for change in changes:
-        try:
-            result.saved.append(_save(Path(change.path), change.text, change.expected, backup_dir, root, force, stamp))
-        except (CaptionConflictError, CaptionWriteError) as error:
-            result.failed.append(SaveFailure(Path(change.path), error))
-    return result
+    from .caption_batch import save_many  # it builds on _save below
+
+    return save_many(list(changes), backup_dir=backup_dir, root=root, force=force, progress=progress,
+                     cancelled=cancelled)
 
 
 def _save(
     path: Path, text: str, expected: Caption | None, backup_dir: Path | None, root: Path | None, force: bool,
-    stamp: str,
+    stamp: str, *, backup: Callable[[Path], BackupSlot] | None = None, sync: bool = True,
 ) -> SaveResult:
+    """One caption saved (see save_caption); `backup` gives its backup slot (default: prepare_backup), and with
+    sync=False the caller syncs the caption's folder and the backup's (a batch does it once per folder)."""
     current_bytes, status = _read_current(path)
     if not force:
         _check_unchanged(path, current_bytes, expected)
@@ -268,7 +265,7 @@ def _save(
         return SaveResult(path=path, status="unchanged", caption=_restat(path, current))
     if status is not None:
         _check_writable(path, status)
-    slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root)
+    slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root) if backup is None else backup(path)
     staging = hidden_name(path, "new")
     try:
         write_new(staging, [new_bytes])
@@ -283,7 +280,8 @@ def _save(
         backup = install(path, staging, new_bytes, _acceptor(expected, force), slot, limit=MAX_CAPTION_BYTES)
     except OSError as error:
         raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
-    sync_directory(path.parent)
+    if sync:
+        sync_directory(path.parent)
     caption = _restat(path, parse_caption(new_bytes))
     converted = style.encoding if style is not None and style.legacy_encoding else None
     return SaveResult(
@@ -374,11 +372,19 @@ def _read_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, int]:
     """The file's content and mtime_ns read from one open file; OSError for a directory or an oversized file
     (and, unless `follow`, for a link)."""
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(os.open(path, flags), "rb") as f:
-        status = os.fstat(f.fileno())
+    descriptor = os.open(path, flags)  # plain descriptor reads: a buffered file object costs more than the read
+    try:
+        status = os.fstat(descriptor)
         if status.st_size > MAX_CAPTION_BYTES:
             raise OSError(errno.EFBIG, f"{status.st_size} bytes is too large for a caption (limit {MAX_CAPTION_BYTES})")
-        return f.read(MAX_CAPTION_BYTES + 1), status.st_mtime_ns
+        chunks = [os.read(descriptor, MAX_CAPTION_BYTES + 1)]
+        size = len(chunks[0])
+        while chunks[-1] and size <= MAX_CAPTION_BYTES:  # a short read is not the end until read() gives b""
+            chunks.append(os.read(descriptor, MAX_CAPTION_BYTES + 1 - size))
+            size += len(chunks[-1])
+        return b"".join(chunks), status.st_mtime_ns
+    finally:
+        os.close(descriptor)
 
 
 def _restat(path: Path, caption: Caption) -> Caption:

@@ -11,6 +11,7 @@ is safe to call from several threads at once.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -106,6 +107,38 @@ def image_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
     if width * height > max_pixels:
         raise ImageReadError(f"{width}x{height} is more than the limit of {max_pixels} pixels", path=path)
     return width, height
+
+
+_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n"), (0, b"\xff\xd8\xff"), (0, b"GIF87a"), (0, b"GIF89a"), (0, b"BM"), (8, b"WEBP"),
+    (4, b"ftyp"),
+)
+"""(offset, bytes) that start the files of IMAGE_SUFFIXES' formats (PNG, JPEG, GIF, BMP, WebP, AVIF/HEIF)."""
+
+
+def check_image_signature(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """ImageReadError unless `path` starts like an image (its first 32 bytes; a PNG's size is checked too).
+
+    Much cheaper than image_size (no Pillow): what listing 50,000 images can afford. A file in a format Pillow
+    reads that has none of the known signatures is checked by image_size instead."""
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            head = os.read(descriptor, 32)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise ImageReadError(f"cannot read the file: {error.strerror or error}", path=path) from error
+    if not head:
+        raise ImageReadError("empty file (0 bytes)", path=path)
+    if not any(head[offset:offset + len(magic)] == magic for offset, magic in _SIGNATURES):
+        image_size(path, max_pixels=max_pixels)
+        return
+    if head.startswith(b"\x89PNG") and head[12:16] == b"IHDR" and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        if width * height > max_pixels:
+            raise ImageReadError(f"{width}x{height} is more than the limit of {max_pixels} pixels", path=path)
 
 
 def _describe_start(path: Path) -> str:

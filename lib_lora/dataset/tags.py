@@ -29,6 +29,8 @@ KAOMOJI_TAGS: tuple[str, ...] = (
 
 _SPLIT = re.compile(r"[,\n\r]")
 _WHITESPACE = re.compile(r"\s+")
+_ODD_WHITESPACE = re.compile(r"[^\S \n\r]|  ")
+"""Whitespace a tag's normalisation would change beyond strip(): tabs and other spaces, or two spaces in a row."""
 _ESCAPE = re.compile(r"([\\()])")
 _UNESCAPE = re.compile(r"\\([\\()])")
 
@@ -41,9 +43,22 @@ def normalise_tag(tag: str) -> str:
     return _WHITESPACE.sub(" ", tag).strip()
 
 
+def _joined(text: str) -> bool:
+    """Whether `text` is exactly join_tags(split_tags(text)): no whitespace but single spaces (isprintable rules out
+    every other space and line break), each comma followed by one space, no space before a comma, nothing blank at
+    either end. Only str methods, so a caption is checked at C speed."""
+    return (text.isprintable() and "  " not in text and " ," not in text and text.count(",") == text.count(", ")
+            and not text.startswith((" ", ",")) and not text.endswith(" "))
+
+
 def split_tags(text: str) -> list[str]:
     """The caption's tags in order: split on commas and line breaks, whitespace normalised, empty ones dropped."""
-    return [tag for tag in (normalise_tag(part) for part in _SPLIT.split(text)) if tag]
+    if _joined(text):  # as join_tags writes it (most captions): one C-level split
+        return text.split(SEPARATOR) if text else []
+    parts = _SPLIT.split(text)
+    if _ODD_WHITESPACE.search(text) is None:  # only single spaces: strip() is the whole normalisation
+        return [tag for tag in map(str.strip, parts) if tag]
+    return [tag for tag in map(normalise_tag, parts) if tag]
 
 
 def join_tags(tags: Iterable[str]) -> str:

@@ -24,7 +24,7 @@ from .dataset_actions import (
 from .dataset_edits import add_tags, consolidate, propose, set_caption
 from .dataset_folders import dataset_folder_choices
 from .dataset_loading import require_shown
-from .dataset_saving import overwrite_conflicts, reload_conflicts, save
+from .dataset_saving import cancel_save, follow_save, overwrite_conflicts, reload_conflicts, start_save
 from .dataset_session import DatasetSession
 from .dataset_tagging import (
     OPTION_NAMES,
@@ -36,6 +36,7 @@ from .dataset_tagging import (
     tagger_vocabulary,
     unload_tagger,
 )
+from .dataset_views import frequency_pages
 from .dataset_wiring import DatasetWiring
 from .jobs_ui import follow
 
@@ -80,7 +81,8 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["load"].click, load, load_inputs)
     bind(ui["path"].submit, load, load_inputs)
     bind(ui["model"].input, choose_model, ("model", "underscores_to_spaces"))
-    bind(ui["save"].click, save)
+    wiring.bind_job(ui["save"].click, start_save, follow_save, (), progress_parts=("status",))
+    bind(ui["save_cancel"].click, cancel_save, queue=False)
     bind(ui["revert"].click, DatasetSession.revert)
     bind(ui["undo"].click, DatasetSession.undo)
     bind(ui["redo"].click, DatasetSession.redo)
@@ -115,9 +117,16 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["caption"].blur, set_caption, ("caption_key", "caption"))
 
     def search(session: DatasetSession, text: str) -> None:
-        session.frequency_search = text or ""
+        session.frequency_search, session.frequency_page = text or "", 0
+
+    def turn_tags(step: int) -> Any:
+        def turn(session: DatasetSession) -> None:
+            session.frequency_page = min(max(session.frequency_page + step, 0), frequency_pages(session) - 1)
+        return turn
 
     bind(ui["frequency_search"].input, search, ("frequency_search",))
+    bind(ui["frequency_prev"].click, turn_tags(-1))
+    bind(ui["frequency_next"].click, turn_tags(1))
 
     def batch(make: Any) -> Any:
         return lambda session, *values: session.batch(make(*values))

@@ -18,15 +18,18 @@ def within_roots(dataset: Dataset, allowed: AllowedRoots, left_out: list[str]) -
     """`dataset` without items whose image or caption is a link leading outside the allowed roots."""
     left_out.clear()
     kept = []
+    root_allowed = allowed.allows(dataset.root)
     for item in dataset.items:
-        if allowed.allows(item.image) and allowed.allows(item.caption_path):
+        if root_allowed and not dataset.may_link(item):  # no link among its files: inside the root, which is allowed
+            kept.append(item)
+        elif allowed.allows(item.image) and allowed.allows(item.caption_path):
             kept.append(item)
         else:
             left_out.append(f"{item.image}: its image or caption links outside the allowed folders; left out")
     if len(kept) == len(dataset.items):
         return dataset
     return Dataset(root=dataset.root, caption_ext=dataset.caption_ext, items=kept, problems=dataset.problems,
-                   recursive=dataset.recursive, check_images=dataset.check_images)
+                   recursive=dataset.recursive, check_images=dataset.check_images, linked=dataset.linked)
 
 
 def require_shown(session: DatasetSession, path: str | None) -> Dataset:

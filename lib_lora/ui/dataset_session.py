@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..dataset.captions import Caption
 from ..dataset.consolidate import ConsolidationProposal
-from ..dataset.folder import Dataset, DatasetItem, parse_repeats_folder, rename_subset_repeats, scan_dataset
+from ..dataset.folder import (
+    SIGNATURE,
+    Dataset,
+    DatasetItem,
+    parse_repeats_folder,
+    rename_subset_repeats,
+    scan_dataset,
+)
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
 from ..dataset.tags import TagEdit, TagFilter, split_tags
@@ -31,6 +35,7 @@ from ..jobs import Job
 from ..wording import plural
 from .common import escape_markdown
 from .dataset_loading import within_roots
+from .dataset_state import CaptionState
 
 PAGE_SIZE = 48
 """Thumbnails per gallery page: enough to scan quickly, few enough that 1000 images stay fast."""
@@ -48,29 +53,21 @@ class ConfirmationNeeded(DatasetUIError):
     """An action would discard unsaved edits; doing the same action again confirms it."""
 
 
-@lru_cache(maxsize=16384)
-def caption_tags(text: str) -> tuple[str, ...]:
-    """split_tags, remembered: every render filters and counts all captions, most of them unchanged."""
-    return tuple(split_tags(text))
-
-
 def code(text: str) -> str:
     """`text` as a Markdown code span (shown literally, so nothing inside is escaped)."""
     fence = "``" if "`" in text else "`"
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
 
 
-class DatasetSession:
+class DatasetSession(CaptionState):
     """One page's Dataset tab: what is loaded, edited, filtered and selected. Not thread-safe: hold `lock`."""
 
     def __init__(self, roots: Callable[[], Sequence[Path]]) -> None:
         self.roots = roots
         self.lock = threading.RLock()
+        super().__init__()
         self.dataset: Dataset | None = None
-        self.texts: dict[str, str] = {}
-        self.loaded: dict[str, Caption | None] = {}
         self.history: EditHistory[str] = EditHistory()
-        self.tag_filter = TagFilter()
         self.selected: str | None = None
         self.page = 0
         self.conflicts: dict[str, str] = {}
@@ -81,17 +78,16 @@ class DatasetSession:
         self.job: Job[Any] | None = None
         self.job_description = ""
         self.vocabulary: tuple[str, ...] = ()
+        self.save_job: Job[Any] | None = None
+        self.save_plan: Any = None  # what the running save writes (dataset_saving)
         self._suggestions: tuple[str, ...] | None = None
-        self._filtered: tuple[Any, list[str]] | None = None
         self.frequency_search = ""
+        self.frequency_page = 0
         self.chosen_subset: str | None = None
+        self.thumb_dir: Callable[[], Path | None] = lambda: None  # where thumbnails are cached (dataset_thumbs)
         self.sent: dict[str, Any] = {}  # what the page shows now (see dataset_wiring)
 
     # --- queries ----------------------------------------------------------------------------------------------
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.texts)
 
     def item(self, key: str) -> DatasetItem:
         dataset = self.require_loaded()
@@ -100,28 +96,6 @@ class DatasetSession:
         except KeyError:
             raise DatasetUIError(f"no image {key!r} in the loaded dataset; it may have been reloaded") from None
 
-    def baseline_text(self, key: str) -> str:
-        caption = self.loaded.get(key)
-        return caption.text if caption is not None else ""
-
-    def unsaved_keys(self) -> list[str]:
-        return [key for key, text in self.texts.items() if text != self.baseline_text(key)]
-
-    def filtered_keys(self) -> list[str]:
-        """The keys whose caption passes the filter, in dataset order (computed once per texts and filter)."""
-        state = (self.tag_filter, tuple(self.texts.items()))
-        if self._filtered is None or self._filtered[0] != state:
-            matches = self.tag_filter.matches
-            self._filtered = (state, [key for key, text in self.texts.items() if matches(caption_tags(text))])
-        return list(self._filtered[1])
-
-    def tag_counts(self, keys: Iterable[str] | None = None) -> list[tuple[str, int]]:
-        """(tag, how many of the captions of `keys` hold it), most frequent first, as tags.tag_frequency."""
-        counts: Counter[str] = Counter()
-        for key in self.texts if keys is None else keys:
-            counts.update(set(caption_tags(self.texts[key])))
-        return sorted(counts.items(), key=lambda item: (-item[1], item[0].casefold(), item[0]))
-
     def page_count(self) -> int:
         return max(1, -(-len(self.filtered_keys()) // PAGE_SIZE))
 
@@ -129,9 +103,6 @@ class DatasetSession:
         keys = self.filtered_keys()
         self.page = min(max(self.page, 0), max(0, (len(keys) - 1) // PAGE_SIZE))
         return keys[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
-
-    def tags_of(self, key: str) -> list[str]:
-        return list(caption_tags(self.texts[key]))
 
     @property
     def tagging(self) -> bool:
@@ -155,10 +126,16 @@ class DatasetSession:
             raise DatasetUIError("load a dataset folder first")
         return self.dataset
 
+    @property
+    def saving(self) -> bool:
+        return self.save_job is not None
+
     def require_idle(self) -> None:
-        """DatasetUIError while the tagger is writing captions of this dataset."""
+        """DatasetUIError while the tagger or a save is writing captions of this dataset."""
         if self.tagging:
             raise DatasetUIError("the tagger is writing this dataset's captions; wait for it or cancel it first")
+        if self.saving:
+            raise DatasetUIError("the captions are being saved; wait for the save or cancel it first")
 
     def begin(self, *, mutating: bool = True) -> Dataset:
         """Start an action on the loaded dataset: a pending confirmation lapses; edits wait for the tagger."""
@@ -192,7 +169,8 @@ class DatasetSession:
         try:
             folder = allowed.locate(text)
             self._confirm_discard(f"load:{folder}", "Load")
-            scanned = scan_dataset(folder, caption_ext=(caption_ext or ".txt").strip(), recursive=bool(recursive))
+            scanned = scan_dataset(folder, caption_ext=(caption_ext or ".txt").strip(), recursive=bool(recursive),
+                                   check_images=SIGNATURE)
         except ConfirmationNeeded:
             raise
         except LoraStudioError as error:
@@ -202,7 +180,7 @@ class DatasetSession:
         self._use(dataset)
         self.history.clear()
         self.tag_filter = TagFilter()
-        self.page = 0
+        self.page = self.frequency_page = 0
         counts = f"{plural(len(dataset.items), 'image')}, {sum(i.caption is not None for i in dataset.items)} " \
                  f"with captions, {plural(len(dataset.subsets()), 'subfolder')}"
         problems = len(dataset.problems) + len(self.left_out)
@@ -224,14 +202,18 @@ class DatasetSession:
         """Forget the loaded dataset (nothing unsaved is checked here): the tab is as before any load."""
         self.dataset, self.texts, self.loaded, self.tag_filter = None, {}, {}, TagFilter()
         self.selected, self.page, self.chosen_subset, self._suggestions, self._filtered = None, 0, None, None, None
+        self.frequency_page = 0
         for collection in (self.history, self.conflicts, self.failures, self.proposals, self.left_out):
             collection.clear()
 
-    def _use(self, dataset: Dataset) -> None:
-        """Show `dataset` as read from disk: texts = baseline, selection kept when the image is still there."""
+    def _use(self, dataset: Dataset, *, keep_texts: bool = False) -> None:
+        """Show `dataset` as read from disk: texts = baseline (unless `keep_texts`: the same keys, texts as they
+        are), selection kept when the image is still there."""
         self.dataset = dataset
-        self.texts = {dataset.key(item): item.text for item in dataset.items}
-        self.loaded = {dataset.key(item): item.caption for item in dataset.items}
+        keys = [dataset.key(item) for item in dataset.items]
+        if not keep_texts:
+            self.texts = dict(zip(keys, (item.text for item in dataset.items)))
+        self.loaded = dict(zip(keys, (item.caption for item in dataset.items)))
         self.conflicts.clear()
         self.failures.clear()
         self.proposals.clear()
@@ -336,10 +318,10 @@ class DatasetSession:
     def batch(self, edit: TagEdit) -> str:
         """Apply `edit` to every caption in the filter as one undo step."""
         self.begin()
-        keys = self.filtered_keys()
+        _, keys, chosen = self._filter_state()
         if not keys:
             raise DatasetUIError("no image matches the filter; nothing was changed")
-        changed = self.history.apply(self.texts, edit, keys)
+        changed = self.apply_edit(edit, chosen)
         return f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
                "in the filter changed."
 
@@ -372,17 +354,15 @@ class DatasetSession:
         Returns how many captions changed. When images appeared or vanished meanwhile, the history is cleared.
         """
         description = self.job_description
-        before = dict(self.texts)
         fresh = self.rescan()
-        keys_same = {fresh.key(item) for item in fresh.items} == set(before)
-        self._use(fresh)
-        if not keys_same:
+        after = {fresh.key(item): item.text for item in fresh.items}
+        if set(after) != set(self._texts):
+            before = dict(self._texts)
+            self._use(fresh)
             self.history.clear()
             return sum(before.get(key) != text for key, text in self.texts.items())
-        after = self.texts
-        self.texts = before
-        changed = self.record(dict(after), description)
-        return len(changed)
+        self._use(fresh, keep_texts=True)
+        return len(self.record(after, description))
 
 
 def _whole_number(value: Any, what: str, minimum: int) -> int:

@@ -37,8 +37,9 @@ def build_dataset_tab(context: StudioContext) -> gr.Tab:
         ui["message"] = gr.Markdown("", elem_id=_id("message"))
         with gr.Row(equal_height=True):
             ui["status"] = gr.HTML("", elem_id=_id("unsaved"))
-            for name, label, variant in (("save", "Save", "primary"), ("revert", "Revert", "secondary"),
-                                         ("undo", "Undo", "secondary"), ("redo", "Redo", "secondary")):
+            for name, label, variant in (("save", "Save", "primary"), ("save_cancel", "Cancel save", "secondary"),
+                                         ("revert", "Revert", "secondary"), ("undo", "Undo", "secondary"),
+                                         ("redo", "Redo", "secondary")):
                 ui[name] = gr.Button(label, variant=variant, elem_id=_id(name), scale=0, min_width=80)
         ui["conflicts"] = gr.HTML("", elem_id=_id("conflicts"))
         with gr.Row(visible=False) as ui["conflict_row"]:
@@ -63,7 +64,10 @@ def build_dataset_tab(context: StudioContext) -> gr.Tab:
             with gr.Column(scale=2):
                 _editor(ui)
         with gr.Accordion("Tag frequency (click a tag to filter by it)", open=True):
-            ui["frequency_search"] = gr.Textbox(label="Search tags", elem_id=_id("frequency_search"))
+            with gr.Row(equal_height=True):
+                ui["frequency_search"] = gr.Textbox(label="Search tags", elem_id=_id("frequency_search"), scale=4)
+                ui["frequency_prev"] = gr.Button("◀ Tags", elem_id=_id("frequency_prev"), scale=0, min_width=80)
+                ui["frequency_next"] = gr.Button("Tags ▶", elem_id=_id("frequency_next"), scale=0, min_width=80)
             ui["frequency"] = gr.HTML("", elem_id=_id("frequency"))
         _batch_panel(ui)
         _consolidation_panel(ui)

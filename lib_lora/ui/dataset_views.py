@@ -9,7 +9,6 @@ text is escaped.
 from __future__ import annotations
 
 import html
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +24,8 @@ from .dataset_thumbs import PREVIEW_SIDE, image_uri
 
 TAG_LIST_ID = "lora_studio_dataset_tag_list"
 """The <datalist> of tag suggestions; the page's script points our tag inputs at it."""
-FREQUENCY_ROWS = 300
+FREQUENCY_ROWS = 100
+"""Rows of the tag frequency table per page (a dataset of 50,000 images has thousands of tags)."""
 OP = "data-lora-studio-op"
 
 
@@ -105,16 +105,15 @@ def gallery_html(session: DatasetSession) -> str:
     keys = session.page_keys()
     if not keys:
         return '<p class="lora-studio-empty">No image matches the filter.</p>'
-    unsaved = set(session.unsaved_keys())
     cells = []
     for key in keys:
         item = session.dataset.item(key)
-        uri = image_uri(item.image)
+        uri = image_uri(item.image, cache_dir=session.thumb_dir())
         name = Path(key).name
         classes = ["lora-studio-thumb"]
         if key == session.selected:
             classes.append("lora-studio-selected")
-        if key in unsaved:
+        if session.is_unsaved(key):
             classes.append("lora-studio-edited")
         picture = (f'<img src="{uri}" alt="{_e(name)}" loading="lazy">' if uri
                    else '<span class="lora-studio-thumb-missing">cannot show</span>')
@@ -160,7 +159,7 @@ def preview_html(session: DatasetSession) -> str:
     if session.dataset is None or key is None or key not in session.texts:
         return ""
     item = session.dataset.item(key)
-    uri = image_uri(item.image, PREVIEW_SIDE)
+    uri = image_uri(item.image, PREVIEW_SIDE, session.thumb_dir())
     picture = f'<img src="{uri}" alt="{_e(key)}">' if uri else "<p>This image cannot be shown.</p>"
     caption = session.loaded.get(key)
     notes = [_e(key)]
@@ -168,30 +167,44 @@ def preview_html(session: DatasetSession) -> str:
         notes.append(f"no {_e(item.caption_path.suffix)} file yet")
     elif caption.legacy_encoding:
         notes.append(f"caption read as {_e(caption.encoding)}; saved as UTF-8")
-    if key in session.unsaved_keys():
+    if session.is_unsaved(key):
         notes.append("<strong>unsaved</strong>")
     return f'<figure class="lora-studio-preview">{picture}<figcaption>{" · ".join(notes)}</figcaption></figure>'
 
 
+def frequency_rows(session: DatasetSession, search: str = "") -> list[tuple[str, int]]:
+    """(tag, count in the filter) of the filtered images, most frequent first, those matching every word searched."""
+    words = (search or "").casefold().split()
+    rows = session.filtered_tag_counts()
+    return [(tag, count) for tag, count in rows if all(word in tag.casefold() for word in words)] if words else rows
+
+
+def frequency_pages(session: DatasetSession) -> int:
+    return max(1, -(-len(frequency_rows(session, session.frequency_search)) // FREQUENCY_ROWS))
+
+
 def frequency_html(session: DatasetSession, search: str = "") -> str:
-    """Tags of the filtered images by count (and over all images); a tag's button adds it to the filter."""
+    """One page of the tags of the filtered images by count (and over all images), those matching `search`; a
+    tag's button adds it to the filter."""
     if session.dataset is None:
         return ""
-    keys = session.filtered_keys()
-    in_filter = session.tag_counts(keys)
-    overall: Counter[str] = Counter(dict(session.tag_counts()))
-    words = (search or "").casefold().split()
-    rows = [(tag, count) for tag, count in in_filter if all(word in tag.casefold() for word in words)]
-    shown = rows[:FREQUENCY_ROWS]
+    rows = frequency_rows(session, search)
+    pages = max(1, -(-len(rows) // FREQUENCY_ROWS))
+    page = session.frequency_page = min(max(session.frequency_page, 0), pages - 1)
+    shown = rows[page * FREQUENCY_ROWS:(page + 1) * FREQUENCY_ROWS]
+    overall = session.texts.index.count
     body = "".join(
         f'<tr><td><button type="button" {OP}="include" data-tag="{_e(tag)}" title="Show only images with this '
-        f'tag">{_e(tag)}</button></td><td>{count}</td><td>{overall[tag]}</td><td><button type="button" '
+        f'tag">{_e(tag)}</button></td><td>{count}</td><td>{overall(tag)}</td><td><button type="button" '
         f'{OP}="exclude" data-tag="{_e(tag)}" title="Hide images with this tag" aria-label="Hide images with '
         f'{_e(tag)}">−</button></td></tr>'
         for tag, count in shown
     )
-    more = f"<p>{len(rows) - len(shown)} more; type in the search box to find them.</p>" if len(rows) > len(shown) \
-        else ""
+    first = page * FREQUENCY_ROWS + 1 if shown else 0
+    where = f" matching {_e(search.strip())}" if search and search.strip() else ""
+    more = (f'<p class="lora-studio-frequency-page">Tags {first}–{first + len(shown) - 1 if shown else 0} of '
+            f"{len(rows)}{where} (page {page + 1} of {pages}); ◀ Tags / Tags ▶ turn the pages, the search box "
+            "finds a tag.</p>") if pages > 1 or where else ""
     return ('<div class="lora-studio-frequency-scroll"><table class="lora-studio-frequency"><thead><tr>'
             f'<th>tag</th><th>in filter</th><th>all</th><th></th>'
             f"</tr></thead><tbody>{body}</tbody></table></div>{more}")
@@ -233,7 +246,7 @@ def render(session: DatasetSession, message: str, parts: Iterable[str] | None = 
         return Choices(tuple(s.path for s in folders), chosen.path if chosen else None)
 
     def images() -> Choices:
-        keys = tuple(session.filtered_keys()) if loaded else ()
+        keys = tuple(session.page_keys()) if loaded else ()  # the page's images: 50,000 choices would not do
         return Choices(keys if selected is None or selected in keys else (selected, *keys), selected)
 
     def scope() -> str:

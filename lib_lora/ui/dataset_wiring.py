@@ -71,7 +71,11 @@ class DatasetWiring:
         self.outputs = [state, *(components[name] for name in PARTS)]
 
     def session(self, value: Any) -> DatasetSession:
-        return value if isinstance(value, DatasetSession) else DatasetSession(self.context.data_roots)
+        if isinstance(value, DatasetSession):
+            return value
+        session = DatasetSession(self.context.data_roots)
+        session.thumb_dir = lambda: self.context.work_dir() / "thumbnails"
+        return session
 
     def updates(self, session: DatasetSession, message: str | None,
                 parts: Iterable[str] | None = None) -> list[Any]:
@@ -117,9 +121,10 @@ class DatasetWiring:
 
     def bind_job(self, listener: Callable[..., Any], start: Callable[..., tuple[str, Any]],
                  follow: Callable[[DatasetSession, Any], Iterator[tuple["str | None", bool]]],
-                 inputs: Sequence[str]) -> None:
+                 inputs: Sequence[str], progress_parts: Sequence[str] = ("tag_status",)) -> None:
         """A generator event: `start(session, *values)` -> (message, job); then `follow(session, job)` yields
-        (message, finished) while the job runs. The lock is taken per step, never held across a yield."""
+        (message, finished) while the job runs, which updates `progress_parts` (and the message when given) until
+        the end updates every part. The lock is taken per step, never held across a yield."""
         names = list(inputs)
 
         def handle(state: Any, *values: Any) -> Iterator[list[Any]]:
@@ -136,7 +141,7 @@ class DatasetWiring:
                 return
             for message, finished in follow(session, job):
                 with session.lock:
-                    outputs = self.updates(session, message, None if finished else ("tag_status",))
+                    outputs = self.updates(session, message, None if finished else (*progress_parts, "message"))
                 yield outputs
 
         listen(listener, handle, inputs=[self.state, *(self.components[name] for name in names)],
