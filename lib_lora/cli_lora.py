@@ -34,6 +34,11 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     info.add_argument("file", type=Path, help="the LoRA file (.safetensors, or a weights-only .pt/.ckpt)")
     info.add_argument("--json", action="store_true",
                       help='print {"format", "arch", "modules", "unmatched", "metadata"} as JSON instead of text')
+    info.add_argument("--loaders", action="store_true",
+                      help="also check how many keys diffusers, A1111, Forge Neo and ComfyUI would apply, and why "
+                      'not the others (adds "loaders" to --json)')
+    info.add_argument("--arch", choices=("sd1", "sdxl"),
+                      help="with --loaders: check for this family instead of the file's own")
 
     resize = tools.add_parser("resize", help="resize a LoRA (any format) to a lower rank by SVD",
                               description="Re-factorise every module by SVD at a fixed or per-module rank "
@@ -102,7 +107,7 @@ def _ratios(args: argparse.Namespace, count: int) -> list[float]:
 def _info(args: argparse.Namespace, out: TextIO) -> None:
     from .networks.tools import network_info
 
-    info = network_info(args.file)
+    info = network_info(args.file, loaders=args.loaders, loader_arch=args.arch)
     if args.json:
         print(json.dumps(info.to_json(), ensure_ascii=False, indent=2), file=out)
     else:

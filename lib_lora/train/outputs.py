@@ -22,6 +22,7 @@ import torch
 from ..backups import back_up, backup_stamp
 from ..errors import LoraStudioError
 from ..file_names import check_output_files, check_writable_folder
+from ..networks.loaders import CARD_KEY, card_entry
 from ..wording import plural
 from .errors import ConfigError
 from .progress import ProgressTracker, path_text
@@ -189,6 +190,7 @@ class RunOutputs:
         cfg = self.config.run
         sidecar = card_sidecar(run.facts.arch, activation_text=run.facts.activation_text,
                                preferred_weight=cfg.preferred_weight, notes=cfg.notes, existing=read_sidecar(path))
+        sidecar[CARD_KEY] = card_entry(path)  # what each program's loader would apply of the file
         preview = Path(tracker.sample) if tracker.sample else None
         try:
             written, backups = write_card_files(path, sidecar, preview, stamp=stamp)

@@ -6,6 +6,7 @@ model of that family: `block_of_key` places them in no block of the family (e.g.
 text-encoder prefix the family lacks such as `lora_te2_` on SD1) or their name is no module name kohya or
 LyCORIS give a UNet or CLIP text encoder (`KNOWN_UNET_KEY`, `KNOWN_TE_KEY`). A key can pass both and still be
 missing from a particular model (a deeper transformer than it has); only matching against a model tells that.
+With `loaders=True` the loader check (`networks.loaders`) adds what each program's loader would apply of the file.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...arch import ARCHS, SD1
 from ...blocks.mapping import BASE, block_of_key
 from ..formats.base import NetworkModule
 from ..metadata import arch_from_metadata, parse_metadata
 from ..network import load_network
+
+if TYPE_CHECKING:
+    from ..loaders import LoaderCheck
 
 TOP_TAGS = 20
 
@@ -74,16 +79,22 @@ class NetworkInfo:
     modules: tuple[ModuleInfo, ...]
     unmatched: tuple[str, ...]
     metadata: dict[str, object]
+    loaders: LoaderCheck | None = None
+    """What each program's loader would apply (None: not checked)."""
 
     def to_json(self) -> dict[str, object]:
-        """{"format", "arch", "modules": [{"key", "block", "rank", "alpha"}], "unmatched", "metadata"}."""
-        return {
+        """{"format", "arch", "modules": [{"key", "block", "rank", "alpha"}], "unmatched", "metadata"}, and
+        "loaders" (`LoaderCheck.to_json()`) when checked."""
+        data: dict[str, object] = {
             "format": self.format,
             "arch": self.arch,
             "modules": [{"key": m.key, "block": m.block, "rank": m.rank, "alpha": m.alpha} for m in self.modules],
             "unmatched": list(self.unmatched),
             "metadata": self.metadata,
         }
+        if self.loaders is not None:
+            data["loaders"] = self.loaders.to_json()
+        return data
 
     def top_tags(self, count: int | None = TOP_TAGS) -> list[tuple[str, int]]:
         """The most frequent training tags (ss_tag_frequency summed over folders), most frequent first; all of
@@ -115,6 +126,8 @@ class NetworkInfo:
                 lines.append(f"{key}: {self.metadata[key]}")
         tags = self.top_tags()
         lines.append("top tags: " + (", ".join(f"{tag} ({n})" for tag, n in tags) if tags else "(none)"))
+        if self.loaders is not None:
+            lines += ["loaders:", self.loaders.to_text()]
         return "\n".join(lines)
 
 
@@ -180,8 +193,12 @@ def unmatched_keys(modules: Mapping[str, NetworkModule], arch: str | None) -> li
     return unmatched
 
 
-def network_info(path: str | os.PathLike[str]) -> NetworkInfo:
-    """Read a LoRA file (validated, no model) and describe it; LoraFormatError names the file and key if broken."""
+def network_info(path: str | os.PathLike[str], *, loaders: bool = False, loader_arch: str | None = None
+                 ) -> NetworkInfo:
+    """Read a LoRA file (validated, no model) and describe it; LoraFormatError names the file and key if broken.
+
+    `loaders`: add the loader check, on `loader_arch` or else the file's own family.
+    """
     network = load_network(path)
     from_metadata = arch_from_metadata(network.metadata)
     arch = from_metadata or infer_arch_from_keys(network.modules)
@@ -198,4 +215,11 @@ def network_info(path: str | os.PathLike[str]) -> NetworkInfo:
         modules=modules,
         unmatched=tuple(unmatched_keys(network.modules, arch)),
         metadata=parse_metadata(network.metadata),
+        loaders=_loader_check(path, loader_arch or arch) if loaders else None,
     )
+
+
+def _loader_check(path: str | os.PathLike[str], arch: str | None) -> LoaderCheck:
+    from ..loaders import check_file
+
+    return check_file(path, arch)
