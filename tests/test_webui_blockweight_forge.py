@@ -230,6 +230,15 @@ def test_step_windows_switch_the_unet_entries_online(neo) -> None:
     assert all(unet.patches[key][0][0] == 1.0 for key in UNET_KEYS)
 
 
+@pytest.mark.parametrize("window", ["start=0", "start=1", "start=0.0"])
+def test_a_window_open_in_every_step_stays_merged_as_the_plain_lora(neo, window: str) -> None:
+    """Online entries are merged at each forward; on a bf16 / fp8 UNet that rounds differently from Neo's one-time
+    merge, so a window that never closes must not go online (`start=0` gives the plain LoRA's image)."""
+    neo.run(f"<lora:chara:1:lbw=ALL:{window}>", until_step=1)
+    unet = neo.model.forge_objects_after_applying_lora.unet
+    assert all(unet.patches[key][0][5] is False and unet.patches[key][0][0] == 1.0 for key in UNET_KEYS)
+
+
 def test_refused_block_weights_load_plain_and_are_recorded(world) -> None:
     generation = world.run("<lora:chara:0.6:NOSUCH><lora:styleb:1:CHAR>")
     assert strengths(world.model, "chara") == pytest.approx(expected((0.6, 0.6, None)))

@@ -28,3 +28,8 @@ def active_steps(call: LoraCall, steps: int) -> range:
 def is_gated(call: LoraCall) -> bool:
     """Whether the call has a step window at all."""
     return call.start is not None or call.stop is not None
+
+
+def never_closes(call: LoraCall) -> bool:
+    """Whether the UNet part is applied in every step whatever their number (`start=0`/`1`/`0.0`, no `stop=`)."""
+    return call.stop is None and (call.start is None or _first_index(call.start, 1_000_000) == 0)

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..arch import Arch
 from ..blocks.mapping import block_of_ldm_path
-from ..blocks.steps import is_gated
+from ..blocks.steps import is_gated, never_closes
 from ..hosts.forge_neo import NEO_VERSION, forge_version
 from .blockweight_matching import NeoLoadCounts
 from .blockweight_networks import NetworkPlan, TaggedMultiplier
@@ -170,7 +170,7 @@ class ForgePatchWeights:
                         fresh = True
                         plan = self._by_identity[strength.identity]
                         entries[index] = self._scaled(entry, key, plan, is_unet)
-                        if is_unet and is_gated(plan.call) and len(entry) == _NEO_ENTRY_LENGTH:
+                        if is_unet and _windowed(plan) and len(entry) == _NEO_ENTRY_LENGTH:
                             windows.append(_WindowEntry(entries, index, float(entries[index][_STRENGTH]), plan))
         if fresh:
             self.loads += 1
@@ -184,7 +184,7 @@ class ForgePatchWeights:
         assert self._arch is not None
         block = block_of_ldm_path(key.removeprefix(UNET_PREFIX), self._arch)
         scaled = [float(entry[_STRENGTH]) * plan.block_weight(block), *entry[1:]]
-        if is_gated(plan.call) and len(entry) == _NEO_ENTRY_LENGTH:
+        if _windowed(plan) and len(entry) == _NEO_ENTRY_LENGTH:
             scaled[_ONLINE] = True
         return type(entry)(scaled)
 
@@ -199,3 +199,10 @@ class ForgePatchWeights:
                 window.entries[window.index] = (wanted, *entry[1:])
                 switched = True
         return switched
+
+
+def _windowed(plan: NetworkPlan) -> bool:
+    """Whether the LoRA's UNet entries must go online (merged at each forward) for a window that opens or closes.
+    A window open in every step stays merged as a plain LoRA: on a UNet stored in bf16 or fp8 an online merge rounds
+    differently from Neo's one-time merge, and `start=0` would then not give the plain LoRA's image."""
+    return is_gated(plan.call) and not never_closes(plan.call)

@@ -111,7 +111,10 @@ def host_specs() -> dict[str, HostSpec]:
     specs = [
         HostSpec("neo", "neo", "sd1", NEO_PORT, neo_tree, VENVS / "neo",
                  MODELS / "neo" / "models" / "Stable-diffusion" / "random-sd15.safetensors"),
-        HostSpec("neo-sdxl", "neo", "sdxl", NEO_PORT, neo_tree, VENVS / "neo", neo_sdxl,
+        # `--bf16-unet`: Neo on a CPU keeps everything in fp32 (a 10 GB SDXL UNet, plus what generation and training
+        # need, overflows a 24 GB machine); stored in bf16, Neo computes in fp32 one layer at a time, as a user's
+        # `--bf16-unet` does, and training recasts those layers in its backward pass.
+        HostSpec("neo-sdxl", "neo", "sdxl", NEO_PORT, neo_tree, VENVS / "neo", neo_sdxl, flags=("--bf16-unet",),
                  skip_reason="" if neo_sdxl.exists() else (
                      "SDXL on Forge Neo needs a full-size SDXL checkpoint (about 7 GB; Neo recognises only full-size "
                      "models): `make test-hosts HOSTS_FULL=1` makes one, or set LS_REALHOST_NEO_SDXL to one")),
