@@ -1,8 +1,9 @@
 """`python -m lib_lora tag DIR --model NAME_OR_DIR`: caption a folder with a WD14 tagger, headless.
 
-The work is done by lib_lora.dataset.tagger and tag_run; this module parses (help texts from its OPTION_HELP, so the CLI
-and the Dataset tab say the same words), shows a progress bar on stderr and prints what happened. An unusable
-folder or model is a typed error: cli.main prints it as one line and exits with 2.
+The work is done by lib_lora.dataset.tagger and tag_run; this module parses (help texts from OPTION_HELP and
+RUN_HELP, so the CLI and the Dataset tab say the same words), shows a progress bar with the ETA on stderr and prints
+what happened. Under a launcher every process tags its share with its own bar; the main process prints the summary
+of all. An unusable folder or model is a typed error: cli.main prints it as one line and exits with 2.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TextIO
 
 def add_tag_parser(commands: argparse._SubParsersAction, *, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     """Register `tag` on the top-level command list."""
-    from .dataset.tagger import EXISTING_POLICIES, OPTION_HELP
+    from .dataset.tagger import EXISTING_POLICIES, OPTION_HELP, RUN_HELP
     from .dataset.tagger_models import REGISTRY
 
     parser = commands.add_parser(
@@ -26,7 +27,8 @@ def add_tag_parser(commands: argparse._SubParsersAction, *, parents: Sequence[ar
         description="Tag every image in DIR with a WD14 tagger and write its caption beside it, one file as "
         "soon as each image is tagged. Existing captions are skipped unless --existing says otherwise; "
         "overwritten captions are backed up under DIR/.lora_studio_backup. Images or captions that link outside "
-        "DIR are left out and listed; captions that are links or read-only are listed as not written.",
+        "DIR are left out and listed; captions that are links or read-only are listed as not written. "
+        f"Resuming: {RUN_HELP['resume']}. Several processes: {RUN_HELP['processes']}.",
         epilog="Known models: " + ", ".join(REGISTRY) + ". A bad folder or model prints one line "
         "`lora-studio: error: …` and exits with 2.",
     )
@@ -74,12 +76,14 @@ def _batch_size(text: str) -> int | str:
 
 
 def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
-    """Scan the folder, find and load the model, tag with a progress bar, print problems and a summary."""
+    """Scan the folder, find and load the model, tag this process's share with a progress bar, print problems and
+    a summary (under a launcher: the main process, for all)."""
     from tqdm import tqdm
 
     from .dataset.errors import DatasetError
     from .dataset.folder import leave_out_links, scan_dataset
-    from .dataset.tag_run import tag_folder
+    from .dataset.tag_run import WORKED, prepare_tagging
+    from .dataset.tag_shards import Shard
     from .dataset.tagger import Tagger, TaggerOptions
     from .dataset.tagger_models import resolve_model
 
@@ -90,6 +94,9 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
         escape_brackets=args.escape_brackets, trigger=args.trigger, existing=args.existing,
         caption_ext=args.caption_ext, recursive=args.recursive, batch_size=args.batch_size,
     )
+    shard = Shard.from_environment()
+    main = shard.is_main
+    label = f" [{shard.describe()}]" if shard.active else ""
     dataset = leave_out_links(scan_dataset(args.folder, caption_ext=options.caption_ext, recursive=options.recursive))
     if not dataset.items:
         hint = "" if options.recursive else " (images in subfolders are tagged with --recursive)"
@@ -99,23 +106,33 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
     def download_progress(message: str, done: int, total: int | None) -> None:
         bar = bars.get(message)
         if bar is None:
-            bar = bars[message] = tqdm(total=total, desc=message, unit="B", unit_scale=True, file=sys.stderr)
+            bar = bars[message] = tqdm(total=total, desc=message, unit="B", unit_scale=True, file=sys.stderr,
+                                       disable=not main)
         bar.update(done - bar.n)
 
     files = resolve_model(args.model, models_dir=args.models_dir, cache_dir=args.cache_dir,
                           download=not args.no_download, progress=download_progress)
     for bar in bars.values():
         bar.close()
-    tagger = Tagger.load(files, providers=args.provider)
-    print(f"tag: model {files.describe()}, running on {tagger.provider_in_use}", file=out, flush=True)
-    for warning in tagger.warnings:
-        print(f"tag: warning: {warning}", file=out, flush=True)
-    for problem in dataset.problems:
-        print(f"tag: left out: {problem}", file=out, flush=True)
-    with tqdm(total=len(dataset.items), unit="img", desc="tagging", file=sys.stderr) as bar:
-        report = tag_folder(dataset, tagger, options, on_image=lambda result: bar.update(1))
-    for result in report.results:
-        if result.status in ("unreadable", "failed"):
-            print(f"tag: {'unreadable' if result.status == 'unreadable' else 'not written'}: {result.error}",
-                  file=out)
+    tagger = Tagger.load(files, providers=args.provider, device_id=shard.local_rank if shard.active else None)
+    if main:
+        print(f"tag: model {files.describe()}, running on {tagger.provider_in_use}", file=out, flush=True)
+        for warning in tagger.warnings:
+            print(f"tag: warning: {warning}", file=out, flush=True)
+        for problem in dataset.problems:
+            print(f"tag: left out: {problem}", file=out, flush=True)
+    run = prepare_tagging(dataset, tagger, options, shard=shard)
+    if run.resumed:
+        print(f"tag{label}: resuming the stopped run: {run.resumed} of {run.share} images done earlier", file=out,
+              flush=True)
+    with tqdm(total=len(run.todo), unit="img", desc=f"tagging{label}", file=sys.stderr, position=shard.local_rank,
+              dynamic_ncols=True) as bar:
+        report = run.run(on_image=lambda result: bar.update(result.status in WORKED))
+    if not main:
+        return
+    for status, _image, error in report.failures():
+        print(f"tag: {'unreadable' if status == 'unreadable' else 'not written'}: {error}", file=out)
+    for rank in report.missing:
+        print(f"tag: process {rank + 1} of {shard.world_size} did not finish: run the same command again to "
+              "tag the rest of its share", file=out)
     print(f"tag: {report.summary()}", file=out, flush=True)

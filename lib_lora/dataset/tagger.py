@@ -1,10 +1,9 @@
-"""WD14 tagging: options, scores to tags, and the onnxruntime session with its run plan.
+"""WD14 tagging: the onnxruntime session with its run plan (the options and scores to tags: tag_captions).
 
-`tags_from_scores` is pure (thresholds or MCut per category, rating, exclude, max tags, formatting), and
-`merge_caption` applies the existing-caption policy and the trigger words. `Tagger` wraps one
-`InferenceSession`, reading the input name, side and batch dimension from it and saying which execution
-provider really runs (a requested GPU provider that fell back to CPU is a warning, never silent), and
-`Tagger.plan` says how a folder is run on that provider (`tag_run.tag_folder` runs it).
+`Tagger` wraps one `InferenceSession`, reading the input name, side and batch dimension from it and saying which
+execution provider really runs (a requested GPU provider that fell back to CPU is a warning, never silent), and
+`Tagger.plan` says how a folder is run on that provider (`tag_run.tag_folder` runs it). The names of
+tag_captions are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
@@ -15,14 +14,25 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..errors import LoraStudioError
-from .errors import DatasetError
-from .folder import validate_caption_ext
 from .preprocess import prepare_image
+from .tag_captions import (
+    CHARACTER,
+    EXISTING_POLICIES,
+    GENERAL,
+    OPTION_HELP,
+    RATING,
+    RUN_HELP,
+    ExistingPolicy,
+    TaggerOptionError,
+    TaggerOptions,
+    mcut_threshold,
+    merge_caption,
+    tags_from_scores,
+)
 from .tagger_models import (
     MAX_FIXED_BATCH,
     MAX_INPUT_SIDE,
@@ -32,7 +42,6 @@ from .tagger_models import (
     TaggerModelError,
     check_file_size,
 )
-from .tags import escape_brackets, join_tags, split_tags, underscores_to_spaces, unescape_brackets
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -41,8 +50,13 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "CHARACTER",
     "EXISTING_POLICIES",
+    "GENERAL",
     "OPTION_HELP",
+    "RATING",
+    "RUN_HELP",
+    "ExistingPolicy",
     "RunPlan",
     "TagLabels",
     "Tagger",
@@ -53,30 +67,6 @@ __all__ = [
     "merge_caption",
     "tags_from_scores",
 ]
-
-RATING, GENERAL, CHARACTER = 9, 0, 4
-"""selected_tags.csv categories."""
-CHARACTER_MCUT_FLOOR = 0.15
-EXISTING_POLICIES = ("skip", "append", "prepend", "overwrite")
-ExistingPolicy = Literal["skip", "append", "prepend", "overwrite"]
-
-OPTION_HELP: dict[str, str] = {
-    "general_threshold": "keep a general tag when its score is above this (0-1; official default 0.35)",
-    "character_threshold": "keep a character tag when its score is above this (0-1; official default 0.85)",
-    "general_mcut": "choose the general threshold per image at the largest gap between scores (MCut)",
-    "character_mcut": "choose the character threshold per image by MCut (never below 0.15)",
-    "include_rating": "put the rating tag (general, sensitive, questionable, explicit) first",
-    "max_tags": "keep at most this many character + general tags, the highest scores first (0: no limit)",
-    "exclude": "tags never written, comma-separated (underscores or spaces, any case)",
-    "underscores_to_spaces": "write long_hair as long hair (emoticons such as ^_^ keep their underscore)",
-    "escape_brackets": r"write ( ) as \( \) so a prompt reads them literally (leave off for training captions)",
-    "trigger": "words put first in every caption, once, comma-separated (e.g. your LoRA's trigger word)",
-    "existing": "an image that already has a caption: skip it (default, not even decoded), append or prepend "
-    "the new tags (no duplicates), or overwrite it (the old caption is backed up)",
-    "caption_ext": "caption file extension (default .txt)",
-    "recursive": "also tag the images in subfolders",
-    "batch_size": "images per model run: auto (chosen per execution provider) or a number",
-}
 
 
 class TaggerUnavailableError(TaggerModelError):
@@ -97,51 +87,6 @@ def _onnxruntime() -> ModuleType:
         raise TaggerUnavailableError(f"tagging is unavailable: onnxruntime is installed in {where} but cannot "
                                      f"be loaded: {error}") from error
     return onnxruntime
-
-
-class TaggerOptionError(LoraStudioError):
-    """A tagging option has a bad value; the message names the option and the value."""
-
-
-@dataclass(frozen=True)
-class TaggerOptions:
-    """How scores become a caption and which captions are written; validates itself (OPTION_HELP explains)."""
-
-    general_threshold: float = 0.35
-    character_threshold: float = 0.85
-    general_mcut: bool = False
-    character_mcut: bool = False
-    include_rating: bool = False
-    max_tags: int = 0
-    exclude: tuple[str, ...] = ()
-    underscores_to_spaces: bool = True
-    escape_brackets: bool = False
-    trigger: tuple[str, ...] = ()
-    existing: ExistingPolicy = "skip"
-    caption_ext: str = ".txt"
-    recursive: bool = False
-    batch_size: int | Literal["auto"] = "auto"
-
-    def __post_init__(self) -> None:
-        for name in ("exclude", "trigger"):  # a comma-separated text is accepted and split
-            value = getattr(self, name)
-            tags = split_tags(value) if isinstance(value, str) else [str(t).strip() for t in value]
-            object.__setattr__(self, name, tuple(t for t in tags if t))
-        for name in ("general_threshold", "character_threshold"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise TaggerOptionError(f"{name} must be a number from 0 to 1, got {value!r}")
-        if isinstance(self.max_tags, bool) or not isinstance(self.max_tags, int) or self.max_tags < 0:
-            raise TaggerOptionError(f"max_tags must be a whole number >= 0 (0: no limit), got {self.max_tags!r}")
-        if self.existing not in EXISTING_POLICIES:
-            raise TaggerOptionError(f"existing must be one of {', '.join(EXISTING_POLICIES)}, got {self.existing!r}")
-        try:
-            validate_caption_ext(self.caption_ext)
-        except DatasetError as error:
-            raise TaggerOptionError(f"caption_ext: {error}") from None
-        batch = self.batch_size
-        if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise TaggerOptionError(f"batch_size must be 'auto' or a whole number >= 1, got {batch!r}")
 
 
 @dataclass(frozen=True)
@@ -168,84 +113,6 @@ class TagLabels:
         if not names or not (categories == GENERAL).any():
             raise TaggerModelError(f"{path}: the tag list has no general tags")
         return cls(names, categories)
-
-
-def mcut_threshold(probs: np.ndarray) -> float:
-    """MCut: the midpoint of the largest gap between neighbouring sorted scores (needs at least two)."""
-    ordered = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
-    if ordered.size < 2:
-        raise ValueError(f"MCut needs at least two scores, got {ordered.size}")
-    t = int(np.argmax(ordered[:-1] - ordered[1:]))
-    return float((ordered[t] + ordered[t + 1]) / 2)
-
-
-def _tag_key(tag: str) -> str:
-    """What makes two spellings the same tag: case, underscores vs spaces and bracket escapes do not count."""
-    return unescape_brackets(tag.strip().lower()).replace("_", " ")
-
-
-def _picked(scores: np.ndarray, labels: TagLabels, category: int, threshold: float, mcut: bool,
-            floor: float = 0.0) -> np.ndarray:
-    """Indices of one category kept by the threshold (or MCut), as the official tagger: score > threshold."""
-    index = np.flatnonzero(labels.categories == category)
-    probs = scores[index]
-    if mcut and index.size >= 2:
-        threshold = max(floor, mcut_threshold(probs))
-    return index[probs > threshold]
-
-
-def tags_from_scores(scores: np.ndarray, labels: TagLabels, options: TaggerOptions) -> list[str]:
-    """The caption tags one image's scores imply: [rating,] characters, then general tags, each by score."""
-    scores = np.asarray(scores)
-    if scores.shape != (len(labels.names),):
-        raise ValueError(f"expected {len(labels.names)} scores, got shape {scores.shape}")
-    excluded = {_tag_key(t) for t in options.exclude}
-    chosen = [
-        i for i in np.concatenate([
-            _picked(scores, labels, CHARACTER, options.character_threshold, options.character_mcut,
-                    CHARACTER_MCUT_FLOOR),
-            _picked(scores, labels, GENERAL, options.general_threshold, options.general_mcut),
-        ]).tolist()
-        if _tag_key(labels.names[i]) not in excluded
-    ]
-    chosen.sort(key=lambda i: -scores[i])  # stable: equal scores keep the tag list's order
-    if options.max_tags:
-        chosen = chosen[: options.max_tags]
-    chosen.sort(key=lambda i: labels.categories[i] != CHARACTER)  # characters first, by score within each
-    if options.include_rating:
-        ratings = np.flatnonzero(labels.categories == RATING)
-        if ratings.size:
-            best = int(ratings[np.argmax(scores[ratings])])
-            if _tag_key(labels.names[best]) not in excluded:
-                chosen.insert(0, best)
-    return [_format(labels.names[i], options) for i in chosen]
-
-
-def _format(tag: str, options: TaggerOptions) -> str:
-    if options.underscores_to_spaces:
-        tag = underscores_to_spaces(tag)
-    if options.escape_brackets:
-        tag = escape_brackets(tag)
-    return tag
-
-
-def merge_caption(new_tags: Sequence[str], existing: str | None, options: TaggerOptions) -> str:
-    """The caption to write: trigger words once, then new and existing tags per `options.existing`, no duplicates."""
-    old = split_tags(existing) if existing else []
-    if options.existing == "append":
-        body = [*old, *new_tags]
-    elif options.existing == "prepend":
-        body = [*new_tags, *old]
-    else:  # overwrite, or skip (called only for images without a caption)
-        body = list(new_tags)
-    seen: set[str] = set()
-    result: list[str] = []
-    for tag in (*options.trigger, *body):
-        key = _tag_key(tag)
-        if key and key not in seen:
-            seen.add(key)
-            result.append(tag)
-    return join_tags(result)
 
 
 @dataclass(frozen=True)
@@ -320,10 +187,11 @@ class Tagger:
 
     @classmethod
     def load(cls, files: TaggerFiles, *, providers: Sequence[str] | None = None,
-             threads: int | None = None) -> Tagger:
+             threads: int | None = None, device_id: int | None = None) -> Tagger:
         """Open the model with the given execution providers (None: the best available GPU one, then CPU) and
-        intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default);
-        TaggerUnavailableError when onnxruntime is missing."""
+        intra-op threads per run (None: 1 on the CPU, onnxruntime's default with a GPU provider; 0: default),
+        a GPU provider on GPU `device_id` (None: its default, the first; one process per GPU passes its local
+        rank); TaggerUnavailableError when onnxruntime is missing."""
         ort = _onnxruntime()
         check_file_size(files.model_path, MAX_MODEL_BYTES)
         labels = TagLabels.from_csv(files.tags_path)
@@ -342,7 +210,7 @@ class Tagger:
         # Idle intra-op threads sleep instead of spinning, so they leave the cores to the decoding threads.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = _session(files, options, usable)
+            session = _session(files, options, _with_device(usable, device_id))
         except TaggerModelError:
             if usable == ["CPUExecutionProvider"]:
                 raise
@@ -361,7 +229,7 @@ class Tagger:
     def gpu(self) -> bool:
         return self.provider_in_use != "CPUExecutionProvider"
 
-    def plan(self, batch_size: int | Literal["auto"] = "auto") -> RunPlan:
+    def plan(self, batch_size: int | Literal["auto"] = "auto", *, processes: int = 1) -> RunPlan:
         """Batch, concurrent runs and threads for this provider.
 
         CPU: the model takes ~20x the decoding time, and a decoding thread beside a model that uses every core
@@ -371,12 +239,13 @@ class Tagger:
         At most 8 runs (each holds its own activations); a session opened with more intra-op threads gets
         fewer runs, and with onnxruntime's default (all cores) one run with a decoding thread beside it.
         GPU: the model is fast and decoding is the limit, so several decoding threads feed batches of 16.
+        `processes` tagging processes on this machine (a sharded run) share its cores evenly.
         """
-        cpus = _cpu_count()
+        cpus = max(1, _cpu_count() // max(1, processes))
         if self.gpu:
             runs, decoders, auto_batch = 1, max(2, min(8, cpus - 1)), 16
         else:
-            cores = _physical_cores() or cpus
+            cores = max(1, (_physical_cores() or _cpu_count()) // max(1, processes))
             runs = max(1, min(MAX_CPU_RUNS, cores // self.threads)) if self.threads else 1
             decoders, auto_batch = (0, 1) if runs > 1 else (1, 2)
         if batch_size == "auto":
@@ -410,11 +279,24 @@ class Tagger:
         return result
 
 
-def _session(files: TaggerFiles, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+_DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                     "DmlExecutionProvider")
+"""The providers that take a `device_id` option."""
+
+
+def _with_device(providers: list[str], device_id: int | None) -> list[str | tuple[str, dict[str, Any]]]:
+    """The providers as onnxruntime takes them, the GPU ones with their device_id when one is given."""
+    if device_id is None:
+        return list(providers)
+    return [(name, {"device_id": int(device_id)}) if name in _DEVICE_PROVIDERS else name for name in providers]
+
+
+def _session(files: TaggerFiles, options: ort.SessionOptions,
+             providers: Sequence[str | tuple[str, dict[str, Any]]]) -> ort.InferenceSession:
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(files.model_path), sess_options=options, providers=providers)
+        return ort.InferenceSession(str(files.model_path), sess_options=options, providers=list(providers))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         raise TaggerModelError(f"{files.model_path}: onnxruntime {ort.__version__} cannot load it: {reason} "

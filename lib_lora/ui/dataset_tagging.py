@@ -1,8 +1,10 @@
 """The Dataset tab's tagger panel: which models, the options as typed, a tagging job on the loaded dataset.
 
-The work is lib_lora.dataset.tagger's (`tag_folder` writes each caption as soon as its image is tagged); this
-module resolves the chosen model (a folder of the tagger folder, or a known name: downloaded at its pinned
-commit when missing), keeps the last loaded model for the next run, and turns the job's end into the tab's new
+The work is lib_lora.dataset.tagger's (`tag_folder` writes each caption as soon as its image is tagged, and a
+run stopped by Cancel or a crash continues where it stopped when started again with the same model and options);
+this module resolves the chosen model (a folder of the tagger folder, or a known name: downloaded at its pinned
+commit when missing), keeps the last loaded model for the next run, reports progress with the ETA (the job's
+line: images done of those left to tag, images done earlier not counted), and turns the job's end into the tab's new
 baseline: the folder is read again and the tagger's changes become one undo step.
 """
 
@@ -15,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..dataset.tag_run import TagReport, tag_folder
-from ..dataset.tagger import RATING, Tagger, TaggerOptions, TagLabels
+from ..dataset.tag_run import TagReport, prepare_tagging
+from ..dataset.tagger import RATING, RUN_HELP, Tagger, TaggerOptions, TagLabels
 from ..dataset.tagger_models import MODEL_FILE, REGISTRY, TAGS_FILE, TaggerFiles, known_model, resolve_model
 from ..dataset.tags import underscores_to_spaces
 from ..errors import LoraStudioError
@@ -120,7 +122,9 @@ def start_tagging(session: DatasetSession, context: StudioContext, choice: str |
         control.progress(provider=tagger.provider_in_use, warnings=list(tagger.warnings))
         stop = "press Cancel beside Tag the loaded dataset in the Dataset tab to stop it, or wait for it"
         with context.gpu.hold("tagging", stop=stop) if tagger.gpu else nullcontext():
-            return tag_folder(dataset, tagger, options, control)
+            run = prepare_tagging(dataset, tagger, options)
+            control.check()
+            return run.run(control)
 
     job: Job[TagReport] = Job("tagging", work).start()
     session.start_job(job, f"tag with {choice}")
@@ -140,8 +144,13 @@ def finish_tagging(session: DatasetSession, snapshot: JobSnapshot) -> str:
         return "\n\n".join(lines)
     if snapshot.state == "cancelled":
         return (f"Tagging cancelled after {snapshot.done} of {snapshot.total or 0} images; the {changed} caption(s) "
-                "written so far are kept (**Undo** takes them back).")
+                f"written so far are kept (**Undo** takes them back). {escape_markdown(_sentence(RUN_HELP['resume']))}")
     return f"**Tagging failed:** {escape_markdown(snapshot.error or 'unknown error')} ({changed} caption(s) changed)."
+
+
+def _sentence(text: str) -> str:
+    """A help text (lower case, no full stop, as the CLI's help shows it) as a sentence."""
+    return text[:1].upper() + text[1:] + "."
 
 
 def cancel_tagging(session: DatasetSession) -> str:
