@@ -1,4 +1,4 @@
-"""`python -m lib_lora lora {info,resize,merge,bake,extract}`: the network tools on files.
+"""`python -m lib_lora lora {info,resize,merge,blockweight,bake,extract}`: the network tools on files.
 
 The work is done by lib_lora.networks.tools; this module only parses, calls and prints. Core errors reach
 cli.main, which prints them as one line and exits with 2. No output ever replaces an input, and an existing
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import TextIO
 
-LORA_COMMANDS = ("info", "resize", "merge", "bake", "extract")
+LORA_COMMANDS = ("info", "resize", "merge", "blockweight", "bake", "extract")
+MERGE_METHOD_CHOICES = ("concat", "svd", "dare", "ties")
 _RULE_FLAGS = (("rank", "--rank"), ("sv_ratio", "--sv-ratio"), ("sv_fro", "--sv-fro"),
                ("sv_cumulative", "--sv-cumulative"))
 
@@ -21,9 +22,10 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     """Register `lora` and its subcommands on the top-level command list."""
     lora = commands.add_parser(
         "lora",
-        help="inspect, resize, merge, bake or extract LoRA files",
-        description="LoRA file tools: describe a file, resize it by SVD, merge several, bake LoRAs into a "
-        "checkpoint, or extract one from two checkpoints. Outputs are .safetensors with ss_* metadata.",
+        help="inspect, resize, merge, block-weight, bake or extract LoRA files",
+        description="LoRA file tools: describe a file, resize it by SVD, merge several, bake block weights into "
+        "one, bake LoRAs into a checkpoint, or extract one from two checkpoints. Outputs are .safetensors with "
+        "ss_* metadata.",
         epilog="A bad input prints one line `lora-studio: error: …` and exits with 2.",
     )
     tools = lora.add_subparsers(title="lora commands", dest="lora_command", metavar="{" + ",".join(LORA_COMMANDS) + "}")
@@ -54,13 +56,38 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
                        help="the smallest rank whose singular values sum to the fraction C of all")
     _output_options(resize, required=False, default_help="FILE's name with the rule added")
 
-    merge = tools.add_parser("merge", help="merge several LoRAs into one (exact, or by SVD with --rank)",
-                             description="Merge LoRAs: without --rank the ranks are concatenated (exact, plain "
-                             "LoRA/LoCon only); with --rank the summed deltas are cut to that rank by SVD.")
+    merge = tools.add_parser("merge", help="merge several LoRAs into one: concat, svd, dare or ties",
+                             description="Merge LoRAs. concat stacks the factors (exact; plain LoRA/LoCon only). "
+                             "svd sums the full deltas and re-factors them. dare drops a random fraction of each "
+                             "delta's entries (1 - density) and rescales the rest by 1/density before summing. ties "
+                             "keeps each delta's largest entries (density), elects a sign per entry and averages "
+                             "the entries that agree. svd, dare and ties take any type (LoHa, LoKr, full) and "
+                             "report the relative error of the re-factoring.")
     merge.add_argument("files", type=Path, nargs="+", help="the LoRA files")
     merge.add_argument("--ratios", type=float, nargs="+", metavar="R", help="one weight per file (default: all 1)")
-    merge.add_argument("--rank", type=int, help="merge by SVD to this rank (needed for LoHa/LoKr/full inputs)")
+    merge.add_argument("--method", choices=MERGE_METHOD_CHOICES,
+                       help="how to merge (default: concat, or svd when --rank is given)")
+    merge.add_argument("--rank", type=int, help="the rank of each merged module for svd, dare and ties (default: "
+                       "the sum of the sources' ranks, exact for svd)")
+    merge.add_argument("--density", type=float, default=1.0,
+                       help="dare, ties: the fraction of each delta's entries kept (default: 1)")
+    merge.add_argument("--seed", type=int, default=0, help="dare: the seed of the random drops (default: 0)")
     _output_options(merge, required=True)
+
+    blockweight = tools.add_parser(
+        "blockweight", help="save a LoRA with block weights baked in (the file at 1 = the original with them)",
+        description="Write a copy of a LoRA whose modules are scaled by their block's weight (and --strength): "
+        "the text encoders by BASE, each UNet block by its own. Applied at 1, it changes the model exactly as "
+        "<lora:FILE:STRENGTH:BLOCKS> does.")
+    blockweight.add_argument("file", type=Path, help="the LoRA file")
+    blockweight.add_argument("--blocks", required=True, metavar="BLOCKS",
+                             help="a preset name (e.g. NCNF) or a vector of 17/26 (sd1/sd2) or 12/20 (sdxl) values")
+    blockweight.add_argument("--strength", type=float, default=1.0, help="the LoRA's strength (default: 1)")
+    blockweight.add_argument("--arch", choices=("sd1", "sd2", "sdxl"),
+                             help="the model family of the weights (default: the file's)")
+    blockweight.add_argument("--presets", metavar="FILE",
+                             help="an LBW-style preset file (NAME:v1,...,vN lines); its presets override built-ins")
+    _output_options(blockweight, required=True)
 
     bake = tools.add_parser("bake", help="merge LoRAs into the weights of a single-file checkpoint",
                             description="Write a copy of an original-format SD1/SD2/SDXL .safetensors checkpoint "
@@ -91,7 +118,8 @@ def _output_options(parser: argparse.ArgumentParser, *, required: bool, default_
 
 def run_lora_command(args: argparse.Namespace, out: TextIO) -> None:
     """Run the parsed `lora` subcommand, printing what it did to `out`; core errors propagate."""
-    handlers = {"info": _info, "resize": _resize, "merge": _merge, "bake": _bake, "extract": _extract}
+    handlers = {"info": _info, "resize": _resize, "merge": _merge, "blockweight": _blockweight, "bake": _bake,
+                "extract": _extract}
     handlers[args.lora_command](args, out)
 
 
@@ -127,12 +155,37 @@ def _resize(args: argparse.Namespace, out: TextIO) -> None:
 
 
 def _merge(args: argparse.Namespace, out: TextIO) -> None:
-    from .networks.tools import merge_lora_files
+    from .networks.tools import MergeOptions, merge_lora_files
 
-    summary = merge_lora_files(args.files, _ratios(args, len(args.files)), args.output, rank=args.rank,
+    method = args.method or ("concat" if args.rank is None else "svd")
+    options = MergeOptions(method, density=args.density, seed=args.seed, rank=args.rank)
+    summary = merge_lora_files(args.files, _ratios(args, len(args.files)), args.output, options=options,
                                overwrite=args.force, device=args.device)
-    print(f"merge: {summary.modules} modules from {len(args.files)} files by {summary.method}, "
-          f"rank up to {max(summary.ranks, default=0)}; wrote {args.output}", file=out)
+    error = (f", relative error mean {summary.mean_error:.2%}, max {summary.max_error:.2%}" if summary.errors
+             else " (exact)")
+    print(f"merge: {summary.modules} modules from {len(args.files)} files by {options.describe()}, "
+          f"rank up to {max(summary.ranks, default=0)}{error}; wrote {args.output}", file=out)
+
+
+def _blockweight(args: argparse.Namespace, out: TextIO) -> None:
+    from .blocks.presets import PresetBook
+    from .networks.network import load_network
+    from .networks.tools import NetworkToolError, block_weight_lora_file
+    from .networks.tools.info import arch_of
+
+    network = load_network(args.file)
+    arch = args.arch or arch_of(network.modules, network.metadata)
+    if arch is None:
+        raise NetworkToolError(f"{args.file.name}: its model family is unknown; give it with --arch")
+    book = PresetBook.builtin()
+    if args.presets:
+        book = book.merge(PresetBook.from_file(args.presets))
+    weights = book.resolve(args.blocks, arch)
+    report = block_weight_lora_file(args.file, args.output, weights, arch=arch, strength=args.strength,
+                                    spec=args.blocks.strip(), overwrite=args.force)
+    print(f"blockweight: {args.file.name} × {args.strength:g} with {args.blocks.strip()} ({report.arch}): "
+          f"{report.scaled} modules rescaled, {report.unchanged} unchanged, {report.dropped} left out (weight 0); "
+          f"wrote {args.output}", file=out)
 
 
 def _bake(args: argparse.Namespace, out: TextIO) -> None:

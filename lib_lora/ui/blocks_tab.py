@@ -1,7 +1,8 @@
 """The Block Weight tab: pick a LoRA, set per-block strengths (presets, sliders, vector), generate, compare.
 
 Layout and wiring only; the handlers live in blocks_picker (LoRA list, metadata), blocks_editor (sliders,
-presets, vector box, tag) and blocks_runs (image, XY grid, analyzer: each a job with a progress bar and Cancel).
+presets, vector box, tag), blocks_runs (image, XY grid, analyzer: each a job with a progress bar and Cancel) and
+blocks_save (the picked LoRA saved with its block weights baked in).
 Handlers return {name: value} dicts; `wiring.bound` maps them to components and turns a LoraStudioError into the
 status line, so no stack trace reaches the page. Nothing is read while building: the model, folders and presets
 are read by events (tab select, Refresh), which also fit steps and size to the model the first time they see it.
@@ -27,6 +28,7 @@ from .blocks_editor import (
 )
 from .blocks_picker import LoraPicker
 from .blocks_runs import BlockRuns
+from .blocks_save import BlockSaver
 from .context import StudioContext
 from .wiring import wire
 
@@ -43,6 +45,7 @@ ANALYZER_HEADERS = ["rank", "block", "changed"]
 VECTOR_LABEL = ("Block weights (press Enter to apply): numbers, a preset's name, or LBW's R (random 0…1), "
                 "U (random −0.5…1.5) and X (1, or the grid's x values)")
 IMAGE_HEIGHT = 384
+SAVE_LORA_LABEL = "Save as LoRA: a new file in the LoRA folder that, at 1, equals the tag above"
 
 Component = Any
 
@@ -78,6 +81,12 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
                                         elem_id="lora_studio_blocks_weight")
                 c["tag"] = gr.Textbox(label="Tag for the prompt", interactive=False, show_copy_button=True,
                                       elem_id="lora_studio_blocks_tag")
+                with gr.Row(equal_height=True):
+                    c["save_lora_name"] = gr.Textbox(label=SAVE_LORA_LABEL, placeholder="NAME", scale=3,
+                                                     elem_id="lora_studio_blocks_save_lora_name")
+                    c["save_lora_overwrite"] = gr.Checkbox(label="Overwrite", value=False, scale=1,
+                                                           elem_id="lora_studio_blocks_save_lora_overwrite")
+                c["save_lora"] = gr.Button("Save as LoRA…", elem_id="lora_studio_blocks_save_lora")
             with gr.Column(scale=2, min_width=400):
                 with gr.Row(equal_height=True):
                     c["preset"] = gr.Dropdown(label="Preset", choices=PresetBook.builtin().names("sd1"),
@@ -110,6 +119,10 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
 
     _wire_editor(c, editor, picker, runs, tab)
     _wire_runs(c, runs)
+    saver = BlockSaver(context, editor)
+    _wire(c["save_lora"].click, saver.save,
+          [c[n] for n in ("lora", "weight", "vector", "preset", "arch", "save_lora_name", "save_lora_overwrite",
+                          "search")], _pick(c, "status", "lora"))
     return tab
 
 

@@ -1,14 +1,18 @@
-"""Merge several networks into one LoRA: exact by concatenating ranks, or by SVD of the summed ΔW.
+"""Merge several networks into one LoRA: exact by concatenating ranks, or through the full ΔW of each module.
 
-Concat (no rank given, every module a plain LoRA): each input's up is multiplied by ratio·scale and the factors
-stacked, up = [up_1' | up_2' | …], down = [down_1; down_2; …], alpha = Σ r_i, so the scale is 1 and
-up·down = Σ ratio_i·ΔW_i exactly. SVD (a rank given, or any LoHa/LoKr/full/Tucker module): per key the scaled
-ΔWs are summed and cut to the best rank-r approximation (alpha = r). Modules are matched by kohya name; the
-same layer spelled two ways (diffusers vs LDM) stays two modules, which loaders sum anyway.
+Concat (every module a plain LoRA): each input's up is multiplied by ratio·scale and the factors stacked,
+up = [up_1' | up_2' | …], down = [down_1; down_2; …], alpha = Σ r_i, so the scale is 1 and
+up·down = Σ ratio_i·ΔW_i exactly. svd, dare, ties (any module type but DoRA): per key the scaled ΔWs are
+combined by the method's rule (merge_methods.py) and cut to the best rank-r approximation (alpha = r), with the
+relative Frobenius error of the cut reported per module; layer-bias deltas (diff_b) are summed as they are by
+every method. Modules are matched by kohya name; the same layer spelled
+two ways (diffusers vs LDM) stays two modules, which loaders sum anyway.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,13 +34,26 @@ from .common import (
     derived_metadata,
     factors_to_lora,
     low_rank,
+    max_delta_rank,
     module_delta,
     natural_shape,
 )
 from .info import arch_of
+from .merge_methods import MergeOptions, combine, module_generator
 from .resize import flatten
 
 Modules = Mapping[str, NetworkModule]
+MERGE_KEY = "lora_studio_merge"
+"""Metadata of a merged file: JSON {"method", "density", "seed", "rank", "sources": [{"name", "sshs_model_hash",
+"weight"}]}, what it was made from (the ss_* keys come from LoraMetadata through `derived_metadata`)."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """A merge's kohya state dict and, per re-factored module, the relative Frobenius error of its rank cut."""
+
+    state: dict[str, Tensor]
+    errors: dict[str, float]
 
 
 def merge_networks(
@@ -46,14 +63,26 @@ def merge_networks(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Tensor]:
-    """The flat kohya state dict of Σ ratio_i·network_i (see module docstring); inputs are not changed.
+    """The flat kohya state dict of Σ ratio_i·network_i: concatenated without `rank`, else by SVD at `rank`."""
+    options = MergeOptions(method="concat") if rank is None else MergeOptions(method="svd", rank=rank)
+    return merge_modules(networks_with_ratios, options, device=device, dtype=dtype).state
+
+
+def merge_modules(
+    networks_with_ratios: Sequence[tuple[Modules | LoraNetwork, float]],
+    options: MergeOptions,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MergeResult:
+    """Merge by `options` (see the module docstring); inputs are not changed.
 
     Raises NetworkToolError for DoRA modules (their delta depends on the base weight), for non-LoRA modules
-    when no `rank` is given, and for modules of one name whose layer shapes disagree.
+    under concat (LoHa/LoKr/full merge through their full ΔW), and for modules of one name whose layer shapes
+    disagree.
     """
     if not networks_with_ratios:
         raise NetworkToolError("nothing to merge: no networks given")
-    rule = None if rank is None else RankRule(rank=rank)
     by_key: dict[str, list[tuple[NetworkModule, float]]] = {}
     for network, ratio in networks_with_ratios:
         modules = network.modules if isinstance(network, LoraNetwork) else network
@@ -62,20 +91,25 @@ def merge_networks(
                 raise NetworkToolError(f"module {key!r} is DoRA: its delta depends on the base weight, so DoRA "
                                        "networks cannot be merged without a model (bake them into a checkpoint)")
             by_key.setdefault(key, []).append((module, float(ratio)))
-    if rule is None:
+    if options.method == "concat":
         not_plain = next((k for k, parts in by_key.items() for m, _ in parts if not _is_plain_lora(m)), None)
         if not_plain is not None:
             kind = next(m.kind for m, _ in by_key[not_plain] if not _is_plain_lora(m))
             raise NetworkToolError(f"module {not_plain!r} is {kind} (not a plain LoRA), so the networks cannot be "
-                                   "merged exactly by concatenation; give a rank (--rank) to merge by SVD")
+                                   "concatenated exactly; merge them through the full ΔW instead: --method svd, "
+                                   "dare or ties (with --rank to choose the rank)")
     merged: dict[str, dict[str, Tensor]] = {}
+    errors: dict[str, float] = {}
     for key, parts in by_key.items():
-        tensors = _concat(key, parts, dtype) if rule is None else _svd(key, parts, rule, device, dtype)
+        if options.method == "concat":
+            tensors = _concat(key, parts, dtype)
+        else:
+            tensors, errors[key] = _full_delta(key, parts, options, device, dtype)
         biases = [bias_delta_tensors(m, ratio) for m, ratio in parts]
         if any(biases):
             tensors["diff_b"] = sum(b["diff_b"] for b in biases if b)
         merged[key] = tensors
-    return flatten(merged)
+    return MergeResult(flatten(merged), errors)
 
 
 def _is_plain_lora(module: NetworkModule) -> bool:
@@ -106,22 +140,45 @@ def _concat(key: str, parts: list[tuple[NetworkModule, float]], dtype: torch.dty
     }
 
 
-def _svd(key: str, parts: list[tuple[NetworkModule, float]], rule: RankRule, device: torch.device | str,
-         dtype: torch.dtype) -> dict[str, Tensor]:
+def _full_delta(key: str, parts: list[tuple[NetworkModule, float]], options: MergeOptions,
+                device: torch.device | str, dtype: torch.dtype) -> tuple[dict[str, Tensor], float]:
+    """The module merged by a full-ΔW method and cut to its rank; and the cut's relative Frobenius error."""
     deltas = [(module_delta(m, device) * (m.scale * ratio)) for m, ratio in parts]
     shape = _layer_shape(key, [tuple(d.shape) for d in deltas])
-    total = sum(d.reshape(shape[0], -1) for d in deltas)
-    factors = low_rank(total, rule)
-    return factors_to_lora(factors, shape, float(factors.rank), dtype)
+    flat = [d.reshape(shape[0], -1) for d in deltas]
+    generator = module_generator(options.seed, key) if options.method == "dare" else None
+    total = combine(options.method, flat, density=options.density, generator=generator)
+    rank = options.rank or sum(max_delta_rank(m, shape) for m, _ in parts)
+    factors = low_rank(total, RankRule(rank=rank))
+    return factors_to_lora(factors, shape, float(factors.rank), dtype), relative_error(factors.singular_values,
+                                                                                       factors.rank)
+
+
+def relative_error(singular_values: Tensor, rank: int) -> float:
+    """‖ΔW − ΔW_r‖_F / ‖ΔW‖_F for the best rank-`rank` cut of a ΔW with these singular values (0 for a zero ΔW)."""
+    squares = singular_values.to(torch.float64) ** 2
+    total = float(squares.sum())
+    return 0.0 if total == 0 else math.sqrt(float(squares[rank:].sum()) / total)
 
 
 @dataclass(frozen=True)
 class MergeSummary:
-    """What `merge_lora_files` wrote: how, how many modules, their ranks."""
+    """What `merge_lora_files` wrote: how, how many modules, their ranks, the rank cut's relative errors."""
 
-    method: str  # "concat" or "svd"
+    method: str  # "concat", "svd", "dare" or "ties"
     modules: int
     ranks: tuple[int, ...]
+    errors: tuple[float, ...] = ()  # per re-factored module; empty for concat (exact)
+
+    @property
+    def max_error(self) -> float:
+        """The largest relative Frobenius error of a module's rank cut (0 when exact)."""
+        return max(self.errors, default=0.0)
+
+    @property
+    def mean_error(self) -> float:
+        """The mean relative Frobenius error over the modules (0 when exact)."""
+        return sum(self.errors) / len(self.errors) if self.errors else 0.0
 
 
 def merge_lora_files(
@@ -130,24 +187,36 @@ def merge_lora_files(
     out: str | os.PathLike[str],
     *,
     rank: int | None = None,
+    options: MergeOptions | None = None,
     overwrite: bool = False,
     device: torch.device | str = "cpu",
 ) -> MergeSummary:
-    """Merge the LoRA files at `paths` with `ratios` (see `merge_networks`) into `out`, with fresh metadata."""
+    """Merge the LoRA files at `paths` with `ratios` into `out`, with fresh metadata naming the sources and how.
+
+    `options` None: concat without `rank`, svd with it (`merge_networks`); else `options` decide (and `rank` is
+    not used).
+    """
+    if options is None:
+        options = MergeOptions(method="concat") if rank is None else MergeOptions(method="svd", rank=rank)
     if len(paths) != len(ratios):
         raise NetworkToolError(f"{len(paths)} files but {len(ratios)} ratios; give one ratio per file")
     out = check_output_path(out, paths, overwrite=overwrite)
     networks = [load_network(path) for path in paths]
-    state = merge_networks([(n, r) for n, r in zip(networks, ratios)], rank=rank, device=device)
-    ranks = tuple(int(t.shape[0]) for k, t in state.items() if k.endswith(".lora_down.weight"))
-    method = "concat" if rank is None else "svd"
+    result = merge_modules([(n, r) for n, r in zip(networks, ratios)], options, device=device)
+    ranks = tuple(int(t.shape[0]) for k, t in result.state.items() if k.endswith(".lora_down.weight"))
     parts = ", ".join(f"{Path(p).name} × {r:g}" for p, r in zip(paths, ratios))
     arch = next((a for a in (arch_of(n.modules, n.metadata) for n in networks) if a), None)
     source = {k: v for k, v in networks[0].metadata.items() if k in ("ss_base_model_version", "ss_v2")}
     metadata = derived_metadata(source, arch=arch, ranks=ranks, alphas=[float(r) for r in ranks],
-                                note=f"merged by LoRA Studio ({method}) from {parts}", plain_lora=True,
+                                note=f"merged by LoRA Studio ({options.describe()}) from {parts}", plain_lora=True,
                                 output_name=out.stem)
     metadata["modelspec.merged_from"] = ", ".join(Path(p).stem for p in paths)
+    metadata[MERGE_KEY] = json.dumps({
+        "method": options.method, "density": options.density, "seed": options.seed, "rank": options.rank,
+        "sources": [{"name": Path(p).name, "sshs_model_hash": n.identity, "weight": float(r)}
+                    for p, n, r in zip(paths, networks, ratios)],
+    })
     with replacing(out):
-        save_lora_file(out, state, metadata)
-    return MergeSummary(method, len(ranks), ranks)
+        save_lora_file(out, result.state, metadata)
+    errors = tuple(result.errors[k] for k in result.errors)
+    return MergeSummary(options.method, len(ranks), ranks, errors)
