@@ -98,9 +98,10 @@ LINEAR_PARSERS: list[tuple[str, Callable[[int], str], Callable[[str], object]]] 
 
 
 def _seconds(parse: Callable[[str], object], text: str) -> float:
-    """The best of three timings of `parse(text)` (a refusal counts as a parse)."""
+    """The best of five timings of `parse(text)` (a refusal counts as a parse): the best is what a busy machine
+    disturbs least."""
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         started = time.perf_counter()
         try:
             parse(text)
@@ -112,12 +113,13 @@ def _seconds(parse: Callable[[str], object], text: str) -> float:
 
 @pytest.mark.parametrize(("what", "make", "parse"), LINEAR_PARSERS, ids=[what for what, _, _ in LINEAR_PARSERS])
 def test_parse_time_grows_linearly(what: str, make: Callable[[int], str], parse: Callable[[str], object]) -> None:
-    """16 times the input takes at most about 16 times as long (a quadratic parser would take 256 times)."""
+    """16 times the input takes at most about 16 times as long (a quadratic parser would take 256 times); the bound,
+    6 × 16, leaves room for a loaded machine and still refuses quadratic growth."""
     small, large = make(250), make(4000)
     ratio_of_sizes = len(large) / len(small)
     small_time = max(_seconds(parse, small), 2e-4)  # below this the timer and the interpreter dominate
     large_time = _seconds(parse, large)
-    assert large_time < 4 * ratio_of_sizes * small_time, (
+    assert large_time < 6 * ratio_of_sizes * small_time, (
         f"{what}: {len(small)} characters took {small_time:.4f} s, {len(large)} took {large_time:.4f} s")
 
 
