@@ -15,8 +15,10 @@ work (the issue's, on this 2-core machine, quiet).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -59,13 +61,26 @@ def row(name: str, seconds: float, note: str = "") -> None:
     before = BEFORE.get(name)
     mark = "" if target is None else ("ok" if seconds <= target else "OVER")
     print(f"  {name:<18} {seconds:8.3f} s   target {'' if target is None else f'≤ {target:g} s':<9} "
-          f"before {'' if before is None else f'{before:g} s':<8} {mark} {note}")
+          f"before {'' if before is None else f'{before:g} s':<8} {mark} load avg {os.getloadavg()[0]:.1f} {note}")
 
 
-def bench_actions(folder: Path, *, saving: bool) -> None:
+def median_of(rounds: int, action: Callable[[], Any], after: Callable[[], Any] | None = None) -> tuple[float, Any]:
+    """The median time of `rounds` runs of `action` (`after` undoes each run but the last, untimed)."""
+    times, result = [], None
+    for round_ in range(rounds):
+        seconds, result = timed(action)
+        times.append(seconds)
+        if after is not None and round_ < rounds - 1:
+            after()
+    return statistics.median(times), result
+
+
+def bench_actions(folder: Path, *, saving: bool, rounds: int = 3) -> None:
+    """Each action but the save timed `rounds` times (the median printed: the machine is shared)."""
     session = DatasetSession(lambda: [folder.parent])
-    seconds, message = timed(lambda: session.load(str(folder)))
-    print(f"{folder}: {message}")
+    seconds, message = median_of(rounds, lambda: DatasetSession(lambda: [folder.parent]).load(str(folder)))
+    session.load(str(folder))
+    print(f"{folder}: {message} (median of {rounds})")
     row("load", seconds)
     seconds, counts = timed(session.tag_counts)
     row("counts", seconds, f"({len(counts)} tags)")
@@ -74,12 +89,13 @@ def bench_actions(folder: Path, *, saving: bool) -> None:
     row("filter", seconds, f"({message})")
     seconds, message = timed(lambda: session.set_filter("", "all", "", "any"))
     row("clear", seconds)
-    seconds, message = timed(lambda: session.batch(RemoveTags((common,))))
+    seconds, message = median_of(rounds, lambda: session.batch(RemoveTags((common,))), session.undo)
     row("batch remove", seconds, f"({message})")
     session.undo()
-    seconds, message = timed(lambda: session.batch(AddTags(("bench trigger",), "front")))
+    add = AddTags(("bench trigger",), "front")
+    seconds, message = median_of(rounds, lambda: session.batch(add), session.undo)
     row("batch add (all)", seconds, f"({message})")
-    seconds, message = timed(session.undo)
+    seconds, message = median_of(rounds, session.undo, session.redo)
     row("undo (all)", seconds)
     session.redo()
     if saving:
@@ -127,9 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_big_dataset"))
     parser.add_argument("--no-save", action="store_true", help="skip the save (and the copy it needs)")
     parser.add_argument("--no-clicks", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each action but the save (median)")
     args = parser.parse_args(argv)
     big = args.big if args.no_save else copy_set(args.big, args.work)
-    bench_actions(big, saving=not args.no_save)
+    bench_actions(big, saving=not args.no_save, rounds=args.rounds)
     if not args.no_clicks:
         bench_clicks(copy_set(args.small, args.work))
     return 0

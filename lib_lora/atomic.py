@@ -13,6 +13,10 @@ import sys
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .file_names import FolderLimits
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -40,8 +44,9 @@ def write_atomically(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
     sync_directory(path.parent)
 
 
-def write_new(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+def write_new(path: Path, chunks: Iterable[bytes | memoryview], *, mode: int | None = None) -> os.stat_result:
     """Create the file `path` (FileExistsError if there is one) holding `chunks`, fsynced; a failure leaves no file.
+    `mode`: its permission bits (default 0666 less the umask). Returns its status once written.
 
     The folder is not synced: this is the first half of an atomic write, before the rename that needs it.
     """
@@ -51,19 +56,32 @@ def write_new(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
+            if mode is not None:
+                _set_mode(f.fileno(), path, mode)
             os.fsync(f.fileno())
+            return os.fstat(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
 
 
-def hidden_name(path: Path, tag: str) -> Path:
-    """A fresh hidden name beside `path` (`.name.<random>.<tag>`), for a file on its way in or out."""
+def _set_mode(descriptor: int, path: Path, mode: int) -> None:
+    """chmod through the open file where the platform can (no path looked up again), else by path."""
+    if os.chmod in os.supports_fd:
+        os.chmod(descriptor, mode)
+    else:
+        os.chmod(path, mode)
+
+
+def hidden_name(path: Path, tag: str, *, limits: FolderLimits | None = None) -> Path:
+    """A fresh hidden name beside `path` (`.name.<random>.<tag>`), for a file on its way in or out; `limits`
+    keeps each folder's name limit for the next call (a batch of files), else the file system is asked."""
     from .file_names import cut_to_bytes, encoded_length, name_limit  # the name is cut to fit the file system
 
     ending = f".{secrets.token_hex(6)}.{tag}"
-    return path.with_name(f".{cut_to_bytes(path.name, name_limit(path.parent) - encoded_length(ending) - 1)}{ending}")
+    limit = name_limit(path.parent) if limits is None else limits.name_limit(path.parent)
+    return path.with_name(f".{cut_to_bytes(path.name, limit - encoded_length(ending) - 1)}{ending}")
 
 
 def keep_mode(temp: Path, path: Path) -> None:

@@ -199,7 +199,7 @@ def test_conflict_when_deleted_or_created(tmp_path: Path) -> None:
 def failing_writer(error: BaseException, after_chunks: int = 0):
     """A write_atomically that really starts writing, then fails with `error` (the temp file is cleaned up)."""
 
-    def write(path: Path, chunks) -> None:
+    def write(path: Path, chunks, **options):
         def broken():
             for i, chunk in enumerate(chunks):
                 if i == after_chunks:
@@ -207,7 +207,7 @@ def failing_writer(error: BaseException, after_chunks: int = 0):
                     raise error
                 yield chunk
 
-        real_write_atomically(path, broken())
+        return real_write_atomically(path, broken(), **options)
 
     return write
 
@@ -291,11 +291,11 @@ def test_crash_mid_batch_leaves_every_file_old_or_new(tmp_path: Path, monkeypatc
     changes = make_files(tmp_path, 5)
     calls = []
 
-    def write(path: Path, chunks) -> None:
+    def write(path: Path, chunks, **options):
         calls.append(path)
         if len(calls) - 1 == crash_at:
             failing_writer(KeyboardInterrupt())(path, chunks)  # dies half-way through writing this file
-        real_write_atomically(path, chunks)
+        return real_write_atomically(path, chunks, **options)
 
     monkeypatch.setattr(captions_module, "write_new", write)
     with pytest.raises(KeyboardInterrupt):

@@ -161,11 +161,11 @@ def test_a_save_stopped_half_way_leaves_every_caption_old_or_new(tmp_path: Path,
     written = Counter()
     real_write_new = captions_module.write_new
 
-    def write_new(path: Path, chunks) -> None:  # noqa: ANN001
+    def write_new(path: Path, chunks, **options):  # noqa: ANN001, ANN003, ANN202
         written["n"] += 1
         if stop == "crash" and written["n"] == count // 2:
             raise KeyboardInterrupt  # dies before this file's staging copy exists
-        real_write_new(path, chunks)
+        return real_write_new(path, chunks, **options)
 
     monkeypatch.setattr(captions_module, "write_new", write_new)
     outcome = None
@@ -183,3 +183,80 @@ def test_a_save_stopped_half_way_leaves_every_caption_old_or_new(tmp_path: Path,
     if outcome is not None:
         assert {r.path.stem for r in outcome.saved} == new and {p.stem for p in outcome.skipped} == old
         assert not outcome.ok and not outcome.failed
+
+
+def index_state(texts: IndexedCaptions) -> tuple[object, ...]:
+    index = texts.index
+    postings = {tag: sorted(index.holders(tag)) for tag in index.vocabulary()}
+    return dict(texts.items()), index.counts(), postings, sorted(index._repeated), index.tag_lists()
+
+
+def test_a_bulk_update_leaves_the_index_as_one_caption_at_a_time_does() -> None:
+    rng = random.Random(3)
+    vocabulary = [f"tag{n}" for n in range(40)]
+    start = {f"k{n}": ", ".join(rng.sample(vocabulary, 6)) for n in range(300)}
+    edits = {key: ", ".join([*rng.sample(vocabulary, rng.randint(0, 5)), "tag0", "tag0", "brand new"])
+             for key in rng.sample(sorted(start), 150)}
+    one_by_one, bulk = IndexedCaptions(start), IndexedCaptions(start)
+    for texts in (one_by_one, bulk):
+        texts.index.holders("tag1")  # postings gathered before the edit are kept up to date by it
+    for key, text in edits.items():
+        one_by_one[key] = text
+    heard: list[str] = []
+    bulk.changed = heard.append
+    bulk.update(edits)
+    assert index_state(bulk) == index_state(one_by_one) == index_state(IndexedCaptions(dict(one_by_one.items())))
+    assert sorted(heard) == sorted(key for key in edits if edits[key] != start[key])
+    bulk.update({key: start[key] for key in edits})  # back again, tags known from the index (as undo does)
+    assert index_state(bulk) == index_state(IndexedCaptions(start))
+
+
+def test_a_batch_edit_shares_one_string_per_tag() -> None:
+    texts = IndexedCaptions({"a": "x, y", "b": "y, z"})
+    added = "".join(["tri", "gger"])  # a string object of its own, equal to the one indexed
+    texts.update({"c": "trigger"})
+    texts.update({"a": "x, y, trigger"})  # split: spelled
+    texts.expect("b", "y, z, trigger", ("y", "z", added))
+    texts.update({"b": "y, z, trigger"})
+    assert texts.tags("a")[2] is texts.tags("b")[2] is texts.tags("c")[0]
+
+
+def test_garbage_collection_is_paused_during_a_load_and_back_after(tmp_path: Path) -> None:
+    import gc
+
+    from lib_lora.dataset.gc_pause import paused_gc
+
+    seen: list[bool] = []
+    with paused_gc():
+        with paused_gc():
+            seen.append(gc.isenabled())
+        seen.append(gc.isenabled())
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # off before: stays off
+    finally:
+        gc.enable()
+
+
+def test_a_batch_asks_the_name_limit_once_per_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from lib_lora import file_names
+
+    changes = many_files(tmp_path, 40)
+    asked: list[str] = []
+    real = file_names.name_limit
+
+    def counting(folder: object) -> int:
+        asked.append(os.fspath(folder))  # type: ignore[arg-type]
+        return real(folder)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(file_names, "name_limit", counting)
+    result = save_captions(changes, root=tmp_path)
+    assert result.ok and len(result.written) == 40
+    assert len(asked) == len(set(asked)) == len({Path(change.path).parent for change in changes})
+    for saved in result.saved:  # the mtime recorded is the file's (the next save's conflict check uses it)
+        assert saved.caption.mtime_ns == saved.path.stat().st_mtime_ns

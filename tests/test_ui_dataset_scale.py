@@ -101,11 +101,11 @@ def test_a_cancelled_save_says_how_many_were_saved_and_keeps_the_rest_unsaved(
     gate, written = threading.Event(), []
     real_write_new = captions_module.write_new
 
-    def write_new(path: Path, chunks) -> None:  # noqa: ANN001
+    def write_new(path: Path, chunks, **options):  # noqa: ANN001, ANN003, ANN202
         written.append(path)
         if len(written) == 30:
             gate.wait(30)  # the save waits here until it was cancelled
-        real_write_new(path, chunks)
+        return real_write_new(path, chunks, **options)
 
     monkeypatch.setattr(captions_module, "write_new", write_new)
     _, job = start_save(session)

@@ -17,9 +17,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..atomic import sync_directory
+from ..file_names import FolderLimits
 from .backups import BackupFolders
 from .captions import BatchSaveResult, CaptionChange, SaveFailure, SaveResult, _save, _timestamp
 from .errors import CaptionConflictError, CaptionWriteError, DatasetError
+from .gc_pause import paused_gc
 
 WRITERS = 16
 """Threads saving at once: enough for the fsyncs of a batch to overlap (measured: 16 threads write and fsync
@@ -43,6 +45,13 @@ def save_many(
     writers: int = WRITERS,
 ) -> BatchSaveResult:
     """save_captions' work (see its doc): results in the order of `changes`."""
+    with paused_gc():  # several objects per file, 50,000 files: see gc_pause
+        return _save_many(changes, backup_dir, root, force, progress, cancelled, writers)
+
+
+def _save_many(changes: Sequence[CaptionChange], backup_dir: Path | None, root: Path | None, force: bool,
+               progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None,
+               writers: int) -> BatchSaveResult:
     seen: set[Path] = set()
     for change in changes:
         key = Path(change.path).absolute()
@@ -51,6 +60,7 @@ def save_many(
         seen.add(key)
     stamp = _timestamp()
     backups = BackupFolders(stamp=stamp, backup_dir=backup_dir, root=root)
+    limits = FolderLimits()
     stop = threading.Event()
     touched: set[Path] = set()
     touched_lock = threading.Lock()
@@ -62,7 +72,7 @@ def save_many(
         path = Path(change.path)
         try:
             result = _save(path, change.text, change.expected, backup_dir, root, force, stamp,
-                           backup=backups.slot, sync=False)
+                           backup=backups.slot, sync=False, limits=limits)
         except (CaptionConflictError, CaptionWriteError) as error:
             result_or_failure: SaveResult | SaveFailure = SaveFailure(path, error)
         except BaseException:

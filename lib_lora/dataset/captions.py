@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lib_lora.atomic import hidden_name, sync_directory, write_new
+from lib_lora.file_names import FolderLimits
 
 from .backups import BACKUP_DIR_NAME as BACKUP_DIR_NAME  # where it was first defined; importers still use it
 from .backups import BackupSlot, describe_os_error, prepare_backup
@@ -194,15 +195,15 @@ def normalise_text(text: str) -> str:
 
 def read_caption(path: Path) -> Caption | None:
     """The caption stored at `path`, or None when there is no such file; CaptionReadError when unreadable."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a Path is not parsed again (50,000 calls per load)
     try:
-        data, mtime_ns = _read_bytes(path)
+        data, status = _read_bytes(path)
     except FileNotFoundError:
         return None
     except OSError as error:
         raise CaptionReadError(f"cannot read the caption: {describe_os_error(error)}", path=path) from error
     try:
-        return parse_caption(data, mtime_ns=mtime_ns)
+        return parse_caption(data, mtime_ns=status.st_mtime_ns)
     except CaptionReadError as error:
         raise CaptionReadError(error.reason, path=path) from None
 
@@ -249,9 +250,11 @@ def save_captions(
 def _save(
     path: Path, text: str, expected: Caption | None, backup_dir: Path | None, root: Path | None, force: bool,
     stamp: str, *, backup: Callable[[Path], BackupSlot] | None = None, sync: bool = True,
+    limits: FolderLimits | None = None,
 ) -> SaveResult:
-    """One caption saved (see save_caption); `backup` gives its backup slot (default: prepare_backup), and with
-    sync=False the caller syncs the caption's folder and the backup's (a batch does it once per folder)."""
+    """One caption saved (see save_caption); `backup` gives its backup slot (default: prepare_backup), with
+    sync=False the caller syncs the caption's folder and the backup's (a batch does it once per folder), and
+    `limits` keeps each folder's name limit (a batch asks once per folder)."""
     current_bytes, status = _read_current(path)
     if not force:
         _check_unchanged(path, current_bytes, expected)
@@ -266,11 +269,9 @@ def _save(
     if status is not None:
         _check_writable(path, status)
     slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root) if backup is None else backup(path)
-    staging = hidden_name(path, "new")
+    staging = hidden_name(path, "new", limits=limits)
     try:
-        write_new(staging, [new_bytes])
-        if status is not None:
-            os.chmod(staging, stat.S_IMODE(status.st_mode) & 0o777)
+        written = write_new(staging, [new_bytes], mode=None if status is None else stat.S_IMODE(status.st_mode) & 0o777)
     except BaseException as error:
         staging.unlink(missing_ok=True)
         if isinstance(error, OSError):
@@ -282,7 +283,7 @@ def _save(
         raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
     if sync:
         sync_directory(path.parent)
-    caption = _restat(path, parse_caption(new_bytes))
+    caption = replace(parse_caption(new_bytes), mtime_ns=written.st_mtime_ns)  # a rename keeps the mtime
     converted = style.encoding if style is not None and style.legacy_encoding else None
     return SaveResult(
         path=path, status="created" if backup is None else "written", caption=caption, backup=backup,
@@ -303,13 +304,19 @@ def _read_current(path: Path) -> tuple[bytes | None, os.stat_result | None]:
     """The caption file's bytes and status, (None, None) when absent; CaptionWriteError for a link or a file
     that cannot be read (links are never followed: the file written is the one in the dataset folder)."""
     try:
-        if os.path.islink(path):
-            raise CaptionWriteError(
-                f"the caption file is a link to {_shorten(os.readlink(path))}; links are not written through or "
-                "replaced, so it was left as it is (replace it with a plain file to save it)", path=path,
-            )
-        data, _ = _read_bytes(path, follow=False)
-        return data, os.stat(path, follow_symlinks=False)
+        try:  # one open that refuses a link (where the platform can) and one fstat: no lstat/stat by path
+            data, status = _read_bytes(path, follow=False)
+        except OSError:
+            if os.path.islink(path):
+                raise CaptionWriteError(
+                    f"the caption file is a link to {_shorten(os.readlink(path))}; links are not written through or "
+                    "replaced, so it was left as it is (replace it with a plain file to save it)", path=path,
+                ) from None
+            raise
+        if stat.S_ISLNK(status.st_mode) or not hasattr(os, "O_NOFOLLOW") and os.path.islink(path):
+            raise CaptionWriteError("the caption file is a link; links are not written through or replaced, so it "
+                                    "was left as it is (replace it with a plain file to save it)", path=path)
+        return data, status
     except FileNotFoundError:
         return None, None
     except OSError as error:
@@ -368,8 +375,8 @@ def _parse_or_none(data: bytes | None) -> Caption | None:
         return None
 
 
-def _read_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, int]:
-    """The file's content and mtime_ns read from one open file; OSError for a directory or an oversized file
+def _read_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, os.stat_result]:
+    """The file's content and status read from one open file; OSError for a directory or an oversized file
     (and, unless `follow`, for a link)."""
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
     descriptor = os.open(path, flags)  # plain descriptor reads: a buffered file object costs more than the read
@@ -379,10 +386,12 @@ def _read_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, int]:
             raise OSError(errno.EFBIG, f"{status.st_size} bytes is too large for a caption (limit {MAX_CAPTION_BYTES})")
         chunks = [os.read(descriptor, MAX_CAPTION_BYTES + 1)]
         size = len(chunks[0])
+        if size == status.st_size and stat.S_ISREG(status.st_mode):  # the whole file at once (as good as always):
+            return chunks[0], status  # what it held then, so no second read() to see its end
         while chunks[-1] and size <= MAX_CAPTION_BYTES:  # a short read is not the end until read() gives b""
             chunks.append(os.read(descriptor, MAX_CAPTION_BYTES + 1 - size))
             size += len(chunks[-1])
-        return b"".join(chunks), status.st_mtime_ns
+        return b"".join(chunks), status
     finally:
         os.close(descriptor)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..atomic import rename_noreplace
 from .captions import BACKUP_DIR_NAME, Caption, read_caption
 from .errors import CaptionReadError, DatasetError, ImageReadError
+from .gc_pause import paused_gc
 from .images import IMAGE_SUFFIXES, check_image_signature, image_size
 from .roots import AllowedRoots
 
@@ -122,6 +123,10 @@ class Dataset:
             return relative if os.sep == "/" else relative.replace(os.sep, "/")
         return item.image.relative_to(self.root).as_posix()
 
+    def keys(self) -> list[str]:
+        """key(item) of every item, in item order."""
+        return list(self._by_key)
+
     def item(self, key: str) -> DatasetItem:
         """The item whose key(item) is `key`; KeyError if none."""
         return self._by_key[key]
@@ -153,7 +158,7 @@ class Dataset:
 
     def may_link(self, item: DatasetItem) -> bool:
         """Whether the item's image or caption may be a link (always True when the scan did not record links)."""
-        return self.linked is None or item.image in self.linked
+        return self.linked is None or (bool(self.linked) and item.image in self.linked)  # no Path hashed when none
 
 
 def parse_repeats_folder(name: str) -> tuple[int | None, str]:
@@ -193,9 +198,10 @@ def scan_dataset(
     root = root.resolve()
     problems: list[DatasetProblem] = []
     found: list[_Found] = []
-    for folder, files, names, links in _walk(root, recursive, problems):
-        found.extend(_scan_folder(root, folder, files, names, links, caption_ext, problems))
-    items, linked = _read_all(found, check_images, problems)
+    with paused_gc():  # 50,000 images allocate enough for the collector to walk the growing lists many times
+        for folder, files, names, links in _walk(root, recursive, problems):
+            found.extend(_scan_folder(root, folder, files, names, links, caption_ext, problems))
+        items, linked = _read_all(found, check_images, problems)
     return Dataset(
         root=root, caption_ext=caption_ext, items=items, problems=problems, recursive=recursive,
         check_images=check_images, linked=frozenset(linked),
@@ -324,6 +330,12 @@ def _walk(
             yield from _walk(child(name), recursive, problems)
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """os.path.splitext for a file name that does not start with a dot (the walk skips those), at half its cost."""
+    stem, dot, suffix = name.rpartition(".")
+    return (stem, dot + suffix) if stem else (name, "")
+
+
 @dataclass(frozen=True)
 class _Found:
     """An image found by the walk, before its caption is read: where it goes in the Dataset."""
@@ -345,9 +357,10 @@ def _scan_folder(
     repeats, name = parse_repeats_folder(folder.name)
     child = _child(folder)
     by_stem: dict[str, list[str]] = {}
-    for file in sorted((file for file in files if os.path.splitext(file)[1].lower() in IMAGE_SUFFIXES),
-                       key=_natural_key):
-        by_stem.setdefault(os.path.splitext(file)[0], []).append(file)
+    images = [(_split_name(file), file) for file in files]
+    for (stem, _), file in sorted(((parts, file) for parts, file in images if parts[1].lower() in IMAGE_SUFFIXES),
+                                  key=lambda pair: _natural_key(pair[1])):
+        by_stem.setdefault(stem, []).append(file)
     found = []
     for stem, images in by_stem.items():
         caption_name = f"{stem}{caption_ext}"

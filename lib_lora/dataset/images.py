@@ -109,6 +109,8 @@ def image_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
     return width, height
 
 
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+
 _SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\x89PNG\r\n\x1a\n"), (0, b"\xff\xd8\xff"), (0, b"GIF87a"), (0, b"GIF89a"), (0, b"BM"), (8, b"WEBP"),
     (4, b"ftyp"),
@@ -121,9 +123,9 @@ def check_image_signature(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
     Much cheaper than image_size (no Pillow): what listing 50,000 images can afford. A file in a format Pillow
     reads that has none of the known signatures is checked by image_size instead."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a Path is not parsed again (50,000 calls per scan)
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        descriptor = os.open(path, _READ_FLAGS)
         try:
             head = os.read(descriptor, 32)
         finally:

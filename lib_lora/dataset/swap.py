@@ -186,11 +186,17 @@ def _peek(path: Path, limit: int) -> bytes | None | _Unreadable:
         return None
     except OSError:
         return _UNREADABLE
-    with os.fdopen(descriptor, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:  # plain descriptor reads: a buffered file object costs more than reading a caption
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return _UNREADABLE
-        data = f.read(limit + 1)
-    return _UNREADABLE if len(data) > limit else data
+        chunks = [os.read(descriptor, limit + 1)]
+        size = len(chunks[0])
+        while chunks[-1] and size <= limit:
+            chunks.append(os.read(descriptor, limit + 1 - size))
+            size += len(chunks[-1])
+    finally:
+        os.close(descriptor)
+    return _UNREADABLE if size > limit else b"".join(chunks)
 
 
 def _keep(path: Path, slot: BackupSlot) -> Path:

@@ -147,9 +147,9 @@ class AddTags(TagEdit):
 
     def apply(self, tags: list[str]) -> list[str]:
         missing = [tag for tag in self.tags if tag not in tags]
-        index = {"front": 0, "back": len(tags)}.get(self.position, self.position)  # type: ignore[arg-type]
-        index = min(int(index), len(tags))
-        return [*tags[:index], *missing, *tags[index:]]
+        position = self.position
+        index = 0 if position == "front" else len(tags) if position == "back" else min(int(position), len(tags))
+        return tags[:index] + missing + tags[index:]
 
     @property
     def description(self) -> str:

@@ -27,6 +27,7 @@ from ..dataset.folder import (
     rename_subset_repeats,
     scan_dataset,
 )
+from ..dataset.gc_pause import paused_gc
 from ..dataset.history import EditHistory
 from ..dataset.roots import AllowedRoots
 from ..dataset.tags import TagEdit, TagFilter, split_tags
@@ -160,6 +161,10 @@ class DatasetSession(CaptionState):
         """Open `path` (inside an allowed root; a relative name is looked up in the roots) as the dataset; with
         unsaved edits only when asked twice. A load that fails leaves nothing loaded (no action works on the folder
         loaded before while the page shows another) unless unsaved edits keep it: the message says so."""
+        with paused_gc():  # the scan and the tag index allocate per caption: see gc_pause
+            return self._load(path, caption_ext, recursive)
+
+    def _load(self, path: str, caption_ext: str, recursive: bool) -> str:
         self.require_idle()
         text = (path or "").strip()
         if not text:
@@ -210,7 +215,7 @@ class DatasetSession(CaptionState):
         """Show `dataset` as read from disk: texts = baseline (unless `keep_texts`: the same keys, texts as they
         are), selection kept when the image is still there."""
         self.dataset = dataset
-        keys = [dataset.key(item) for item in dataset.items]
+        keys = dataset.keys()
         if not keep_texts:
             self.texts = dict(zip(keys, (item.text for item in dataset.items)))
         self.loaded = dict(zip(keys, (item.caption for item in dataset.items)))
@@ -330,7 +335,8 @@ class DatasetSession(CaptionState):
         description = self.history.undo_description
         if description is None:
             return "Nothing to undo."
-        changed = self.history.undo(self.texts)
+        with paused_gc():
+            changed = self.history.undo(self.texts)
         return f"Undid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
 
     def redo(self) -> str:
@@ -338,7 +344,8 @@ class DatasetSession(CaptionState):
         description = self.history.redo_description
         if description is None:
             return "Nothing to redo."
-        changed = self.history.redo(self.texts)
+        with paused_gc():
+            changed = self.history.redo(self.texts)
         return f"Redid {escape_markdown(description)} ({plural(len(changed), 'caption')})."
 
     # --- jobs that write captions ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..dataset.captions import Caption
+from ..dataset.gc_pause import paused_gc
 from ..dataset.tag_index import IndexedCaptions
 from ..dataset.tags import TagEdit, TagFilter, join_tags
 
@@ -137,17 +138,22 @@ class CaptionState:
         """Apply `edit` to the captions at `positions` (None: all) as one undo step; returns the changed texts.
 
         Only the captions the index says `edit` can change are looked at, each through its indexed tags."""
+        with paused_gc():  # a new text and tag tuple per caption: see gc_pause
+            return self._apply_edit(edit, positions)
+
+    def _apply_edit(self, edit: TagEdit, positions: set[int] | None) -> dict[str, str]:
         texts = self._texts
         candidates = texts.index.candidates(edit)
         if candidates is not None and positions is not None:
             candidates &= positions
-        targets = texts.keys_at(candidates if candidates is not None else
-                                positions if positions is not None else texts.positions())
-        changed: dict[str, str] = {}
-        for key in targets:
-            tags = list(texts.tags(key))
-            new = edit.apply(tags)
+        targets = sorted(candidates if candidates is not None else
+                         positions if positions is not None else texts.positions())
+        split: dict[str, tuple[str, tuple[str, ...]]] = {}
+        tag_lists, key_at, apply = texts.index.tag_lists(), texts.key_at, edit.apply
+        for position in targets:
+            tags = list(tag_lists[position] or ())
+            new = apply(tags)
             if new != tags:
-                text = changed[key] = join_tags(new)
-                texts.expect(key, text, new)
-        return self.history.set_texts(texts, changed, edit.description)
+                split[key_at(position)] = (join_tags(new), tuple(new))
+        texts.expect_many(split)
+        return self.history.set_texts(texts, {key: text for key, (text, _) in split.items()}, edit.description)
