@@ -1,4 +1,6 @@
-"""The command line `python -m lib_lora [serve|demo|lora|blocks|generate|tag|train]`; core errors: one line, exit 2."""
+"""The command line `python -m lib_lora [serve|demo|lora|blocks|generate|tag|train|validate]`.
+
+Core errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from .cli_lora import add_lora_parser, run_lora_command
 from .cli_serve import add_access_options, server_logins
 from .cli_tag import add_tag_parser, run_tag_command
 from .cli_train import add_train_parser, run_train_command
+from .cli_validate import add_validate_parser, run_validate_command
 from .errors import LoraStudioError
 
 if TYPE_CHECKING:
     from .hosts.base import Host
 
 PROG = "python -m lib_lora"
-COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag", "train")
+COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag", "train", "validate")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
 DEFAULT_WORKSPACE = Path("lora_studio_workspace")
@@ -32,7 +35,8 @@ class ServeError(LoraStudioError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser with its `serve`, `demo`, `lora`, `blocks`, `generate`, `tag` and `train` subcommands."""
+    """The parser with its `serve`, `demo`, `lora`, `blocks`, `generate`, `tag`, `train` and `validate`
+    subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="LoRA Studio: tag, train and apply LoRAs with per-block strengths, standalone.",
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(commands, parents=[model])
     add_tag_parser(commands)
     add_train_parser(commands)
+    add_validate_parser(commands, parents=[model])
     return parser
 
 
@@ -131,6 +136,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             run_tag_command(args, out)
         elif args.command == "train":
             run_train_command(args, out)
+        elif args.command == "validate":
+            run_validate_command(args, out)
         else:
             serve(_load_host(args, out), args, out=out)
     except LoraStudioError as error:

@@ -174,14 +174,16 @@ def test_a_pickle_that_unpacks_past_the_callers_limit_is_refused_and_the_limit_i
 
 
 def _latent_key(**changes: Any) -> LatentKey:
-    key = LatentKey(image_sha256="0" * 64, bucket=(64, 64), resized=(64, 64), offset=(0, 0), flipped=False, vae="v")
+    key = LatentKey(image="0" * 32, bucket=(64, 64), resized=(64, 64), offset=(0, 0), flipped=False, vae="v")
     return dataclasses.replace(key, **changes)
 
 
 def _planted_latent(folder: Path, key: LatentKey, shape: tuple[int, ...], *, tensors: int = 1) -> None:
-    metadata = {"key": json.dumps(dataclasses.asdict(key), sort_keys=True), "format": "lora-studio-latent-1"}
-    extra = {f"more{index}": torch.zeros(1) for index in range(tensors - 1)}
-    save_safetensors_file(folder / f"{key.digest}.safetensors", {"latents": torch.zeros(shape), **extra}, metadata)
+    from lib_lora.train.latent_cache import CACHE_FORMAT
+
+    extra = {f"{key.digest}/more{index}": torch.zeros(1) for index in range(tensors - 1)}
+    save_safetensors_file(folder / "latents-planted.safetensors",
+                          {f"{key.digest}/latents": torch.zeros(shape), **extra}, {"format": CACHE_FORMAT})
 
 
 @pytest.mark.parametrize(("what", "shape", "tensors"), [
@@ -192,13 +194,13 @@ def _planted_latent(folder: Path, key: LatentKey, shape: tuple[int, ...], *, ten
 ])
 def test_a_planted_latent_cache_file_is_not_loaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, what: str,
                                                    shape: tuple[int, ...], tensors: int) -> None:
-    from lib_lora.train import latent_cache
+    from lib_lora.train import cache_shards
 
     key = _latent_key()
     _planted_latent(tmp_path, key, shape, tensors=tensors)
     opened: list[str] = []
-    real_open = latent_cache.safe_open
-    monkeypatch.setattr(latent_cache, "safe_open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    real_open = cache_shards.safe_open
+    monkeypatch.setattr(cache_shards, "safe_open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
     assert LatentCache(tmp_path).get(key) is None
     assert opened == [], f"{what}: the tensor was loaded before its size was checked"
     _planted_latent(tmp_path, key, (4, 8, 8))

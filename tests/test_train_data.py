@@ -132,7 +132,8 @@ def test_disk_cache_is_reused_and_invalidated_by_image_bytes_and_settings(datase
     config = make_config(dataset, cache_latents_to_disk=True)
     first = prepared(config, host, cache_dir=cache)
     count = len(dataset.images)
-    assert host.images_encoded == count and len(list(cache.glob("*.safetensors"))) == count
+    assert host.images_encoded == count and len(first.latent_cache) == count
+    assert len(list(cache.glob("latents-*.safetensors"))) == 1  # one shard holds them all
 
     second = prepared(config, host, cache_dir=cache)
     assert host.images_encoded == count  # nothing encoded again
@@ -160,39 +161,43 @@ def test_disk_cache_is_not_reused_for_another_vae(dataset, host: CountingHost, t
     assert other.images_encoded == len(dataset.images)
 
 
-def _nan_latent_file(path: Path) -> None:
+def _nan_latent(path: Path, digest: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     with safe_open(str(path), framework="pt") as f:
-        metadata, latent = f.metadata(), f.get_tensor("latents")
-    save_file({"latents": torch.full_like(latent, float("nan"))}, str(path), metadata=metadata)
+        metadata, tensors = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    tensors[f"{digest}/latents"] = torch.full_like(tensors[f"{digest}/latents"], float("nan"))
+    save_file(tensors, str(path), metadata=metadata)
 
 
-CORRUPTIONS = {
-    "garbage": lambda path: path.write_bytes(b"not a safetensors file at all"),
-    "truncated": lambda path: path.write_bytes(path.read_bytes()[:-7]),
-    "empty": lambda path: path.write_bytes(b""),
-    "not finite": _nan_latent_file,
+CORRUPTIONS = {  # (damage to the shard holding one latent, how many latents are computed again)
+    "garbage": (lambda path, digest: path.write_bytes(b"not a safetensors file at all"), 4),
+    "truncated": (lambda path, digest: path.write_bytes(path.read_bytes()[:-7]), 4),
+    "empty": (lambda path, digest: path.write_bytes(b""), 4),
+    "not finite": (_nan_latent, 1),
 }
 
 
-@pytest.mark.parametrize("damage", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
-def test_a_damaged_cache_file_is_recomputed_not_fatal(dataset, host: CountingHost, tmp_path: Path, damage) -> None:
+@pytest.mark.parametrize(("damage", "recomputed"), CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_a_damaged_cache_shard_is_recomputed_not_fatal(dataset, host: CountingHost, tmp_path: Path, damage,
+                                                       recomputed: int) -> None:
     config = make_config(dataset, cache_latents_to_disk=True, vae_batch_size=1)
     first = prepared(config, host, cache_dir=tmp_path / "cache")
     key = dataset.images[0].relative_to(dataset.root).as_posix()
-    damage(tmp_path / "cache" / f"{first.latent_key(key).digest}.safetensors")
+    expected = first.cached_latent(key)
+    digest = first.latent_key(key).digest
+    damage(first.latent_cache.store.shard_of(digest), digest)
     again = prepared(config, host, cache_dir=tmp_path / "cache")
-    assert host.images_encoded == len(dataset.images) + 1
-    assert torch.equal(again.cached_latent(key), first.cached_latent(key))  # same seed, same sample
+    assert host.images_encoded == len(dataset.images) + recomputed
+    assert torch.equal(again.cached_latent(key), expected)  # same seed, same sample
     prepared(config, host, cache_dir=tmp_path / "cache")
-    assert host.images_encoded == len(dataset.images) + 1  # and the file was repaired
+    assert host.images_encoded == len(dataset.images) + recomputed  # and the shard was written again
 
 
 def test_cache_to_disk_defaults_to_a_hidden_folder_in_the_data_folder(dataset, host: CountingHost) -> None:
     prepared(make_config(dataset, cache_latents_to_disk=True), host)
-    assert len(list((dataset.root / ".lora_studio_latents").glob("*.safetensors"))) == len(dataset.images)
+    assert len(list((dataset.root / ".lora_studio_latents").glob("latents-*.safetensors"))) == 1
 
 
 def test_uncached_batches_are_encoded_per_batch_with_random_crop_and_colour_aug(dataset, host) -> None:

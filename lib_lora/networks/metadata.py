@@ -55,9 +55,15 @@ _SS_SCALARS: dict[str, str] = {
     "training_finished_at": "ss_training_finished_at",
     "session_id": "ss_session_id",
     "training_comment": "ss_training_comment",
+    "validation_loss": "ss_validation_loss",
+    "validation_step": "ss_validation_step",
+    "validation_seed": "ss_validation_seed",
+    "validation_timesteps": "ss_validation_timesteps",
 }
-_POSITIVE_INTS = ("network_dim", "max_train_steps", "epochs", "batch_size", "gradient_accumulation_steps", "clip_skip")
-_NON_NEGATIVE_INTS = ("steps", "epoch", "lr_warmup_steps", "keep_tokens", "seed", "session_id")
+_POSITIVE_INTS = ("network_dim", "max_train_steps", "epochs", "batch_size", "gradient_accumulation_steps", "clip_skip",
+                  "validation_timesteps")
+_NON_NEGATIVE_INTS = ("steps", "epoch", "lr_warmup_steps", "keep_tokens", "seed", "session_id", "validation_step",
+                      "validation_seed")
 _NON_NEGATIVE_FLOATS = (
     "network_alpha",
     "learning_rate",
@@ -67,6 +73,7 @@ _NON_NEGATIVE_FLOATS = (
     "min_snr_gamma",
     "training_started_at",
     "training_finished_at",
+    "validation_loss",
 )
 _FRACTIONS = ("network_dropout", "caption_dropout_rate")
 _BOOLS = ("gradient_checkpointing", "shuffle_caption", "flip_aug", "enable_bucket")
@@ -132,6 +139,10 @@ class LoraMetadata:
     description: str | None = None
     trigger_phrase: str | None = None
     tags: str | None = None  # comma-separated, as modelspec.tags
+    validation_loss: float | None = None  # the loss on held-out images with fixed noise (train/validation.py)
+    validation_step: int | None = None  # the step it was measured at
+    validation_seed: int | None = None  # the seed of its fixed noise and timesteps
+    validation_timesteps: int | None = None  # timesteps per image
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

@@ -1,6 +1,7 @@
 """The range of every numeric training option, in one table: the config parts check against it, the help shows it.
 
-OPTION_BOUNDS covers every int/float field of RunConfig, DataConfig, NetworkConfig and OptimizerConfig;
+OPTION_BOUNDS covers every int/float field of RunConfig, DataConfig, NetworkConfig, OptimizerConfig and
+ValidationConfig;
 NETWORK_ARG_BOUNDS the numeric `network_args`. Upper bounds are generous for real training and exist so that no
 value, however typed, can make a run allocate without limit (a resolution of 100000 is 37 GB of pixels per image).
 What fits a given machine is the memory preflight's concern (`vram.check_fits`), not this table's.
@@ -24,6 +25,8 @@ MAX_SIDE = 4096
 MAX_RANK = 1024
 MAX_ALPHA = 4096
 MAX_LEARNING_RATE = 10.0
+MAX_VALIDATION_TIMESTEPS = 100
+"""The most timesteps a validation image is measured at (each is one UNet call per image and measurement)."""
 MAX_LIST_VALUES = 64
 """The most values a per-block list in network_args may have (the longest layout, SD1's block_dims, has 25)."""
 
@@ -121,6 +124,12 @@ OPTION_BOUNDS: dict[str, Bounds] = {
     "lr_warmup_steps": Bounds(0.0, STEPS),
     "lr_scheduler_num_cycles": _ints(1, 10_000),
     "lr_scheduler_power": Bounds(0.0, 100.0, low_open=True),
+    # ValidationConfig
+    "validation_split": _PROBABILITY,
+    "validation_seed": _ints(0, 2**32 - 1),
+    "validate_every_n_steps": _ints(1, STEPS),
+    "validate_every_n_epochs": _ints(1, EPOCHS),
+    "validation_timesteps": _ints(1, MAX_VALIDATION_TIMESTEPS),
 }
 """Every numeric option → its range (the one table; readers, the help and the memory preflight's advice use it)."""
 

@@ -1,10 +1,11 @@
 """TrainConfig: every training option in one flat table of sd-scripts names, read from and written to TOML.
 
-A TrainConfig is four self-validating parts — DataConfig (data_config.py), NetworkConfig (network_config.py),
-OptimizerConfig (optim.py) and RunConfig (run_config.py) — addressed by flat option names, so an sd-scripts config
-file (flat, or in its `[model_arguments]`, `[training_arguments]`, ... sections) carries over. sd-scripts options
-that do not apply to training on a loaded model are accepted and listed in `notes` (IGNORED) or refused with the
-reason when switched on (REFUSED); any other unknown key is a ConfigError that suggests the closest names.
+A TrainConfig is five self-validating parts — DataConfig (data_config.py), NetworkConfig (network_config.py),
+OptimizerConfig (optim.py), RunConfig (run_config.py) and ValidationConfig (validation_config.py) — addressed
+by flat option names, so an sd-scripts config file (flat, or in its `[model_arguments]`, `[training_arguments]`,
+... sections) carries over. sd-scripts options that do not apply to training on a loaded model are accepted and
+listed in `notes` (IGNORED) or refused with the reason when switched on (REFUSED); any other unknown key is a
+ConfigError that suggests the closest names.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .errors import ConfigError
 from .network_config import NETWORK_HELP, NetworkConfig, format_network_args
 from .optim import OPTIMIZER_HELP, OptimizerConfig, format_optimizer_args
 from .run_config import RUN_HELP, RUN_SECTIONS, RunConfig
+from .validation_config import VALIDATION_HELP, VALIDATION_SECTIONS, ValidationConfig
 
 try:
     import tomllib
@@ -29,6 +31,7 @@ except ModuleNotFoundError:  # Python 3.10 (A1111's): the same parser from PyPI
 
 PARTS: tuple[tuple[str, type], ...] = (
     ("run", RunConfig), ("data", DataConfig), ("network", NetworkConfig), ("optimizer", OptimizerConfig),
+    ("validation", ValidationConfig),
 )
 _PART_SECTIONS = {"data": "dataset_arguments", "network": "additional_network_arguments",
                   "optimizer": "optimizer_arguments"}
@@ -36,7 +39,8 @@ SECTION_ORDER = ("model_arguments", "additional_network_arguments", "optimizer_a
                  "training_arguments", "saving_arguments", "sample_prompt_arguments")
 
 TRAIN_HELP: dict[str, str] = {
-    name: help_suffix(name, text) for name, text in {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP}.items()
+    name: help_suffix(name, text)
+    for name, text in {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP, **VALIDATION_HELP}.items()
 }
 """Every option → its one-line help with, for numbers, its range (the words the command line and the Train tab
 show)."""
@@ -91,7 +95,9 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 
 OPTION_PART: dict[str, str] = {name: part for part, cls in PARTS for name in _field_names(cls)}
-"""Every option → the part that owns it (run, data, network, optimizer)."""
+"""Every option → the part that owns it (run, data, network, optimizer, validation)."""
+OPTION_SECTIONS: dict[str, str] = {**RUN_SECTIONS, **VALIDATION_SECTIONS}
+"""Options of the parts that spread over several config-file sections → their section (the others: by part)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     notes: tuple[str, ...] = ()  # sd-scripts options that were given and do not apply here, with the reason
 
     def __post_init__(self) -> None:
@@ -182,7 +189,7 @@ class TrainConfig:
             if value is None:
                 continue
             part = OPTION_PART[name]
-            section = RUN_SECTIONS[name] if part == "run" else _PART_SECTIONS[part]
+            section = OPTION_SECTIONS.get(name) or _PART_SECTIONS[part]
             writer = _ARG_LIST_WRITERS.get(name)
             sections[section][name] = writer(value) if writer is not None else toml_value(value)
         return {name: values for name, values in sections.items() if values}
@@ -259,6 +266,11 @@ def _check_ranges(config: TrainConfig) -> None:
 def _check_across_parts(config: TrainConfig) -> None:
     """Rules that involve options of more than one part (each part checks its own)."""
     run, data, network = config.run, config.data, config.network
+    validation_dir = config.validation.validation_dir
+    if validation_dir is not None and data.train_data_dir is not None and \
+            Path(validation_dir).expanduser().resolve() == Path(data.train_data_dir).expanduser().resolve():
+        raise ConfigError("validation_dir", validation_dir, "is the training folder; give a folder of other images, "
+                                                            "or hold part of it out with validation_split")
     if run.cache_text_encoder_outputs:
         if not network.network_train_unet_only:
             raise ConfigError("cache_text_encoder_outputs", True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,11 +22,22 @@ from ..dataset.images import open_image
 from ..hosts.base import Conditioning
 from .augment import color_aug, flip_pixels, image_to_pixels
 from .buckets import Bucketing, BucketPlan, crop_offset, resize_and_crop
-from .captions import CaptionRules, caption_for_host, process_caption, tag_frequency
+from .captions import CaptionRules, caption_for_host, process_caption
 from .data_config import DataConfig
+from .data_metadata import bucket_info, folder_counts, tag_frequencies
+from .data_prep import PrepReporter, bucket_batches, fill_cache, verify_cached
 from .data_scan import ImageItem, balance_reg_repeats, scan_images
 from .errors import ConfigError, TrainingError
-from .latent_cache import LatentCache, LatentKey, cache_seed, derived_seed, encode_pixels, file_sha256, vae_identity
+from .latent_cache import (
+    LatentCache,
+    LatentKey,
+    cache_seed,
+    derived_seed,
+    encode_pixels,
+    image_identity,
+    vae_identity,
+)
+from .text_cache import TextCache, TextKey, text_encoder_identity, text_order
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -60,7 +71,7 @@ class TrainBatch:
 
 
 @dataclass(frozen=True)
-class _Image:
+class PreparedImage:
     """A scanned image with its bucket plan and how often an epoch uses it."""
 
     item: ImageItem
@@ -74,17 +85,25 @@ class TrainData:
     `cache_text_encoder_outputs` (the trainer's choice: the text encoder is not trained) encodes every distinct
     caption once; captions must then be fixed (no shuffle or dropout, else ConfigError). `cache_dir` is the folder
     of cached latents when `cache_latents_to_disk` is on (default: a hidden `.lora_studio_latents` folder in
-    train_data_dir). `rank`/`world_size` pick this process's share of each epoch's batches.
+    train_data_dir). `rank`/`world_size` pick this process's share of each epoch's batches and, with a disk cache,
+    of the latents to compute; `sync` (Distributed.barrier) is where all ranks meet around that work, and `share`
+    (Distributed.broadcast_int) gives every rank rank 0's value of what must agree. With a disk
+    cache the latents are read from its shards batch by batch, never all held in memory;
+    `cache_text_encoder_outputs_to_disk` does the same for the text-encoder outputs, in the same folder.
     """
 
     def __init__(self, config: DataConfig, host: Host, *, seed: int, cache_text_encoder_outputs: bool,
-                 cache_dir: Path | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 cache_dir: Path | None = None, rank: int = 0, world_size: int = 1,
+                 sync: Callable[[], None] | None = None, share: Callable[[int], int] | None = None,
+                 cache_text_encoder_outputs_to_disk: bool = False,
+                 select: Callable[[list[ImageItem]], list[ImageItem]] | None = None) -> None:
         if config.train_data_dir is None:
             raise ConfigError("train_data_dir", None, "set the folder of training images")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError("rank", rank, f"must lie in 0..{world_size - 1} for world_size {world_size}")
         self.rules = CaptionRules.from_config(config)
         varying = self.rules.varying_options()
+        cache_text_encoder_outputs = cache_text_encoder_outputs or cache_text_encoder_outputs_to_disk
         if cache_text_encoder_outputs and varying:
             raise ConfigError(varying[0], getattr(config, varying[0]),
                               f"captions must stay fixed while text-encoder outputs are cached "
@@ -96,20 +115,27 @@ class TrainData:
         self.cache_text_encoder_outputs = cache_text_encoder_outputs
         self.rank = rank
         self.world_size = world_size
+        self.sync = sync
+        self.share = share
+        self.select = select
+        """Which of the scanned training images this data uses (validation_split.py: the training or the held-out
+        part); None: all of them."""
         self.bucketing = Bucketing.create(
             config.resolution, enable_bucket=config.enable_bucket, min_bucket_reso=config.min_bucket_reso,
             max_bucket_reso=config.max_bucket_reso, bucket_reso_steps=config.bucket_reso_steps,
             bucket_no_upscale=config.bucket_no_upscale)
-        if config.cache_latents_to_disk and cache_dir is None:
+        if cache_dir is None:
             cache_dir = Path(config.train_data_dir).expanduser() / DEFAULT_CACHE_FOLDER
         self.latent_cache = LatentCache(cache_dir if config.cache_latents_to_disk else None)
+        self.text_cache = TextCache(cache_dir if cache_text_encoder_outputs_to_disk else None)
         self.ignored: list[str] = []
         """Folders and files of the data folders that were left out (for the UI to show)."""
         self.encoded_images = 0
         """Images encoded with the VAE so far (cache misses and uncached batches)."""
-        self._images: list[_Image] = []
+        self._images: list[PreparedImage] = []
+        self._by_key: dict[str, int] = {}
         self._latent_keys: dict[tuple[int, bool], LatentKey] = {}
-        self._text_cache: dict[tuple[str, tuple[int, int] | None], Conditioning] = {}
+        self._text_encoder = ""
         self._prepared = False
 
     # --- preparing ------------------------------------------------------------------------------------------
@@ -117,8 +143,11 @@ class TrainData:
     def prepare(self, control: JobControl | None = None) -> None:
         """Scan, bucket, balance; cache latents and text-encoder outputs as configured. Reports through `control`."""
         self._prepared = False
+        scanning = PrepReporter(control, "scanning images")
         train = scan_images(self.config.train_data_dir, caption_extension=self.config.caption_extension,
-                            is_reg=False)  # type: ignore[arg-type]
+                            is_reg=False, progress=scanning)  # type: ignore[arg-type]
+        if self.select is not None:
+            train.items = self.select(train.items)
         num_train = sum(item.repeats for item in train.items)
         if num_train == 0:
             raise TrainingError(f"no training images found in {self.config.train_data_dir} (images go in "
@@ -127,12 +156,13 @@ class TrainData:
         self.ignored = list(train.ignored)
         if self.config.reg_data_dir is not None:
             reg = scan_images(self.config.reg_data_dir, caption_extension=self.config.caption_extension,
-                              is_reg=True)
+                              is_reg=True, progress=PrepReporter(control, "scanning regularisation images"))
             reg_items, self.ignored = reg.items, self.ignored + [f"reg: {note}" for note in reg.ignored]
         reg_uses = balance_reg_repeats([item.repeats for item in reg_items], num_train)
         uses = [item.repeats for item in train.items] + reg_uses
-        self._images = [_Image(item, self._plan(item), count)
+        self._images = [PreparedImage(item, self._plan(item), count)
                         for item, count in zip(train.items + reg_items, uses)]
+        self._by_key = {image.item.key: index for index, image in enumerate(self._images)}
         self._latent_keys = {}
         if self.config.cache_latents:
             self._cache_latents(control)
@@ -150,51 +180,62 @@ class TrainData:
         return [index for index, image in enumerate(self._images) if image.uses > 0]
 
     def _cache_latents(self, control: JobControl | None) -> None:
+        """Encode the latents the cache lacks (each rank its share, with a disk cache: data_prep.fill_cache)."""
         vae = vae_identity(self.host)
         flips = (False, True) if self.config.flip_aug else (False,)
-        missing: dict[tuple[int, int], list[tuple[int, bool]]] = {}
+        jobs: dict[LatentKey, tuple[int, bool]] = {}
         for index in self._used():
-            image = self._images[index]
-            sha = file_sha256(image.item.path)
+            item, plan = self._images[index].item, self._images[index].plan
+            image = image_identity(item.path, item.file_size, item.mtime_ns)
             for flipped in flips:
-                key = LatentKey(sha, image.plan.bucket, image.plan.resized, crop_offset(image.plan), flipped, vae)
+                key = LatentKey(image, plan.bucket, plan.resized, crop_offset(plan), flipped, vae)
                 self._latent_keys[(index, flipped)] = key
-                if self.latent_cache.get(key) is None:
-                    missing.setdefault(image.plan.bucket, []).append((index, flipped))
-        total = sum(len(jobs) for jobs in missing.values())
-        done = 0
-        self._report(control, 0, total, "caching latents")
-        step = self.config.vae_batch_size
-        for bucket in sorted(missing):
-            jobs = missing[bucket]
-            for start in range(0, len(jobs), step):
-                chunk = jobs[start:start + step]
-                pixels = torch.stack([self._pixels(index, flipped, None) for index, flipped in chunk])
-                keys = [self._latent_keys[job] for job in chunk]
-                latents = encode_pixels(self.host, pixels, seed=cache_seed(self.seed, keys[0]))
-                self.encoded_images += len(chunk)
-                for key, latent in zip(keys, latents):
-                    self.latent_cache.put(key, latent)
-                done += len(chunk)
-                self._report(control, done, total, "caching latents")
+                jobs[key] = (index, flipped)
+        cache = self.latent_cache
+        cache.refresh()
+        verify_cached(cache, list(jobs), PrepReporter(control, "checking cached latents"))
+        batches = bucket_batches(list(jobs), lambda key: key.bucket, self.config.vae_batch_size)
+
+        def encode(keys: list[LatentKey]) -> torch.Tensor:
+            pixels = torch.stack([self._pixels(*jobs[key], None) for key in keys])
+            self.encoded_images += len(keys)
+            return encode_pixels(self.host, pixels, seed=cache_seed(self.seed, keys[0]))
+
+        fill_cache(cache, batches, encode, rank=self.rank, world_size=self.world_size, sync=self._sync,
+                   report=PrepReporter(control, "caching latents"))
+
+    def _sync(self) -> None:
+        if self.sync is not None and self.world_size > 1:
+            self.sync()
+
+    def _agreed(self, identity: str) -> str:
+        """Rank 0's `identity` (a hex hash) on every rank: GPUs may differ in the last bit of an encoding, and the
+        ranks must look for the entries under the same names."""
+        if self.share is None or self.world_size <= 1:
+            return identity
+        return f"{self.share(int(identity[:15], 16)):015x}"
 
     def _cache_text(self, control: JobControl | None) -> None:
-        wanted: dict[tuple[int, int] | None, set[str]] = {}
-        for index in self._used():
-            text, size = self._fixed_caption(index), self._text_size(self._images[index].plan)
-            wanted.setdefault(size, set()).add(text)
-        self._text_cache = {}
-        total, done = sum(len(texts) for texts in wanted.values()), 0
-        for size, texts in wanted.items():
-            ordered = sorted(texts)
-            for start in range(0, len(ordered), TEXT_ENCODE_BATCH):
-                chunk = ordered[start:start + TEXT_ENCODE_BATCH]
-                with torch.no_grad():
-                    encoded = self.host.encode_prompts(chunk, with_grad=False, size=size).detach().to("cpu")
-                for row, text in enumerate(chunk):
-                    self._text_cache[(text, size)] = encoded.select(slice(row, row + 1))
-                done += len(chunk)
-                self._report(control, done, total, "caching text-encoder outputs")
+        cache = self.text_cache
+        self._text_encoder = self._agreed(text_encoder_identity(self.host, None)) if cache.on_disk else ""
+        keys = {self._text_key(index) for index in self._used()}
+        cache.refresh()
+        verify_cached(cache, sorted(keys, key=text_order), PrepReporter(control, "checking cached text"))
+        batches = bucket_batches(sorted(keys, key=text_order), lambda key: key.size or (0, 0), TEXT_ENCODE_BATCH)
+
+        def encode(chunk: list[TextKey]) -> list[Conditioning]:
+            with torch.no_grad():
+                encoded = self.host.encode_prompts([key.text for key in chunk], with_grad=False,
+                                                   size=chunk[0].size).detach().to("cpu")
+            return [encoded.select(slice(row, row + 1)) for row in range(len(chunk))]
+
+        fill_cache(cache, batches, encode, rank=self.rank, world_size=self.world_size, sync=self._sync,
+                   report=PrepReporter(control, "caching text-encoder outputs"))
+
+    def _text_key(self, index: int, text: str | None = None) -> TextKey:
+        """The cache key of image `index`'s caption (its fixed caption unless `text` is given)."""
+        text = self._fixed_caption(index) if text is None else text
+        return TextKey(text, self._text_size(self._images[index].plan), self._text_encoder)
 
     def _fixed_caption(self, index: int) -> str:
         caption = process_caption(self._images[index].item.caption, self.rules, random.Random(0), epoch=0)
@@ -203,12 +244,6 @@ class TrainData:
     def _text_size(self, plan: BucketPlan) -> tuple[int, int] | None:
         """(height, width) for SDXL's size conditioning; None where the encoding does not depend on it."""
         return (plan.bucket[1], plan.bucket[0]) if self.host.arch.name == "sdxl" else None
-
-    @staticmethod
-    def _report(control: JobControl | None, done: int, total: int, message: str) -> None:
-        if control is not None:
-            control.check()
-            control.progress(done=done, total=total, message=message)
 
     # --- pixels ---------------------------------------------------------------------------------------------
 
@@ -295,8 +330,7 @@ class TrainData:
         plans = [self._images[index].plan for index in members]
         conditioning = None
         if self.cache_text_encoder_outputs:
-            conditioning = Conditioning.cat([self._text_cache[(text, self._text_size(plan))]
-                                             for text, plan in zip(captions, plans)])
+            conditioning = Conditioning.cat([self._cached_text(index, text) for index, text in zip(members, captions)])
         weights = [self.config.prior_loss_weight if self._images[i].item.is_reg else 1.0 for i in members]
         return TrainBatch(
             latents=latents,
@@ -307,6 +341,12 @@ class TrainData:
             keys=[self._images[index].item.key for index in members],
         )
 
+    def _cached_text(self, index: int, text: str) -> Conditioning:
+        found = self.text_cache.get(self._text_key(index, text))
+        if found is None:  # only if the cache was emptied or damaged behind our back
+            raise TrainingError(f"{self._images[index].item.path}: cached text-encoder output missing; prepare again")
+        return found
+
     def _cached_latent(self, index: int, flipped: bool) -> torch.Tensor:
         latent = self.latent_cache.get(self._latent_keys[(index, flipped)])
         if latent is None:  # only if the cache was emptied behind our back
@@ -315,7 +355,7 @@ class TrainData:
 
     def latent_key(self, key: str, *, flipped: bool = False) -> LatentKey:
         """The cache key of image `key` (as in TrainBatch.keys), for tools and tests; KeyError if not cached."""
-        index = next((i for i, image in enumerate(self._images) if image.item.key == key), None)
+        index = self._by_key.get(key)
         if index is None or (index, flipped) not in self._latent_keys:
             raise KeyError(f"no cached latent for {key!r} (flipped={flipped})")
         return self._latent_keys[(index, flipped)]
@@ -348,10 +388,10 @@ class TrainData:
             "ss_num_reg_images": str(self.num_reg_images),
             "ss_num_batches_per_epoch": str(len(self)),
             "ss_batch_size_per_device": str(config.train_batch_size),
-            "ss_dataset_dirs": json.dumps(self._folder_counts(reg=False)),
-            "ss_reg_dataset_dirs": json.dumps(self._folder_counts(reg=True)),
-            "ss_tag_frequency": json.dumps(self._tag_frequency()),
-            "ss_bucket_info": json.dumps(self._bucket_info()),
+            "ss_dataset_dirs": json.dumps(folder_counts(self._images, reg=False)),
+            "ss_reg_dataset_dirs": json.dumps(folder_counts(self._images, reg=True)),
+            "ss_tag_frequency": json.dumps(tag_frequencies(self._images)),
+            "ss_bucket_info": json.dumps(bucket_info(self._images)),
             "ss_enable_bucket": str(config.enable_bucket),
             "ss_bucket_no_upscale": str(config.bucket_no_upscale),
             "ss_min_bucket_reso": str(config.min_bucket_reso),
@@ -367,28 +407,3 @@ class TrainData:
             "ss_random_crop": str(config.random_crop),
             "ss_cache_latents": str(config.cache_latents),
         }
-
-    def _folder_counts(self, *, reg: bool) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        for image in self._images:
-            if image.item.is_reg == reg:
-                entry = counts.setdefault(image.item.subset, {"n_repeats": image.item.repeats, "img_count": 0})
-                entry["img_count"] += 1
-        return counts
-
-    def _tag_frequency(self) -> dict[str, dict[str, int]]:
-        by_folder: dict[str, list[str]] = {}
-        for image in self._images:
-            by_folder.setdefault(image.item.subset, []).append(image.item.caption)
-        return {folder: tag_frequency(captions) for folder, captions in by_folder.items()}
-
-    def _bucket_info(self) -> dict[str, object]:
-        counts: dict[tuple[int, int], int] = {}
-        for image in self._images:
-            if image.uses:
-                counts[image.plan.bucket] = counts.get(image.plan.bucket, 0) + image.uses
-        used = [image for image in self._images if image.uses]
-        mean_error = sum(abs(image.plan.aspect_error) for image in used) / len(used) if used else 0.0
-        buckets = {str(i): {"resolution": list(bucket), "count": counts[bucket]}
-                   for i, bucket in enumerate(sorted(counts))}
-        return {"buckets": buckets, "mean_img_ar_error": mean_error}

@@ -82,7 +82,8 @@ class DataConfig:
         "Encode every image with the VAE once before training and keep the latents in memory."))
     cache_latents_to_disk: bool = field(default=False, metadata=_help(
         "Also keep the cached latents on disk, reused by later runs while images, buckets and VAE are unchanged "
-        "(turns cache_latents on)."))
+        "and by a run started again after a stop or crash; training then reads them batch by batch instead of "
+        "holding them all in memory, and several processes share the encoding (turns cache_latents on)."))
     vae_batch_size: int = field(default=1, metadata=_help("Images per VAE call while caching latents."))
     train_batch_size: int = field(default=1, metadata=_help(
         "Images per training step (a batch holds images of one bucket)."))

@@ -9,13 +9,11 @@ caption file, stop the run with a TrainingError listing them, rather than traini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from ..dataset.errors import DatasetError
+from ..dataset.errors import DatasetError, ImageReadError
 from ..dataset.folder import (
     ROOT_SUBSET,
     DatasetProblem,
@@ -24,12 +22,10 @@ from ..dataset.folder import (
     scan_dataset,
     validate_caption_ext,
 )
-from ..dataset.images import image_size
 from .errors import ConfigError, TrainingError
+from .image_headers import read_image_facts, scan_image_facts
 
 _BLOCKING_PROBLEMS = {ProblemKind.UNREADABLE_IMAGE, ProblemKind.UNREADABLE_CAPTION, ProblemKind.SAME_STEM}
-_ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -46,6 +42,9 @@ class ImageItem:
     is_reg: bool
     size: tuple[int, int]
     """(width, height) as the image is shown (EXIF rotation applied)."""
+    file_size: int = 0
+    mtime_ns: int = 0
+    """The file's size and modification time when scanned: with its path, what the latent cache is keyed by."""
 
 
 @dataclass
@@ -58,13 +57,7 @@ class ScannedImages:
 
 def oriented_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header, swapped when the EXIF orientation rotates the image (as open_image does)."""
-    width, height = image_size(path)
-    try:
-        with Image.open(path) as image:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        orientation = 1
-    return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
+    return read_image_facts(path).size
 
 
 def first_line(text: str) -> str:
@@ -72,8 +65,13 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> ScannedImages:
-    """The images of a train or regularisation folder under sd-scripts' `<repeats>_<name>` rules."""
+def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool,
+                progress: Callable[[int, int], None] | None = None) -> ScannedImages:
+    """The images of a train or regularisation folder under sd-scripts' `<repeats>_<name>` rules.
+
+    The images' sizes come from their headers, read on threads (image_headers); `progress(done, total)` follows
+    that pass, the long part of a scan.
+    """
     key_name = "reg_data_dir" if is_reg else "train_data_dir"
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -82,13 +80,16 @@ def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> 
         validate_caption_ext(caption_extension)
     except DatasetError as error:
         raise ConfigError("caption_extension", caption_extension, error.reason) from None
-    dataset = scan_dataset(root, caption_ext=caption_extension, recursive=True)
+    dataset = scan_dataset(root, caption_ext=caption_extension, recursive=True, check_images=False)
     numbered = [item for item in dataset.items if _is_numbered(item.subset, item.repeats)]
     chosen = numbered or [item for item in dataset.items if item.subset == ROOT_SUBSET]
     used_folders = {item.image.parent for item in chosen} | (
         {p for p in dataset.root.iterdir() if p.is_dir() and parse_repeats_folder(p.name)[0] is not None}
         if numbered else {dataset.root})
-    _raise_blocking_problems(dataset.problems, used_folders, key_name)
+    facts = scan_image_facts([item.image for item in chosen], progress=progress)
+    unreadable = [DatasetProblem(ProblemKind.UNREADABLE_IMAGE, (item.image,), fact.reason)
+                  for item, fact in zip(chosen, facts) if isinstance(fact, ImageReadError)]
+    _raise_blocking_problems(list(dataset.problems) + unreadable, used_folders, key_name)
     items = [
         ImageItem(
             path=item.image,
@@ -97,9 +98,11 @@ def scan_images(folder: str | Path, *, caption_extension: str, is_reg: bool) -> 
             subset=item.subset if item.subset != ROOT_SUBSET else dataset.root.name,
             repeats=item.repeats if numbered and item.repeats is not None else 1,  # "0_x": never used
             is_reg=is_reg,
-            size=oriented_size(item.image),
+            size=fact.size,
+            file_size=fact.file_size,
+            mtime_ns=fact.mtime_ns,
         )
-        for item in chosen
+        for item, fact in zip(chosen, facts) if not isinstance(fact, ImageReadError)
     ]
     chosen_subsets = {item.subset for item in chosen}
     ignored = sorted({item.subset for item in dataset.items} - chosen_subsets)

@@ -1,9 +1,12 @@
-"""Cached VAE latents: in memory, and optionally as safetensors files in a cache folder that later runs reuse.
+"""Cached VAE latents: in memory, or in shard files in a cache folder that later runs, other ranks and resumed
+runs reuse (cache_shards).
 
-A latent is keyed by what decides it: the sha256 of the image file's bytes, the resize and crop (bucket,
-resized size, crop offset), the flip, and the VAE's identity (a hash of a few of its weights, its dtype, the
-latent scale and the host kind). Changing any of them gives a new key, so a stale file is never read. Files are
-written atomically; a file that is unreadable, of the wrong shape or not finite is ignored and recomputed.
+A latent is keyed by what decides it: the image file (its path, size and modification time: reading every
+image's bytes to hash them would cost as long as a scan of 126 GiB, and an edited file changes its time), the
+resize and crop (bucket, resized size, crop offset), the flip, and the VAE's identity (a hash of a few of its
+weights, its dtype, the latent scale and the host kind). Changing any of them gives a new key, so a stale latent
+is never read. An entry of the wrong shape is never loaded; one that is not finite is found by `verify` and
+computed again.
 """
 
 from __future__ import annotations
@@ -15,18 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as save_safetensors
 
-from ..atomic import write_atomically
-from ..errors import LoraFormatError
-from ..networks.files import read_header
+from ..networks.files import TensorInfo
+from .cache_shards import MAX_OPEN_SHARDS, ShardStore
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
 
-CACHE_FORMAT = "lora-studio-latent-1"
+CACHE_FORMAT = "lora-studio-latent-2"
 """Bumped whenever the pixels we feed the VAE change for the same key (alpha handling, resampling, ...)."""
+SHARD_KIND = "latents"
 LATENT_FACTOR = 8
 """Pixels per latent cell along each side for every SD1/SD2/SDXL VAE."""
 MAX_LATENT_CHANNELS = 16
@@ -55,20 +56,17 @@ def vae_identity(host: Host) -> str:
     return digest.hexdigest()[:24]
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def image_identity(path: Path, file_size: int, mtime_ns: int) -> str:
+    """A short hash naming one version of an image file: its absolute path, size and modification time."""
+    return hashlib.sha256(f"{Path(path).resolve()}|{file_size}|{mtime_ns}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class LatentKey:
     """Everything that decides one cached latent."""
 
-    image_sha256: str
+    image: str
+    """image_identity() of the file."""
     bucket: tuple[int, int]
     resized: tuple[int, int]
     offset: tuple[int, int]
@@ -87,58 +85,75 @@ class LatentKey:
 
 
 class LatentCache:
-    """Latents by key: a memory dict in front of an optional folder of `<digest>.safetensors` files."""
+    """Latents by key: a memory dict, or with a folder the shards there, read when asked (nothing kept in memory).
 
-    def __init__(self, folder: Path | None = None) -> None:
+    With a folder, `put` buffers latents and `flush` writes them as one shard.
+    """
+
+    def __init__(self, folder: Path | None = None, *, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
         self.folder = folder
         self._memory: dict[str, torch.Tensor] = {}
+        self.store = None if folder is None else ShardStore(folder, SHARD_KIND, format_name=CACHE_FORMAT,
+                                                            max_open=max_open_shards)
 
     def __len__(self) -> int:
-        return len(self._memory)
+        return len(self._memory) if self.store is None else len(self.store)
+
+    def refresh(self) -> None:
+        """Index the folder's shards again (after other processes wrote theirs)."""
+        if self.store is not None:
+            self.store.refresh()
+
+    @property
+    def on_disk(self) -> bool:
+        return self.store is not None
+
+    def has(self, key: LatentKey) -> bool:
+        """Whether a latent of the right shape is cached for `key` (nothing is loaded)."""
+        if self.store is None:
+            return key.digest in self._memory
+        fields = self.store.fields(key.digest)
+        return fields is not None and _fits(fields, key)
 
     def get(self, key: LatentKey) -> torch.Tensor | None:
-        """The latent [C, h, w] (float32, CPU) for `key`, from memory or a valid disk file; None when absent."""
-        digest = key.digest
-        latent = self._memory.get(digest)
-        if latent is None and self.folder is not None:
-            latent = self._read(self.folder / f"{digest}.safetensors", key)
-            if latent is not None:
-                self._memory[digest] = latent
-        return latent
+        """The latent [C, h, w] (float32, CPU) for `key`; None when absent, of the wrong shape or not finite.
+
+        A shard entry's shape is checked from the header before its tensor is loaded, so a damaged or planted
+        file can never make the read allocate more than one latent of `key`'s size.
+        """
+        if self.store is None:
+            return self._memory.get(key.digest)
+        while self.has(key):
+            tensors = self.store.read(key.digest)
+            if tensors is None:
+                return None
+            if torch.isfinite(tensors["latents"]).all():
+                return tensors["latents"].to(torch.float32)
+            self.store.forget(key.digest)  # a damaged copy: the next one, or computed again
+        return None
 
     def put(self, key: LatentKey, latent: torch.Tensor) -> None:
-        """Keep `latent` in memory and, with a folder, write it there atomically."""
+        """Keep `latent` in memory or, with a folder, buffer it for the next shard."""
         latent = latent.detach().to("cpu", torch.float32).contiguous()
-        self._memory[key.digest] = latent
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            metadata = {"key": json.dumps(asdict(key), sort_keys=True), "format": CACHE_FORMAT}
-            data = save_safetensors({"latents": latent}, metadata=metadata)
-            write_atomically(self.folder / f"{key.digest}.safetensors", [data])
+        if self.store is None:
+            self._memory[key.digest] = latent
+        else:
+            self.store.add(key.digest, {"latents": latent})
 
-    @staticmethod
-    def _read(path: Path, key: LatentKey) -> torch.Tensor | None:
-        """The file's latent if it is whole and belongs to `key`; None for missing or damaged files (recomputed).
+    @property
+    def full(self) -> bool:
+        """Whether a shard's worth of latents is buffered (flush after the current batch)."""
+        return self.store is not None and self.store.full
 
-        The header is read first (at most MAX_HEADER_BYTES) and the tensor is loaded only when it is the one
-        latent of `key`'s size, so a damaged or planted file can never make the read allocate more than that.
-        """
-        if not path.is_file():
-            return None
-        try:
-            header = read_header(path)
-            info = header.tensors.get("latents")
-            if (header.metadata.get("key") != json.dumps(asdict(key), sort_keys=True) or info is None
-                    or len(header.tensors) != 1 or len(info.shape) != 3 or info.shape[1:] != key.latent_size
-                    or not 0 < info.shape[0] <= MAX_LATENT_CHANNELS):
-                return None
-            with safe_open(str(path), framework="pt") as f:
-                latent = f.get_tensor("latents")
-        except (LoraFormatError, OSError, SafetensorError, ValueError, RuntimeError, KeyError):
-            return None
-        if latent.dim() != 3 or tuple(latent.shape[1:]) != key.latent_size or not torch.isfinite(latent).all():
-            return None
-        return latent.to(torch.float32)
+    def flush(self) -> None:
+        """Write the buffered latents as one shard."""
+        if self.store is not None:
+            self.store.flush()
+
+def _fits(fields: dict[str, TensorInfo], key: LatentKey) -> bool:
+    info = fields.get("latents")
+    return (info is not None and len(fields) == 1 and len(info.shape) == 3 and info.shape[1:] == key.latent_size
+            and 0 < info.shape[0] <= MAX_LATENT_CHANNELS)
 
 
 def encode_pixels(host: Host, pixels: torch.Tensor, *, seed: int) -> torch.Tensor:

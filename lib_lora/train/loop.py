@@ -46,6 +46,7 @@ from .saving import (
 from .schedule import build_scheduler
 from .state import TrainPosition, load_state, read_position
 from .steps import LossSettings, batch_loss
+from .validation_run import prepare_run_validation, training_selection
 from .vram import check_fits
 
 if TYPE_CHECKING:
@@ -152,7 +153,10 @@ class TrainRun:
         self._stage(control, 0)
         check_fits(config, host, presets=self.presets)  # before any image is read: refuse a run that cannot fit
         data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,
-                         cache_dir=self.cache_dir, rank=dist.rank, world_size=dist.world_size)
+                         cache_dir=self.cache_dir, rank=dist.rank, world_size=dist.world_size, sync=dist.barrier,
+                         share=dist.broadcast_int,
+                         cache_text_encoder_outputs_to_disk=run_cfg.cache_text_encoder_outputs_to_disk,
+                         select=training_selection(config, seed))
         data.prepare(control)
         notes.extend(f"left out: {item}" for item in data.ignored)
         batches_per_epoch = dist.min_int(len(data))
@@ -171,6 +175,8 @@ class TrainRun:
         precision = choose_precision(run_cfg.mixed_precision, full_fp16=run_cfg.full_fp16,
                                      full_bf16=run_cfg.full_bf16, host_dtype=host.dtype, device=host.device)
         notes.extend(precision.notes)
+        validation = prepare_run_validation(config, host, run_seed=seed, precision=precision, control=control) \
+            if dist.is_main else None
         network = TrainableNetwork.create(config.network, host, seed=seed, presets=self.presets)
         if precision.network_dtype is not torch.float32:
             network.to(precision.network_dtype)
@@ -214,7 +220,8 @@ class TrainRun:
                     alphas_cumprod=host.alphas_cumprod(), generator=generator, position=position,
                     batches_per_epoch=batches_per_epoch, total_steps=total_steps, total_epochs=total_epochs,
                     facts=facts, prompts=prompts,
-                    encode_with_grad=network.trains_text_encoder and not run_cfg.cache_text_encoder_outputs)
+                    encode_with_grad=network.trains_text_encoder and not run_cfg.cache_text_encoder_outputs,
+                    validation=validation)
 
     def _seed(self, resume: TrainPosition | None, notes: list[str]) -> int:
         configured = self.config.run.seed
@@ -236,6 +243,8 @@ class TrainRun:
         result = TrainResult(output=None, steps=position.step, epochs=position.epoch, notes=notes,
                              loss_history=tracker.losses)
         last_sample_step = -1
+        if run.validation is not None and position.step == 0:  # the curve starts at the untrained network's value
+            run.validation.measure(run, result, 0)
         if cfg.sample_at_first and position.step == 0 and run.prompts:
             self._outputs.samples(run, result, tracker, step=0)
             last_sample_step = 0
@@ -262,6 +271,8 @@ class TrainRun:
                 progress = tracker.step(step=step, epoch=epoch + 1, loss=loss, lr=_current_lr(run.scheduler),
                                         memory_bytes=_memory_in_use(self.host.device))
                 self._report(control, progress)
+                if run.validation is not None:
+                    run.validation.after_step(run, result, step)
                 if step < run.total_steps:
                     if self.dist.any_true(self._stop or (control is not None and control.cancelled)):
                         stopped = True
@@ -281,6 +292,8 @@ class TrainRun:
                 break
             position.epoch, position.batch_in_epoch = epoch + 1, 0
             result.epochs = epoch + 1
+            if run.validation is not None:
+                run.validation.after_epoch(run, result, epoch + 1, step)
             if epoch + 1 < run.total_epochs:
                 if cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0 and run.prompts:
                     self._outputs.samples(run, result, tracker, step=step)

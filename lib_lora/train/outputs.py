@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .network import TrainableNetwork
     from .runtime import Precision
     from .steps import LossSettings
+    from .validation_run import RunValidation
 
 
 @dataclass
@@ -73,9 +74,13 @@ class TrainResult:
     """{"tensors", "metadata"} of a LoRA no folder would take: the weights, kept for the caller to write."""
     preview: Path | None = None
     """The `<name>.preview.png` written beside the last LoRA with its card (None: no sample to make one from)."""
+    validation_history: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) of every validation measurement (validation_run.py), in order."""
 
     def summary(self) -> str:
         loss = f", loss {sum(self.loss_history[-10:]) / len(self.loss_history[-10:]):.4f}" if self.loss_history else ""
+        if self.validation_history:
+            loss += ", validation loss {1:.4f} at step {0}".format(*self.validation_history[-1])
         verb = "stopped; saved" if self.cancelled else "wrote"
         where = self.output if self.output is not None else "nothing"
         problem = f" — {self.save_problem}" if self.save_problem else ""
@@ -104,6 +109,8 @@ class PreparedRun:
     facts: RunFacts
     prompts: list[SamplePrompt]
     encode_with_grad: bool
+    validation: RunValidation | None = None
+    """The run's validation (None: it has no validation images)."""
 
 
 class RunOutputs:
@@ -150,6 +157,8 @@ class RunOutputs:
             self.samples(run, result, tracker, step=step)
         path: Path | None = lora_path(self.output_dir, stem)
         if self.dist.is_main:
+            if run.validation is not None:  # every file records the validation loss of its own weights
+                run.validation.before_save(run, result, step)
             metadata = build_metadata(self.config, run.facts, step=step, epoch=epoch, finished=finished)
             tensors = run.network.kohya_state_dict(SAVE_DTYPES[cfg.save_precision])
             stamp = backup_stamp()  # the files one save replaces are backed up under one time

@@ -119,3 +119,47 @@ def downsample(losses: list[float], points: int) -> tuple[tuple[int, float], ...
 
 def path_text(path: Path | None) -> str | None:
     return None if path is None else str(path)
+
+
+@dataclass(frozen=True)
+class PrepProgress:
+    """One report of a preparation phase (scanning images, caching latents or text-encoder outputs)."""
+
+    phase: str
+    done: int
+    total: int
+    per_s: float | None
+    eta_s: float | None
+
+    @property
+    def message(self) -> str:
+        parts = [f"{self.phase} {self.done:,}/{self.total:,}"]
+        if self.total:
+            parts[0] += f" ({100 * self.done // self.total}%)"
+        if self.per_s:
+            parts.append(f"{self.per_s:,.0f}/s" if self.per_s >= 10 else f"{self.per_s:.1f}/s")
+        if self.eta_s is not None and self.done < self.total:
+            parts.append(f"ETA {format_seconds(self.eta_s)}")
+        return " · ".join(parts)
+
+    def as_extra(self) -> dict[str, Any]:
+        """JobControl.progress keywords; prefixed so that they never stand for a training step's fields."""
+        return {"prep_phase": self.phase, "prep_per_s": self.per_s, "prep_eta_s": self.eta_s}
+
+
+@dataclass
+class PrepMeter:
+    """Rate and ETA of one phase over its recent updates (a window, so a slow start does not skew the ETA)."""
+
+    phase: str
+    total: int
+    window: int = 20
+    _points: list[tuple[float, int]] = field(default_factory=list)
+
+    def update(self, done: int, *, now: float | None = None) -> PrepProgress:
+        now = time.monotonic() if now is None else now
+        self._points = (self._points + [(now, done)])[-self.window:]
+        (start, first), (end, last) = self._points[0], self._points[-1]
+        per_s = (last - first) / (end - start) if end > start and last > first else None
+        eta = (self.total - done) / per_s if per_s else None
+        return PrepProgress(self.phase, done, self.total, per_s, eta)

@@ -64,6 +64,10 @@ class RunConfig:
     cache_text_encoder_outputs: bool = _option(False, "training_arguments", (
         "Encode every caption once before training (needs network_train_unet_only and fixed captions: no "
         "shuffle or dropout)."))
+    cache_text_encoder_outputs_to_disk: bool = _option(False, "training_arguments", (
+        "Also keep the cached text-encoder outputs on disk, beside the cached latents, read batch by batch "
+        "instead of held in memory and reused by later runs while captions and text encoder are unchanged "
+        "(turns cache_text_encoder_outputs on)."))
     # noise and loss
     noise_offset: float | None = _option(None, "training_arguments", (
         "Add a per-channel constant to the noise (about 0.05-0.1) so the model learns very dark and very "
@@ -129,6 +133,8 @@ class RunConfig:
         self._check_consistency()
 
     def _check_consistency(self) -> None:
+        if self.cache_text_encoder_outputs_to_disk:
+            self.cache_text_encoder_outputs = True  # sd-scripts: caching to disk implies caching
         if self.full_fp16 and self.full_bf16:
             raise ConfigError("full_bf16", True, "full_fp16 and full_bf16 cannot both be on")
         for key, precision in (("full_fp16", "fp16"), ("full_bf16", "bf16")):
@@ -225,6 +231,7 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "gradient_checkpointing": read_bool,
     "seed": number_option(optional=True),
     "cache_text_encoder_outputs": read_bool,
+    "cache_text_encoder_outputs_to_disk": read_bool,
     "noise_offset": number_option(optional=True),
     "noise_offset_random_strength": read_bool,
     "adaptive_noise_scale": number_option(optional=True),

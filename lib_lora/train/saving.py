@@ -67,6 +67,11 @@ class RunFacts:
     data_metadata: dict[str, str] = field(default_factory=dict)
     network_metadata: dict[str, str] = field(default_factory=dict)
     activation_text: str | None = None
+    validation_loss: float | None = None
+    """The latest validation loss (validation_run.py sets it before each save), and where it was measured."""
+    validation_step: int | None = None
+    validation_seed: int | None = None
+    validation_timesteps: int | None = None
 
 
 def build_metadata(config: TrainConfig, facts: RunFacts, *, step: int, epoch: int,
@@ -107,6 +112,10 @@ def build_metadata(config: TrainConfig, facts: RunFacts, *, step: int, epoch: in
             session_id=facts.session_id,
             training_comment=run.training_comment,
             trigger_phrase=facts.activation_text,
+            validation_loss=facts.validation_loss,
+            validation_step=facts.validation_step,
+            validation_seed=facts.validation_seed if facts.validation_loss is not None else None,
+            validation_timesteps=facts.validation_timesteps if facts.validation_loss is not None else None,
         )
     except ValueError as error:
         raise TrainingError(f"cannot write the metadata: {error}") from error

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from ..train.config import OPTION_PART, PARTS, TRAIN_HELP, TrainConfig, toml_value
+from ..train.config import OPTION_PART, OPTION_SECTIONS, PARTS, TRAIN_HELP, TrainConfig, toml_value
 from ..train.errors import ConfigError
 from ..train.network_config import ALGOS, NETWORK_ARGS_HELP, NETWORK_MODULES, format_network_args
 from ..train.noise import HUBER_SCHEDULES, LOSS_TYPES
 from ..train.optim import OPTIMIZERS, SCHEDULERS
-from ..train.run_config import MIXED_PRECISIONS, RUN_SECTIONS, SAVE_FORMATS, SAVE_PRECISIONS
+from ..train.run_config import MIXED_PRECISIONS, SAVE_FORMATS, SAVE_PRECISIONS
 
 Kind = Literal["bool", "int", "float", "text", "args"]
 
@@ -103,8 +103,7 @@ def _group(name: str) -> str:
         return "basic"
     if name in SAMPLES:
         return "samples"
-    part = OPTION_PART[name]
-    return RUN_SECTIONS[name] if part == "run" else _PART_SECTION[part]
+    return OPTION_SECTIONS.get(name) or _PART_SECTION[OPTION_PART[name]]
 
 
 def _build_fields() -> tuple[FormField, ...]:

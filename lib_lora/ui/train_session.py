@@ -297,9 +297,10 @@ class TrainSession:
             updates: Updates = {"progress": progress_text(snapshot)}
             extra = snapshot.extra
             curve = tuple(tuple(point) for point in extra.get("loss_curve", ()))
-            if curve and curve != shown.get("curve"):
-                shown["curve"] = curve
-                updates["curve"] = loss_curve_image(curve)
+            validation = tuple(tuple(point) for point in extra.get("validation_curve", ()))
+            if curve and (curve, validation) != shown.get("curve"):
+                shown["curve"] = (curve, validation)
+                updates["curve"] = loss_curve_image(curve, validation=validation)
             sample = extra.get("sample")
             samples = getattr(snapshot.result, "samples", None)
             if samples:  # the run's last sample is rendered after its last progress report

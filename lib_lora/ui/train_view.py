@@ -1,4 +1,4 @@
-"""What the Train tab shows of a run: the progress line, the loss curve as a picture, the result. Pure functions.
+"""What the Train tab shows of a run: the progress line, the loss curves as a picture, the result. Pure functions.
 
 The loss curve is drawn with PIL rather than gr.LinePlot: LinePlot needs pandas and altair, which the standalone
 environment lacks, and its value format differs between gradio 3.41 and 4.x; a PNG looks the same everywhere.
@@ -18,6 +18,7 @@ from .common import escape_markdown
 CURVE_SIZE = (640, 220)
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 56, 12, 12, 24
 _BACKGROUND, _AXIS, _GRID, _LINE = (255, 255, 255), (90, 90, 90), (228, 228, 228), (37, 99, 235)
+_VALIDATION_LINE = (234, 88, 12)
 
 
 def gib(value: int | float) -> str:
@@ -32,6 +33,8 @@ def progress_text(snapshot: JobSnapshot) -> str:
         return f"**{line}**" if snapshot.active else line
     parts = [f"**step {extra['step']}/{extra['total_steps']}**", f"epoch {extra['epoch']}/{extra['total_epochs']}",
              f"loss {extra['loss']:.4f} (average {extra['loss_avg']:.4f})"]
+    if extra.get("validation_loss") is not None:
+        parts.append(f"validation loss {extra['validation_loss']:.4f} (step {extra.get('validation_step')})")
     if extra.get("it_per_s"):
         parts.append(f"{extra['it_per_s']:.2f} it/s")
     if extra.get("eta_s") is not None and snapshot.active:
@@ -84,20 +87,23 @@ def _label(value: float) -> str:
     return f"{value:.4g}"
 
 
-def loss_curve_image(points: Sequence[Sequence[float]], size: tuple[int, int] = CURVE_SIZE) -> Image.Image | None:
-    """(step, loss) points as a line chart with its step and loss range written on the axes; None without points."""
+def loss_curve_image(points: Sequence[Sequence[float]], size: tuple[int, int] = CURVE_SIZE,
+                     validation: Sequence[Sequence[float]] = ()) -> Image.Image | None:
+    """(step, loss) points as a line chart with its step and loss range written on the axes, and the validation
+    loss's (step, loss) points as a second line on the same axes; None without training points."""
     points = [(float(step), float(loss)) for step, loss in points]
     if not points:
         return None
+    measured = [(float(step), float(loss)) for step, loss in validation]
     width, height = size
     image = Image.new("RGB", size, _BACKGROUND)
     draw = ImageDraw.Draw(image)
     font = _font()
     left, top = _MARGIN_LEFT, _MARGIN_TOP
     right, bottom = width - _MARGIN_RIGHT, height - _MARGIN_BOTTOM
-    steps = [p[0] for p in points]
-    losses = [p[1] for p in points]
-    x_low, x_high = (min(steps), max(steps)) if len(points) > 1 else (steps[0] - 1, steps[0] + 1)
+    steps = [p[0] for p in points + measured]
+    losses = [p[1] for p in points + measured]
+    x_low, x_high = (min(steps), max(steps)) if max(steps) > min(steps) else (steps[0] - 1, steps[0] + 1)
     y_low, y_high = min(losses), max(losses)
     if y_high - y_low < 1e-12:
         y_low, y_high = y_low - 0.5 * (abs(y_low) or 1), y_high + 0.5 * (abs(y_high) or 1)
@@ -116,11 +122,14 @@ def loss_curve_image(points: Sequence[Sequence[float]], size: tuple[int, int] = 
     draw.text((left, bottom + 6), f"step {int(x_low)}", fill=_AXIS, font=font)
     end_label = f"{int(x_high)}"
     draw.text((right - 6 * len(end_label), bottom + 6), end_label, fill=_AXIS, font=font)
-    draw.text((left + (right - left) // 2 - 12, bottom + 6), "loss", fill=_AXIS, font=font)
-    line = [at(step, loss) for step, loss in points]
-    if len(line) == 1:
-        x, y = line[0]
-        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=_LINE)
-    else:
-        draw.line(line, fill=_LINE, width=2)
+    draw.text((left + (right - left) // 2 - 12, bottom + 6), "loss", fill=_LINE, font=font)
+    if measured:
+        draw.text((left + (right - left) // 2 + 24, bottom + 6), "validation", fill=_VALIDATION_LINE, font=font)
+    for series, colour in ((points, _LINE), (measured, _VALIDATION_LINE)):
+        line = [at(step, loss) for step, loss in series]
+        if len(line) == 1 or series is measured:  # measurements are few: each one is marked
+            for x, y in line:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
     return image
