@@ -5,9 +5,10 @@ Settings (batch 1, UNet only, cached captions, 64 px) keep each run to a few sec
 checkerboard pattern at 3e-3 and validates on held-out pattern images (measured falling by about 15% in 30 steps;
 the test asks for any fall). The overfitting run trains two pattern images at a high learning rate, 0.03, and
 validates on images of random noise captioned with the same trigger word: the loss first falls (the random model
-learns to denoise at all), then rises as the network ties the trigger to its two images (measured: lowest at step
-8 or 16, then 10-12% higher at step 40 for seeds 1 and 2; the test asks for a minimum inside the run and a rise of
-3% after it).
+learns to denoise at all), then rises as the network ties the trigger to its two images. Runs on the CPU are not
+bit-reproducible from one process to the next, so the run is long enough for a clear rise: 64 steps, measured lowest
+at step 16-32 and 17-52% higher at step 64 in five runs (at 40 steps one of three runs ended only 2% above its
+lowest); the test asks for a minimum inside the run and a rise of 10% after it.
 """
 
 from __future__ import annotations
@@ -97,9 +98,9 @@ def test_the_validation_loss_of_a_run_that_learns_goes_down(tmp_path, host):
 def test_the_validation_loss_of_a_run_that_overfits_two_images_goes_up(tmp_path, host):
     data = make_pattern_dataset(tmp_path / "data", count=2)
     validation = noise_dataset(tmp_path / "validation", 2, seed=5, caption=TRIGGER)
-    config = tiny_config(data, tmp_path / "out", max_train_steps=40, learning_rate=0.03,
+    config = tiny_config(data, tmp_path / "out", max_train_steps=64, learning_rate=0.03,
                          validation_dir=str(validation), validate_every_n_steps=8, **FAST)
     result = TrainRun(config, host).run()
     values = [value for _, value in result.validation_history]
     best = values.index(min(values))
-    assert 0 < best < len(values) - 1 and values[-1] > 1.03 * values[best], values
+    assert 0 < best < len(values) - 1 and values[-1] > 1.10 * values[best], values
