@@ -15,7 +15,8 @@ from lib_lora.train import noise
 from lib_lora.train.config import TrainConfig
 from lib_lora.train.data_scan import ImageItem
 from lib_lora.train.errors import ConfigError
-from lib_lora.train.validation import evaluating, fixed_draws, preserved_rng
+from lib_lora.train.runtime import preserved_global_rng
+from lib_lora.train.validation import evaluating, fixed_draws
 from lib_lora.train.validation_split import held_out_count, held_out_keys, split_items
 from lib_lora.ui.train_view import loss_curve_image
 
@@ -110,7 +111,7 @@ def test_measuring_leaves_the_random_states_and_the_module_modes_as_they_were() 
     module.train()
     module[1].eval()
     before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
-    with preserved_rng(), evaluating([module]):
+    with preserved_global_rng(), evaluating([module]):
         assert not any(sub.training for sub in module.modules())
         torch.rand(3), random.random(), np.random.rand()
     assert module.training and module[0].training and not module[1].training

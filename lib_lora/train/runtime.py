@@ -132,16 +132,11 @@ def clip_skip_set(host: Host, clip_skip: int | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Seed torch (CPU and CUDA), Python's `random` and NumPy for the block (dropout and anything else drawing
-    from the global generators, as sd-scripts' set_seed does), and give the process its own states back after,
-    so a run inside the WebUI leaves the WebUI's random state as it found it."""
+def preserved_global_rng() -> Iterator[None]:
+    """The global random states of torch (CPU and CUDA), NumPy and Python as they were before the block."""
     saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              random.getstate(), np.random.get_state())
     try:
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
         yield
     finally:
         torch.set_rng_state(saved[0])
@@ -149,3 +144,15 @@ def seeded_global_rng(seed: int) -> Iterator[None]:
             torch.cuda.set_rng_state_all(saved[1])
         random.setstate(saved[2])
         np.random.set_state(saved[3])
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """Seed torch (CPU and CUDA), Python's `random` and NumPy for the block (dropout and anything else drawing
+    from the global generators, as sd-scripts' set_seed does), and give the process its own states back after,
+    so a run inside the WebUI leaves the WebUI's random state as it found it."""
+    with preserved_global_rng():
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield

@@ -14,14 +14,12 @@ validation trains exactly as one without. `validation_loss` measures a saved LoR
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from . import noise
@@ -29,6 +27,7 @@ from .data import TrainBatch, TrainData
 from .data_config import DataConfig
 from .data_scan import ImageItem
 from .latent_cache import derived_seed
+from .runtime import preserved_global_rng
 from .steps import conditioning_for
 from .validation_split import once_each, split_items
 
@@ -77,21 +76,6 @@ def evaluating(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
             sub.training = training
 
 
-@contextmanager
-def preserved_rng() -> Iterator[None]:
-    """The global random states of torch (CPU and CUDA), NumPy and Python as they were before the block."""
-    saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-             random.getstate(), np.random.get_state())
-    try:
-        yield
-    finally:
-        torch.set_rng_state(saved[0])
-        if saved[1] is not None:
-            torch.cuda.set_rng_state_all(saved[1])
-        random.setstate(saved[2])
-        np.random.set_state(saved[3])
-
-
 def measure(host: Host, batches: Iterable[TrainBatch], *, seed: int, timesteps: int = DEFAULT_TIMESTEPS,
             modules: Sequence[torch.nn.Module] = (),
             autocast: Callable[[], AbstractContextManager[object]] | None = None) -> ValidationResult:
@@ -101,7 +85,7 @@ def measure(host: Host, batches: Iterable[TrainBatch], *, seed: int, timesteps: 
     alphas_cumprod = host.alphas_cumprod()
     v_prediction = host.prediction_type == "v_prediction"
     per_image: dict[str, float] = {}
-    with preserved_rng(), torch.no_grad(), evaluating([*modules, host.unet, *host.text_encoders]):
+    with preserved_global_rng(), torch.no_grad(), evaluating([*modules, host.unet, *host.text_encoders]):
         for batch in batches:
             latents = batch.latents.float()
             draws = [fixed_draws(key, seed, timesteps, latents.shape[1:]) for key in batch.keys]
@@ -146,7 +130,7 @@ class ValidationSet:
             values["train_data_dir"] = str(folder)
         data = TrainData(DataConfig(**values), host, seed=seed, cache_text_encoder_outputs=cache_text_encoder_outputs,
                          select=select or once_each)
-        with preserved_rng():
+        with preserved_global_rng():
             data.prepare(control)
         return cls(data)
 
@@ -182,4 +166,4 @@ def validation_loss(host: Host, network_file: str | Path | None, items: Validati
 
 
 __all__ = ["ValidationResult", "ValidationSet", "evaluating", "fixed_draws", "held_out_selection", "measure",
-           "preserved_rng", "validation_loss"]
+           "validation_loss"]
