@@ -12,9 +12,10 @@
 4. Hold them there (`forge_neo_guards.memory_held`) and refuse model switches (`forge_neo_guards.switches_refused`).
 5. Make Neo's inference-mode weights usable by autograd without copying them (`inference_weights_aliased`; torch
    allows no flag change on the originals), capture every flag and hook (`state.preserved_state`), let layers
-   stored in another dtype than the computation's (fp8; bf16 on a CPU) recompute their cast in the backward pass
-   (`recast_in_backward`), give the norms before Neo's in-place residual adds a copy of their input
-   (`inplace_residuals_made_safe`), and freeze everything.
+   stored in another dtype than the computation's (fp8; bf16 on a CPU; on a CPU also the text encoders, which Neo
+   stores in fp16 by default) recompute their cast in the backward pass (`recast_in_backward`), give the norms
+   before Neo's in-place residual adds a copy of their input (`inplace_residuals_made_safe`), and freeze
+   everything.
 On exit the remembered objects and hash come back; Neo merges the LoRAs again at the next generation, because the
 patchers it then loads differ from the ones left loaded.
 """
@@ -31,12 +32,12 @@ import torch
 
 from ..errors import HostError
 from .forge_neo_guards import memory_held, switches_refused
+from .recast import FP8, recast, recastable
 from .state import freeze_for_training, instance_attributes, preserved_state, unique_modules
 
 if TYPE_CHECKING:
     from .forge_neo import ForgeNeoHost
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass
@@ -152,37 +153,6 @@ def inference_weights_aliased(roots: Iterable[torch.nn.Module]) -> Iterator[int]
             store[name] = tensor
 
 
-class _RecastLinear(torch.autograd.Function):
-    """y = x·cast(W)ᵀ + b where only the stored (fp8, bf16…) W is kept: the backward pass casts it again."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.weight = weight  # the stored weight, not saved by autograd (it never needs a gradient)
-        return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return grad.matmul(ctx.weight.to(grad.dtype)), None, None
-
-
-class _RecastConv2d(torch.autograd.Function):
-    """A 2-D convolution by cast(W) where only the stored (fp8, bf16…) W is kept; the backward pass casts it again."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, module: torch.nn.Conv2d) -> torch.Tensor:
-        ctx.module, ctx.input_shape = module, x.shape
-        bias = None if module.bias is None else module.bias.to(x.dtype)
-        return torch.nn.Conv2d._conv_forward(module, x, module.weight.to(x.dtype), bias)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        module = ctx.module
-        weight = module.weight.to(grad.dtype)
-        grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, stride=module.stride,
-                                            padding=module.padding, dilation=module.dilation, groups=module.groups)
-        return grad_x, None
-
-
 def _recast_forward(module: torch.nn.Module) -> Any:
     """An instance forward for a manual-cast layer: Neo's cast per layer, without keeping the cast copy."""
     plain = type(module).forward
@@ -191,25 +161,20 @@ def _recast_forward(module: torch.nn.Module) -> Any:
         if not (torch.is_grad_enabled() and x.requires_grad) or getattr(module, "weight_function", None) \
                 or getattr(module, "bias_function", None) or module.weight.device != x.device:
             return plain(module, x)
-        if isinstance(module, torch.nn.Linear):
-            out = _RecastLinear.apply(x, module.weight, module.bias)
-        else:
-            out = _RecastConv2d.apply(x, module)
+        out = recast(module, x)
         return out.clone() if out._is_view() else out  # Neo adds into it in place; autograd forbids that on a view
 
     return forward
 
 
 @contextmanager
-def recast_in_backward(unet: torch.nn.Module, computation: torch.dtype) -> Iterator[int]:
-    """Linear / plain Conv2d layers of `unet` stored in another dtype than `computation` (fp8, or bf16 computed in
-    fp32 on a CPU: Neo casts each as it runs) keep only their stored weight in the autograd graph: the backward pass
-    casts again instead of holding every layer's cast copy until then (a second, full-precision UNet). Instance
-    forwards, removed on exit (`preserved_state` also restores them)."""
-    layers = [m for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-              and getattr(m, "weight", None) is not None and m.weight.dtype != computation
-              and m.weight.is_floating_point() and "forward" not in m.__dict__
-              and (isinstance(m, torch.nn.Linear) or (m.padding_mode == "zeros" and not isinstance(m.padding, str)))]
+def recast_in_backward(root: torch.nn.Module, computation: torch.dtype) -> Iterator[int]:
+    """Linear / plain Conv2d layers of `root` (the UNet, a text encoder) stored in another dtype than `computation`
+    (fp8, or bf16 / fp16 computed in fp32 on a CPU: Neo casts each as it runs) keep only their stored weight in the
+    autograd graph: the backward pass casts again instead of holding every layer's cast copy until then (a second,
+    full-precision model). Instance forwards, removed on exit (`preserved_state` also restores them)."""
+    layers = [m for m in root.modules() if recastable(m) and m.weight.dtype != computation
+              and m.weight.is_floating_point() and "forward" not in m.__dict__]
     with instance_attributes((layer, "forward", _recast_forward(layer)) for layer in layers) as recast:
         yield recast
 
@@ -274,7 +239,8 @@ def held_for_training(host: ForgeNeoHost) -> Iterator[None]:
         roots = host.state_roots()
         stack.enter_context(inference_weights_aliased(roots))  # first: the originals' flags are never touched
         stack.enter_context(preserved_state(roots))
-        stack.enter_context(recast_in_backward(host.unet, host.dtype))
+        for root in (host.unet, *host.text_encoders):  # Neo stores text encoders in fp16 unless told otherwise
+            stack.enter_context(recast_in_backward(root, host.dtype))
         stack.enter_context(inplace_residuals_made_safe(host.unet))
         freeze_for_training(roots)
         yield
