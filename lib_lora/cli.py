@@ -1,4 +1,4 @@
-"""The command line `python -m lib_lora [serve|demo|lora|blocks|generate|tag|train|validate]`.
+"""The command line `python -m lib_lora [serve|demo|lora|blocks|generate|tag|train|validate|compare]`.
 
 Core errors: one line, exit 2."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence, TextIO
 
 from .cli_blocks import add_blocks_parser, run_blocks_command
+from .cli_compare import add_compare_parser, run_compare_command
 from .cli_generate import add_generate_parser, run_generate_command
 from .cli_lora import add_lora_parser, run_lora_command
 from .cli_serve import add_access_options, server_logins
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from .hosts.base import Host
 
 PROG = "python -m lib_lora"
-COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag", "train", "validate")
+COMMANDS = ("serve", "demo", "lora", "blocks", "generate", "tag", "train", "validate", "compare")
 DEFAULT_PORT = 7861
 DEFAULT_DEMO_DIR = Path("demo_output")
 DEFAULT_WORKSPACE = Path("lora_studio_workspace")
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tag_parser(commands)
     add_train_parser(commands)
     add_validate_parser(commands, parents=[model])
+    add_compare_parser(commands, parents=[model])
     return parser
 
 
@@ -138,6 +140,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             run_train_command(args, out)
         elif args.command == "validate":
             run_validate_command(args, out)
+        elif args.command == "compare":
+            run_compare_command(args, out)
         else:
             serve(_load_host(args, out), args, out=out)
     except LoraStudioError as error:

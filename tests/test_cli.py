@@ -36,7 +36,7 @@ def test_help_lists_commands_and_names_later_ones():
     assert "serve" in result.stdout and "demo" in result.stdout
     for later in ("tag", "train", "generate"):
         assert later in result.stdout
-    assert "{serve,demo,lora,blocks,generate,tag,train,validate}" in result.stdout
+    assert "{serve,demo,lora,blocks,generate,tag,train,validate,compare}" in result.stdout
 
 
 def test_serve_is_the_default_command_and_listening_is_opt_in():

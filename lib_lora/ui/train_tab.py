@@ -19,6 +19,7 @@ from ..train.config import TRAIN_HELP
 from . import train_form, train_hints, train_recipes
 from .common import escape_markdown
 from .context import StudioContext
+from .train_compare import build_compare_panel
 from .train_queue import QueuePanel
 from .train_session import OwnFields, TrainSession
 from .train_view import CURVE_SIZE
@@ -196,6 +197,7 @@ def build_train_tab(context: StudioContext) -> gr.Tab:
                 _build_toml(c)
             with gr.Column(scale=1, min_width=320):
                 _build_run_panel(c)
+        build_compare_panel(handlers.session, tab)  # choose an epoch of the finished run, keep it
     _wire_events(c, handlers, tab)
     return tab
 
