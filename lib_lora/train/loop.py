@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..jobs import Job, JobControl
+from .checkpoints import AutoCheckpoints, CheckpointPolicy
 from .config import TrainConfig
 from .cpu_convs import small_map_convolutions
 from .data import TrainData
@@ -73,6 +74,7 @@ class TrainRun:
         cache_dir: Path | None = None,
         on_step: Callable[[TrainProgress], None] | None = None,
         presets: PresetBook | None = None,
+        checkpoints: CheckpointPolicy | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -84,6 +86,8 @@ class TrainRun:
         self.cache_dir = cache_dir
         self.on_step = on_step
         self.presets = presets
+        self.checkpoints = checkpoints
+        """Automatic state checkpoints (checkpoints.py; single-process runs): None writes none."""
         self._outputs = RunOutputs(config, host, self.output_dir, self.dist)
         self._stop = False
         self._save_now = False
@@ -240,8 +244,12 @@ class TrainRun:
         position = run.position
         tracker = ProgressTracker(run.total_steps, run.total_epochs)
         tracker.restore(position.loss_history)
+        auto = AutoCheckpoints(self.checkpoints, position.step) \
+            if self.checkpoints is not None and not self.dist.active else None
         result = TrainResult(output=None, steps=position.step, epochs=position.epoch, notes=notes,
                              loss_history=tracker.losses)
+        if run.validation is not None:  # a resumed run's curve and metadata go on from its measurements
+            run.validation.restore(position.validation_history, result)
         last_sample_step = -1
         if run.validation is not None and position.step == 0:  # the curve starts at the untrained network's value
             run.validation.measure(run, result, 0)
@@ -259,6 +267,8 @@ class TrainRun:
                     continue
                 if index >= run.batches_per_epoch or step >= run.total_steps:
                     break
+                if auto is not None and not micro_losses:  # between steps: the last one's work all done
+                    auto.between_steps(run, tracker, result, step)
                 micro_losses.append(self._backward(run, batch, accumulation))
                 if len(micro_losses) < accumulation and index < run.batches_per_epoch - 1:
                     continue
@@ -311,6 +321,8 @@ class TrainRun:
             notes.append(f"the {self.dist.world_size} processes ended with identical weights")
         if stopped:
             result.cancelled = True
+            if auto is not None:
+                auto.at_stop(run, tracker, result, step)
             if cfg.save_on_cancel and step > 0:
                 result.output = self._outputs.save(run, result, tracker, step_name(cfg.output_name, step),
                                                    step=step, epoch=result.epochs, card=True)

@@ -5,12 +5,17 @@ Layout of `<name>-step00000050-state/` (sd-scripts names its state folders the s
 (the network's parameters as safetensors; a suffix A1111 does not list as a LoRA), `optimizer.bin`,
 `scheduler.bin`, `rng.bin` (torch CPU/CUDA, the run's noise generator, Python `random`, NumPy) and, with fp16,
 `scaler.bin`. The .bin files are `torch.save` dicts of tensors and plain values, read back with
-`weights_only=True` (no code runs on load). The folder is written beside its final place and renamed into it.
+`weights_only=True` (no code runs on load). The folder is written beside its final place, every file synced, and
+renamed into it (swapped with an older one in one step where the platform can). `manifest.json`, written last,
+holds each file's size and SHA-256: `check_state` finds a folder torn by a crash or a full disk, and `load_state`
+refuses one (a folder without a manifest, written before manifests existed, is loaded as it is).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import secrets
 import shutil
@@ -27,6 +32,12 @@ from .errors import TrainingError
 STATE_VERSION = 1
 STATE_FILE = "train_state.json"
 NETWORK_FILE = "network.safetensors-state"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (STATE_FILE, NETWORK_FILE, "optimizer.bin", "scheduler.bin", "rng.bin")
+MAX_MANIFEST_BYTES = 64 * 1024
+"""A manifest lists a handful of files; anything longer is not one of ours."""
+MAX_STATE_FILE_BYTES = 64 * 1024 * 1024
+"""train_state.json holds the loss and validation histories: 1,000,000 steps of losses are about 20 MB of JSON."""
 
 
 @dataclass
@@ -41,6 +52,8 @@ class TrainPosition:
     started_at: float
     loss_history: list[float] = field(default_factory=list)
     world_size: int = 1
+    validation_history: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) of every measurement so far (JSON keeps each pair as a list)."""
 
 
 def save_state(folder: Path, *, position: TrainPosition, network: torch.nn.Module, optimizer: Any, scheduler: Any,
@@ -59,6 +72,7 @@ def save_state(folder: Path, *, position: TrainPosition, network: torch.nn.Modul
         torch.save(_rng_states(noise_generator), temp / "rng.bin")
         if scaler is not None:
             torch.save(scaler.state_dict(), temp / "scaler.bin")
+        _write_manifest(temp)
         _replace_folder(temp, folder)
     except OSError as error:
         shutil.rmtree(temp, ignore_errors=True)
@@ -70,19 +84,86 @@ def save_state(folder: Path, *, position: TrainPosition, network: torch.nn.Modul
 
 
 def _replace_folder(new: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
-        target.rename(old)
-    new.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put `new` at `target`: swapped in one step where the platform can, so `target` always names a folder."""
+    from ..atomic import exchange, sync_directory
+
+    if target.exists() and exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+    else:
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+            target.rename(old)
+        new.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    sync_directory(target.parent)
+
+
+def _write_manifest(folder: Path) -> None:
+    """Sync every file of `folder` and write the manifest of their sizes and hashes (synced too) last."""
+    from ..atomic import sync_directory, write_new
+
+    files = {}
+    for path in sorted(folder.iterdir()):
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        files[path.name] = {"size": path.stat().st_size, "sha256": _digest(path)}
+    write_new(folder / MANIFEST_FILE, [json.dumps({"version": STATE_VERSION, "files": files}, indent=1).encode()])
+    sync_directory(folder)
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file, read in chunks (hashlib.file_digest needs Python 3.11; A1111 runs 3.10)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_state(folder: Path, *, require_manifest: bool = True) -> None:
+    """TrainingError unless every file the manifest of `folder` lists is there with its size and hash (a folder
+    torn by a crash, a full disk or a copy cut short). Without a manifest: an error when `require_manifest`."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise TrainingError(f"resume: {path} is larger than a manifest can be")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if require_manifest:
+            raise TrainingError(f"resume: {folder} has no {MANIFEST_FILE}: it was not written to the end") from None
+        return
+    except (OSError, ValueError) as error:
+        raise TrainingError(f"resume: {path} cannot be read ({error})") from error
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not set(REQUIRED_FILES) <= set(files):
+        raise TrainingError(f"resume: {path} does not list the files of a state folder")
+    for name, entry in files.items():
+        _check_file(folder, name, entry)
+
+
+def _check_file(folder: Path, name: object, entry: object) -> None:
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith(".") or not isinstance(entry, dict):
+        raise TrainingError(f"resume: the manifest of {folder} names {name!r}, not a file of a state folder")
+    path = folder / name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise TrainingError(f"resume: {path} is missing: the state folder is incomplete") from None
+    if size != entry.get("size"):
+        raise TrainingError(f"resume: {path} has {size} bytes, {entry.get('size')} were written: it is damaged")
+    if _digest(path) != entry.get("sha256"):
+        raise TrainingError(f"resume: {path} is not the file that was written (its SHA-256 differs): it is damaged")
 
 
 def read_position(folder: Path) -> TrainPosition:
     """The position recorded in a state folder; TrainingError when it is not one of ours."""
     path = Path(folder) / STATE_FILE
     try:
+        if path.stat().st_size > MAX_STATE_FILE_BYTES:
+            raise TrainingError(f"resume: {path} is larger than {MAX_STATE_FILE_BYTES // 1024**2} MiB: not ours")
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise TrainingError(f"resume: {folder} is not a training state folder ({error.strerror or error})") \
@@ -92,8 +173,10 @@ def read_position(folder: Path) -> TrainPosition:
     if not isinstance(data, dict) or data.pop("version", None) != STATE_VERSION:
         raise TrainingError(f"resume: {path} was written by another version (expected version {STATE_VERSION})")
     try:
-        return TrainPosition(**data)
-    except TypeError as error:
+        position = TrainPosition(**data)
+        position.validation_history = [(int(step), float(value)) for step, value in position.validation_history]
+        return position
+    except (TypeError, ValueError) as error:
         raise TrainingError(f"resume: {path} is incomplete or damaged ({error})") from error
 
 
@@ -101,6 +184,7 @@ def load_state(folder: Path, *, network: torch.nn.Module, optimizer: Any, schedu
                noise_generator: torch.Generator, scaler: Any | None = None) -> TrainPosition:
     """Put a state folder's network, optimizer, scheduler and RNG states back; returns its position."""
     folder = Path(folder)
+    check_state(folder, require_manifest=False)
     position = read_position(folder)
     try:
         tensors = load_file(str(folder / NETWORK_FILE))

@@ -5,7 +5,8 @@ the validation images (the held-out part, or `validation_dir`) and a `RunValidat
 every step and epoch and the saves ask before writing. Each measurement goes to the run's record
 (`TrainResult.validation_history`), to the UI (`validation_loss`, `validation_step`, `validation_curve` progress
 fields) and, through RunFacts, into the next saved file's metadata (ss_validation_loss, ss_validation_step).
-Measuring is done by rank 0 only (it needs no other process) and never twice for one step.
+Measuring is done by rank 0 only (it needs no other process) and never twice for one step. The measurements
+are kept in the run's position, so a state folder holds them and a resumed run goes on with them (`restore`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ class RunValidation:
         self.history: list[tuple[int, float]] = []
         """(step, validation loss) of every measurement, in order."""
 
+    def restore(self, history: list[tuple[int, float]], result: TrainResult) -> None:
+        """Continue a resumed run's measurements (from its state): the curve, the record and the metadata go on."""
+        if not self.active or not history:
+            return
+        self.history = [(int(step), float(value)) for step, value in history]
+        result.validation_history = list(self.history)
+        self._report()
+
     def after_step(self, run: PreparedRun, result: TrainResult, step: int) -> None:
         every = self.config.validate_every_n_steps
         if every and step % every == 0:
@@ -90,10 +99,15 @@ class RunValidation:
                         modules=[run.network], autocast=autocast).loss
         self.history.append((step, value))
         result.validation_history = list(self.history)
-        if self.control is not None:
+        run.position.validation_history = list(self.history)  # saved with the run's state, restored on resume
+        self._report()
+        return value
+
+    def _report(self) -> None:
+        if self.control is not None and self.history:
+            step, value = self.history[-1]
             self.control.progress(validation_loss=value, validation_step=step,
                                   validation_curve=[list(point) for point in self.history])
-        return value
 
 
 def prepare_run_validation(config: TrainConfig, host: Host, *, run_seed: int, precision: Precision | None = None,

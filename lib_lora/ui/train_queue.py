@@ -1,9 +1,11 @@
-"""The Train tab's queue: add the form's run, list, remove, run them all one after another.
+"""The Train tab's queue: add the form's run, list, reorder, remove, and run or continue them all in turn.
 
-The queue is the trainer's TrainQueue, saved to `<work dir>/train/queue.toml` after every change so it outlives a
-restart. Runs are taken from it one at a time inside one background job; each is an ordinary TrainRun that the
-tab's Stop and Save now act on. Stop ends the current run (saving what it learned) and leaves the rest queued; a
-run that fails is reported and the next one starts.
+The queue is the trainer's TrainQueue kept in `<work dir>/train/queue.toml`, written after every change, so it
+outlives a restart of the WebUI or the app. Runs are trained one at a time inside one background job; each is an
+ordinary TrainRun that the tab's Stop and Save now act on, writing checkpoints as it goes. A run cut off by a
+restart, or stopped, stays first in the queue and continues from its last checkpoint when the queue is continued.
+Nothing starts by itself: the page only shows what is waiting. A queue file that cannot be read is set aside under
+a new name (kept) and an empty queue starts; the tab says where the file went.
 """
 
 from __future__ import annotations
@@ -14,15 +16,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LoraStudioError
-from ..jobs import Job, JobCancelled, JobControl
+from ..jobs import Job, JobControl
+from ..train.checkpoints import DEFAULT_EVERY_N_STEPS
+from ..train.errors import ConfigError
 from ..train.loop import TrainResult, TrainRun
-from ..train.queue import TrainQueue
+from ..train.queue import QueueOutcome, TrainQueue
+from ..train.queue_store import QueuedRun, set_aside
 from .common import escape_markdown
 
 if TYPE_CHECKING:
     from .train_session import OwnFields, TrainSession
 
 QUEUE_FILE = "queue.toml"
+RUN_LABEL = "Run the queue"
+CONTINUE_LABEL = "Continue the queue"
+WAITING = ("Nothing starts by itself when the WebUI or the app starts: press **{label}** to train these runs. "
+           f"A run writes a checkpoint every {DEFAULT_EVERY_N_STEPS} steps and when stopped, so one cut off by a "
+           "restart continues from there.")
 
 
 @dataclass
@@ -46,81 +56,116 @@ class QueuePanel:
     def __init__(self, session: TrainSession) -> None:
         self.session = session
         self._queue: TrainQueue | None = None
+        self._notice: str | None = None
 
     @property
     def path(self) -> Path:
         return self.session.context.work_dir() / "train" / QUEUE_FILE
 
     def queue(self) -> TrainQueue:
-        """The queue, read from its file on first use (a file that cannot be read is an error shown once)."""
+        """The queue, read from its file on first use; an unreadable file is set aside (kept) and noted once."""
         if self._queue is None:
-            self._queue = TrainQueue.load(self.path) if self.path.is_file() else TrainQueue()
+            try:
+                self._queue = TrainQueue.open(self.path)
+            except ConfigError as error:
+                kept = set_aside(self.path)
+                if kept is None:
+                    raise
+                self._notice = (f"The queue file could not be read ({escape_markdown(str(error))}); it is kept as "
+                                f"`{kept}` and the queue starts empty.")
+                self._queue = TrainQueue(path=self.path)
         return self._queue
 
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.queue().save(self.path)
-
     def listing(self) -> dict[str, Any]:
-        """The queued runs as a list, and the remove picker's choices."""
+        """The queued runs with how far each got, the picker's choices, and the run button's label."""
         import gradio as gr
 
-        runs = self.queue().runs
-        lines = [f"{index}. **{escape_markdown(run.name)}** — {escape_markdown(_describe(run.config))}"
-                 for index, run in enumerate(runs, start=1)]
-        return {"queue_list": "\n".join(lines) or "The queue is empty.",
-                "queue_pick": gr.update(choices=[run.name for run in runs], value=None)}
+        queue = self.queue()
+        runs = queue.runs
+        lines = [f"{index}. **{escape_markdown(run.name)}** — {self._state(queue, run)}; "
+                 f"{escape_markdown(_describe(run.config))}" for index, run in enumerate(runs, start=1)]
+        resumable = any(run.status != "queued" for run in runs)
+        label = CONTINUE_LABEL if resumable else RUN_LABEL
+        text = "\n".join(lines) or "The queue is empty."
+        if runs and queue.running is None:
+            text += "\n\n" + WAITING.format(label=label)
+        if self._notice:
+            text = f"{self._notice}\n\n{text}"
+        return {"queue_list": text, "queue_pick": gr.update(choices=[run.name for run in runs], value=None),
+                "queue_run": gr.update(value=label)}
+
+    @staticmethod
+    def _state(queue: TrainQueue, run: QueuedRun) -> str:
+        if run.name == queue.running:
+            return "training now"
+        step = queue.progress_of(run.name)
+        at = f" at step {step}" if step is not None else ""
+        if run.status == "started":
+            return f"interrupted{at}, continues from its checkpoint" if step else "interrupted before a checkpoint"
+        if run.status == "stopped":
+            return f"stopped{at}, continues from there"
+        return "waiting"
 
     def add(self, own: OwnFields, values: Mapping[str, Any]) -> dict[str, Any]:
         """Queue the form's run (checked as Start checks it; its sample prompt file is written now)."""
         config = self.session.prepare(own, values)
         self.queue().add(config)
-        self._save()
         return {**self.listing(), "status": f"Queued **{escape_markdown(config.run.output_name)}**."}
 
     def remove(self, name: str | None) -> dict[str, Any]:
-        if not name:
-            raise LoraStudioError("Pick a queued run to remove.")
-        try:
-            self.queue().remove(name)
-        except KeyError:
-            raise LoraStudioError(f"{name} is not queued (any more).") from None
-        self._save()
+        """Take the picked run off the queue (its checkpoints go too; LoRA files it saved stay)."""
+        name = self._picked(name)
+        self.queue().remove(name)
         return {**self.listing(), "status": f"Removed **{escape_markdown(name)}** from the queue."}
 
+    def move(self, name: str | None, offset: int) -> dict[str, Any]:
+        """Move the picked run up (offset -1) or down (+1); it stays picked."""
+        import gradio as gr
+
+        name = self._picked(name)
+        index = self.queue().move(name, offset)
+        return {**self.listing(), "queue_pick": gr.update(choices=[run.name for run in self.queue().runs],
+                                                          value=name),
+                "status": f"**{escape_markdown(name)}** is number {index + 1} in the queue."}
+
+    def _picked(self, name: str | None) -> str:
+        if not name:
+            raise LoraStudioError("Pick a queued run first.")
+        if name not in {run.name for run in self.queue().runs}:
+            raise LoraStudioError(f"{name} is not queued (any more).")
+        return name
+
     def start(self) -> Job[Any]:
-        """Run the queue in one background job (refused while a run goes or the model is busy)."""
+        """Run (or continue) the queue in one background job (refused while a run goes or the model is busy)."""
         if not self.queue().runs:
             raise LoraStudioError("The queue is empty: add runs with “Add to queue” first.")
         return self.session.start_job("training queue", self._work)
 
     def _work(self, control: JobControl) -> QueueResult:
         session = self.session
-        outcome = QueueResult()
-        total = len(self.queue())
-        while self.queue().runs:
-            queued = self.queue().runs[0]
-            self.queue().remove(queued.name)
-            self._save()
-            control.progress(message=f"run {len(outcome.lines) + 1}/{total}: {queued.name}", queue_name=queued.name)
-            try:
-                run = TrainRun(queued.config, session.host(), output_dir=session.context.trained_dir(),
-                               gpu=session.context.gpu, cache_dir=session.cache_dir())
-                session.run = run
-                session.release_host_loras()
-                result = run.run(control)
-            except JobCancelled:
-                outcome.lines.append(f"{queued.name}: stopped before its first step, nothing written")
-                break
-            except LoraStudioError as error:
-                outcome.lines.append(f"{queued.name}: failed — {error}")
-                continue
-            outcome.results.append(result)
-            outcome.lines.append(f"{queued.name}: {result.summary()}")
-            if result.cancelled:
-                break
+
+        def before_run(run: TrainRun) -> None:
+            session.run = run
+            session.release_host_loras()
+            control.progress(message=f"queue: {run.config.run.output_name}")
+
+        outcomes = self.queue().run_all(session.host, control, output_dir=session.context.trained_dir(),
+                                        gpu=session.context.gpu, cache_dir=session.cache_dir(), before_run=before_run)
+        outcome = QueueResult(lines=[_line(item, self.queue()) for item in outcomes if item.status != "skipped"])
+        outcome.results = [item.result for item in outcomes if item.result is not None]
         outcome.left = len(self.queue())
         return outcome
+
+
+def _line(outcome: QueueOutcome, queue: TrainQueue) -> str:
+    name = outcome.name
+    if outcome.status == "failed":
+        return f"{name}: failed — {outcome.error}"
+    if outcome.result is None:
+        return f"{name}: stopped before its first step, nothing written"
+    kept = outcome.status == "stopped" and any(run.name == name for run in queue.runs)
+    return f"{name}: {outcome.result.summary()}" + ("; it stays first in the queue and continues from there"
+                                                      if kept else "")
 
 
 def _describe(config: Any) -> str:

@@ -119,6 +119,20 @@ class TrainHandlers:
     def queue_remove(self, name: str | None) -> dict[str, Any]:
         return self.queue.remove(name)
 
+    def queue_up(self, name: str | None) -> dict[str, Any]:
+        return self.queue.move(name, -1)
+
+    def queue_down(self, name: str | None) -> dict[str, Any]:
+        return self.queue.move(name, 1)
+
+    def queue_on_load(self) -> dict[str, Any]:
+        """The queue as the page opens; the status line says when runs wait (they never start by themselves)."""
+        updates = self.queue.listing()
+        if self.queue.queue().runs and not self.session.active:
+            updates["status"] = (f"{len(self.queue.queue().runs)} run(s) wait in the **Queue** (below the progress): "
+                                 "nothing starts by itself; continue them there when you are ready.")
+        return updates
+
     def queue_run(self) -> dict[str, Any]:
         job = self.queue.start()
         return {"status": "Training the queued runs, one after another.", "output": "", "sample": None,
@@ -261,6 +275,9 @@ def _build_run_panel(c: dict[str, Component]) -> None:
             c["queue_pick"] = gr.Dropdown(label="Queued run", choices=[], value=None, scale=2,
                                           elem_id="lora_studio_train_queue_pick")
             c["queue_remove"] = gr.Button("Remove", elem_id="lora_studio_train_queue_remove", scale=1)
+        with gr.Row():
+            c["queue_up"] = gr.Button("Up", elem_id="lora_studio_train_queue_up", size="sm")
+            c["queue_down"] = gr.Button("Down", elem_id="lora_studio_train_queue_down", size="sm")
 
 
 def _pick(c: Mapping[str, Component], *names: str) -> dict[str, Component]:
@@ -295,10 +312,12 @@ def _wire_events(c: dict[str, Component], handlers: TrainHandlers, tab: gr.Tab) 
         else:
             listener = component.blur if isinstance(component, gr.Textbox) else component.input
         _wire(listener, handlers.hints, [c["recipe"], *form], hint_outputs, show_progress="hidden")
-    queue_outputs = _pick(c, "queue_list", "queue_pick", "status")
+    queue_outputs = _pick(c, "queue_list", "queue_pick", "queue_run", "status")
     _wire(tab.select, handlers.queue_listing, [], queue_outputs)
     _wire(c["queue_add"].click, handlers.queue_add, form, queue_outputs)
     _wire(c["queue_remove"].click, handlers.queue_remove, [c["queue_pick"]], queue_outputs)
+    for name in ("queue_up", "queue_down"):
+        _wire(c[name].click, getattr(handlers, name), [c["queue_pick"]], queue_outputs)
     run_outputs = _pick(c, "progress", "curve", "sample", "output", "status")
     token = [c["run_token"]]
     queued = _wire(c["queue_run"].click, handlers.queue_run, [], {**run_outputs, **_pick(c, "run_token")})
@@ -307,6 +326,7 @@ def _wire_events(c: dict[str, Component], handlers: TrainHandlers, tab: gr.Tab) 
     _wire(started.then, handlers.follow_started, token, run_outputs)
     _wire(c["follow"].click, handlers.follow, [], run_outputs)
     _wire(Context.root_block.load, handlers.reattach, [], run_outputs)  # a reloaded page shows the run going
+    _wire(Context.root_block.load, handlers.queue_on_load, [], queue_outputs)  # what waits; nothing starts
     stopped = _wire(c["stop"].click, handlers.stop, [], _pick(c, "status"), queue=False)
     _wire(stopped.then, handlers.follow_active, [], run_outputs)  # to its end: what was saved, and where
     _wire(c["save_now"].click, handlers.save_now, [], _pick(c, "status"), queue=False)
