@@ -139,7 +139,7 @@ def test_round_trip_property(dim, alpha, lr, steps, offset, resolution, name, sh
         ({"sample_every_n_steps": 10}, "sample_every_n_steps", "needs sample_prompts"),
         ({"min_snr_gamma": 0}, "min_snr_gamma", "above 0"),
         ({"vae": "x.safetensors"}, "vae", "host's own VAE"),
-        ({"fp8_base": True}, "fp8_base", "not supported here"),
+        ({"fused_backward_pass": True}, "fused_backward_pass", "not supported here"),
         ({"dataset_config": "d.toml"}, "dataset_config", "train_data_dir"),
         ({"cache_text_encoder_outputs": True}, "cache_text_encoder_outputs", "network_train_unet_only"),
         ({"cache_text_encoder_outputs": True, "network_train_unet_only": True, "shuffle_caption": True},

@@ -1,6 +1,7 @@
 """Trainable networks on LDM-layout models as A1111 has them (the A1111 host over the stand-in `sd_model`: real
 ldm UNets, HF CLIP), in both environments: identity at start, a trained network equals its saved file merged by
-the Block Weight path, nothing left on the host; open_clip's fused attention is refused with the way out."""
+the Block Weight path, nothing left on the host; open_clip's fused attention refuses neuron dropout with the way
+out."""
 
 from __future__ import annotations
 
@@ -81,11 +82,13 @@ def test_trained_network_on_ldm_layout_equals_its_file_merged(a1111_host: A1111H
     assert_same_state(before, snapshot_host(host))
 
 
-def test_open_clip_text_encoder_is_refused_with_the_way_out() -> None:
+def test_open_clip_text_encoder_is_planned_and_neuron_dropout_there_refused_with_the_way_out() -> None:
     index = build_target_index_for(build_tiny_ldm_unet("sd2", seed=0), "ldm", [build_tiny_openclip_text_model()],
                                    "sd2")
+    plans, _ = plan_modules(NetworkConfig(), index)
+    assert any(plan.target.rows is not None for plan in plans), "fused q/k/v rows train (tests/test_fused_te_*)"
     with pytest.raises(ConfigError, match="network_train_unet_only = true") as caught:
-        plan_modules(NetworkConfig(), index)
-    assert caught.value.key == "network_train_unet_only"
-    plans, _ = plan_modules(NetworkConfig(network_train_unet_only=True), index)
+        plan_modules(NetworkConfig(network_dropout=0.1), index)
+    assert caught.value.key == "network_dropout"
+    plans, _ = plan_modules(NetworkConfig(network_dropout=0.1, network_train_unet_only=True), index)
     assert plans and all(plan.target.root == "unet" for plan in plans)

@@ -8,12 +8,16 @@ Model switches: A1111 applies a new checkpoint, VAE or SD-UNet choice in the set
 value back and reports no change, so the quick-settings dropdown snaps back. Loading other weights into the model
 being trained would change the base mid-run (and `send_model_to_trash` would move it to the meta device), so
 `model_switches_refused` replaces each of these callbacks by one that raises, for the run.
+
+Lazy LoRA merges: the built-in Lora merges (and takes back out) a layer's LoRAs in that layer's class-level forward.
+A run that gives layers instance forwards (`fp8_base`) first does for them what that forward would
+(`builtin_lora_settled`), so they hold the base weights.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -121,3 +125,19 @@ def _refusal(key: str, holder: str) -> Callable[[], None]:
                         "stop it in the Train tab (or wait for it to finish), then switch")
 
     return refuse
+
+
+def builtin_lora_settled(layers: Iterable[torch.nn.Module]) -> int:
+    """Do now, for each of `layers`, what A1111's built-in Lora does at its next forward: bring its weights to the
+    wanted set of networks (during a run: none, so a LoRA the last generation left merged is copied back out of
+    the built-in's own backup). For layers whose forward a run replaces by an instance forward (`fp8_base`), which
+    skips the built-in's class-level forward. Returns how many layers were settled; 0 outside A1111."""
+    networks = sys.modules.get("networks")
+    apply = getattr(networks, "network_apply_weights", None)
+    if not callable(apply):
+        return 0
+    pending = [layer for layer in layers if getattr(layer, "network_current_names", ())]
+    with torch.no_grad():
+        for layer in pending:
+            apply(layer)
+    return len(pending)

@@ -12,6 +12,7 @@ import torch
 from ..arch import SD1, SD2, SDXL, Arch
 from ..errors import ModelLoadError
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
+from .recast import FP8
 from .state import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ class DiffusersHost:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The dtype the UNet computes in: its parameters', float8 storage (fp8_base) aside."""
+        return next((p.dtype for p in self.unet.parameters() if p.dtype not in FP8), torch.float32)
 
     @property
     def prediction_type(self) -> PredictionType:

@@ -75,8 +75,6 @@ IGNORED: dict[str, str] = {
 # sd-scripts options that cannot be honoured: a ConfigError with the reason when switched on.
 REFUSED: dict[str, str] = {
     "vae": "the host's own VAE is used (choose the VAE in the WebUI)",
-    "fp8_base": "the loaded weights are trained as they are; fp8 would change the host's model",
-    "fp8_base_unet": "the loaded weights are trained as they are; fp8 would change the host's model",
     "dataset_config": "use train_data_dir / reg_data_dir with <repeats>_<name> folders",
     "base_weights": "merge the LoRA in the WebUI first; the host's weights are never changed by training",
     "lr_scheduler_type": "choose one of the lr_scheduler names",

@@ -28,6 +28,7 @@ from .cpu_convs import small_map_convolutions
 from .data import TrainData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingError
+from .fp8_storage import fp8_base_stored
 from .network import TrainableNetwork
 from .optim import build_optimizer, check_optimizer, optimizer_notes
 from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
@@ -121,9 +122,13 @@ class TrainRun:
         with self._gpu_held(), self.host.training_mode(), seeded_global_rng(seed):
             with clip_skip_set(self.host, self.config.run.clip_skip) as clip_note, \
                     gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing), \
-                    small_map_convolutions(self.host.unet, enabled=self.host.device.type == "cpu"):
+                    small_map_convolutions(self.host.unet, enabled=self.host.device.type == "cpu"), \
+                    fp8_base_stored(self.host, fp8_base=self.config.run.fp8_base,
+                                    fp8_base_unet=self.config.run.fp8_base_unet) as fp8_report:
                 if clip_note:
                     notes.append(clip_note)
+                if fp8_report is not None:
+                    notes.append(fp8_report.note())
                 run = self._prepare(control, notes, started, seed=seed, resume=resume)
                 with run.network.attached():
                     result = self._train(run, control, notes)

@@ -3,7 +3,8 @@
 `TrainableNetwork.create(config, host, seed=…)` picks the host weights (network_targets), builds one module per
 weight with the algorithm of the ALGORITHMS registry, and optionally starts from `network_weights`.
 `attached()` hooks every module onto its host module for the length of a `with` block (no module replaced, no
-host weight written; all hooks removed in `finally`). `kohya_state_dict()` is the file: kohya keys and
+host weight written; all hooks removed in `finally`); modules on open_clip's fused attention are served by one hook
+per attention (`fused_attention`). `kohya_state_dict()` is the file: kohya keys and
 tensors that `lib_lora.networks` (and A1111, diffusers, ComfyUI) read back to the same ΔW.
 """
 
@@ -22,6 +23,7 @@ from ..errors import LoraFormatError
 from ..networks.formats import group_by_module, parse_modules
 from ..networks.keys import TargetIndex, build_target_index
 from .errors import ConfigError, TrainingError
+from .fused_attention import fused_hook, split_fused
 from .network_blocks import sdscripts_blocks
 from .network_config import NetworkConfig
 from .network_loha import LohaTrainable
@@ -63,7 +65,7 @@ class TrainableNetwork(nn.Module):
 
         With `network_weights` it starts from that file (its alpha kept; with `dim_from_weights` its modules,
         ranks and alphas). Parameters are float32 on the host's device. ConfigError for settings the host
-        cannot take (wrong per-block lengths, fused open_clip attention, a file that does not fit).
+        cannot take (wrong per-block lengths, neuron dropout on fused open_clip attention, a file that does not fit).
         """
         index = build_target_index(host)
         plans, lr_weights = plan_modules(config, index, presets=presets)
@@ -95,9 +97,13 @@ class TrainableNetwork(nn.Module):
         """Hook every module onto its host module for the block; every hook is removed on exit, even on errors."""
         if self._handles:
             raise TrainingError("the network is already attached to the host")
+        fused, plain = split_fused(self.lora_modules.values(), self._index)
         try:
-            for module in self.lora_modules.values():
+            for module in plain:
                 self._handles.append(module.target.module.register_forward_hook(self._hook(module), with_kwargs=True))
+            for group in fused:  # open_clip attention: recomputed with W + ΔW (see fused_attention)
+                hook = fused_hook(group, lambda: self.multiplier)
+                self._handles.append(group.attention.register_forward_hook(hook, with_kwargs=True))
             yield
         finally:
             for handle in self._handles:
@@ -259,5 +265,5 @@ def _plans_from_weights(tensors: Mapping[str, torch.Tensor] | None, index: Targe
                 (target.root != "unet" and config.network_train_unet_only):
             continue  # the file's modules on the side this run does not train
         plans.append(ModulePlan(target, rank, module.alpha if module.alpha is not None else float(rank), None))
-    refuse_unhookable(plans, index)
+    refuse_unhookable(plans, index, config)
     return plans

@@ -13,13 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from torch import nn
-
 from ..arch import Arch
 from ..blocks.mapping import BASE
 from ..blocks.presets import PresetBook
 from ..networks.keys import Target, TargetIndex
-from .errors import ConfigError
+from .fused_attention import refuse_untrainable
 from .network_blocks import block_lr_weights, per_block_values, sdscripts_block_index, sdscripts_blocks, trained_blocks
 from .network_config import NetworkConfig
 
@@ -96,7 +94,7 @@ def plan_modules(config: NetworkConfig, index: TargetIndex, *, presets: PresetBo
 
     Follows sd-scripts: per-block dims are used when block_dims or a *_lr_weight is set (then k×k convolutions
     only with conv_block_dims or conv_dim); positions whose LR factor is 0 get no module. Raises ConfigError
-    for lists of the wrong length, unknown train_blocks, and a text encoder that hooks cannot train.
+    for lists of the wrong length, unknown train_blocks, and fused attention asked for what it cannot train.
     """
     arch, args = index.arch, config.args
     parts, kxk = RULES[rule_name(config)]
@@ -132,7 +130,7 @@ def plan_modules(config: NetworkConfig, index: TargetIndex, *, presets: PresetBo
         if not dim:
             continue
         plans.append(ModulePlan(target, dim, alpha, position))
-    refuse_unhookable(plans, index)
+    refuse_unhookable(plans, index, config)
     return plans, lr_weights
 
 
@@ -154,18 +152,7 @@ def _block_tables(config: NetworkConfig, arch: Arch, per_block: bool):
     return dims, alphas, conv_dims, conv_alphas
 
 
-def refuse_unhookable(plans: list[ModulePlan], index: TargetIndex) -> None:
-    """ConfigError for text-encoder weights inside nn.MultiheadAttention (open_clip: A1111's SD2 and SDXL te2).
-
-    Its fused q/k/v rows and out_proj are used by F.multi_head_attention_forward directly, so no forward hook
-    ever sees them; training them would need the attention rewritten, which we do not do.
-    """
-    fused: set[int] = set()
-    for target in index.targets():
-        if isinstance(target.module, nn.MultiheadAttention):
-            fused.update((id(target.module), id(target.module.out_proj)))
-    blocked = [p.target.key for p in plans if p.target.rows is not None or id(p.target.module) in fused]
-    if blocked:
-        raise ConfigError("network_train_unet_only", False,
-                          f"this host's text encoder uses fused attention (open_clip nn.MultiheadAttention, e.g. "
-                          f"{blocked[0]}), which cannot be trained with hooks; set network_train_unet_only = true")
+def refuse_unhookable(plans: list[ModulePlan], index: TargetIndex, config: NetworkConfig) -> None:
+    """ConfigError for text-encoder weights inside nn.MultiheadAttention (open_clip: A1111's SD2 and SDXL te2)
+    asked for what their training cannot do (`fused_attention.refuse_untrainable`); the rest train there."""
+    refuse_untrainable((p.target for p in plans), index, config.network_dropout)

@@ -59,6 +59,12 @@ class RunConfig:
     gradient_checkpointing: bool = _option(False, "training_arguments", (
         "Recompute activations in the backward pass instead of keeping them: much less memory, about 20-30% "
         "slower."))
+    fp8_base: bool = _option(False, "training_arguments", (
+        "Store the frozen UNet and text encoders in float8 for the run (each layer is cast to the compute precision "
+        "as it runs): about half the memory of an fp16 model, at some precision. A model the WebUI already keeps "
+        "in fp8 is used as it is; otherwise the original weights come back unchanged after the run."))
+    fp8_base_unet: bool = _option(False, "training_arguments", (
+        "As fp8_base, for the UNet only: the text encoders keep their precision."))
     seed: int | None = _option(None, "training_arguments", (
         "Seed of the run (network init, data order, noise); a random one is chosen and recorded when unset."))
     cache_text_encoder_outputs: bool = _option(False, "training_arguments", (
@@ -229,6 +235,8 @@ _COERCE: dict[str, Callable[[str, Any], Any]] = {
     "full_fp16": read_bool,
     "full_bf16": read_bool,
     "gradient_checkpointing": read_bool,
+    "fp8_base": read_bool,
+    "fp8_base_unet": read_bool,
     "seed": number_option(optional=True),
     "cache_text_encoder_outputs": read_bool,
     "cache_text_encoder_outputs_to_disk": read_bool,
