@@ -1,7 +1,7 @@
 """The range of every numeric training option, in one table: the config parts check against it, the help shows it.
 
-OPTION_BOUNDS covers every int/float field of RunConfig, DataConfig, NetworkConfig, OptimizerConfig and
-ValidationConfig;
+OPTION_BOUNDS covers every int/float field of RunConfig, DataConfig, NetworkConfig, OptimizerConfig,
+ValidationConfig and ModeConfig;
 NETWORK_ARG_BOUNDS the numeric `network_args`. Upper bounds are generous for real training and exist so that no
 value, however typed, can make a run allocate without limit (a resolution of 100000 is 37 GB of pixels per image).
 What fits a given machine is the memory preflight's concern (`vram.check_fits`), not this table's.
@@ -130,6 +130,14 @@ OPTION_BOUNDS: dict[str, Bounds] = {
     "validate_every_n_steps": _ints(1, STEPS),
     "validate_every_n_epochs": _ints(1, EPOCHS),
     "validation_timesteps": _ints(1, MAX_VALIDATION_TIMESTEPS),
+    # ModeConfig (modes/config.py)
+    "slider_guidance_scale": Bounds(0.0, 100.0, low_open=True),
+    "slider_resolution": _ints(8, MAX_SIDE),
+    "copy_network_dim": _ints(1, MAX_RANK),
+    "copy_network_alpha": Bounds(0.0, MAX_ALPHA),
+    "copy_max_train_steps": _ints(1, STEPS),
+    "copy_lr": Bounds(0.0, MAX_LEARNING_RATE),
+    "rounds_rank": _ints(1, MAX_RANK),
 }
 """Every numeric option → its range (the one table; readers, the help and the memory preflight's advice use it)."""
 
@@ -152,6 +160,16 @@ NETWORK_ARG_BOUNDS: dict[str, Bounds] = {
     "loraplus_text_encoder_lr_ratio": Bounds(0.0, 1000.0, low_open=True),
 }
 """Every numeric `network_args` key → the range of its value (of each value, for per-block lists)."""
+
+
+MAX_ROUNDS = 100
+"""The most train-and-merge rounds a run takes."""
+ROUND_BOUNDS: dict[str, Bounds] = {
+    "learning_rate": Bounds(0.0, MAX_LEARNING_RATE, low_open=True),
+    "epochs": _ints(1, EPOCHS),
+    "merge": Bounds(0.0, 10.0),
+}
+"""The range of each value of one round of the `rounds` option (learning_rate, epochs, merge strength)."""
 
 
 def bounds_of(key: str) -> Bounds:

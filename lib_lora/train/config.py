@@ -1,7 +1,8 @@
 """TrainConfig: every training option in one flat table of sd-scripts names, read from and written to TOML.
 
-A TrainConfig is five self-validating parts — DataConfig (data_config.py), NetworkConfig (network_config.py),
-OptimizerConfig (optim.py), RunConfig (run_config.py) and ValidationConfig (validation_config.py) — addressed
+A TrainConfig is six self-validating parts — DataConfig (data_config.py), NetworkConfig (network_config.py),
+OptimizerConfig (optim.py), RunConfig (run_config.py), ValidationConfig (validation_config.py) and ModeConfig
+(modes/config.py: which kind of training, and each mode's options) — addressed
 by flat option names, so an sd-scripts config file (flat, or in its `[model_arguments]`, `[training_arguments]`,
 ... sections) carries over. sd-scripts options that do not apply to training on a loaded model are accepted and
 listed in `notes` (IGNORED) or refused with the reason when switched on (REFUSED); any other unknown key is a
@@ -19,6 +20,7 @@ from typing import Any
 from .bounds import OPTION_BOUNDS, check_option, help_suffix
 from .data_config import DATA_HELP, DataConfig
 from .errors import ConfigError
+from .modes.config import MODE_HELP, MODE_SECTIONS, ModeConfig, check_mode_across_parts
 from .network_config import NETWORK_HELP, NetworkConfig, format_network_args
 from .optim import OPTIMIZER_HELP, OptimizerConfig, format_optimizer_args
 from .run_config import RUN_HELP, RUN_SECTIONS, RunConfig
@@ -31,16 +33,17 @@ except ModuleNotFoundError:  # Python 3.10 (A1111's): the same parser from PyPI
 
 PARTS: tuple[tuple[str, type], ...] = (
     ("run", RunConfig), ("data", DataConfig), ("network", NetworkConfig), ("optimizer", OptimizerConfig),
-    ("validation", ValidationConfig),
+    ("validation", ValidationConfig), ("mode", ModeConfig),
 )
 _PART_SECTIONS = {"data": "dataset_arguments", "network": "additional_network_arguments",
                   "optimizer": "optimizer_arguments"}
 SECTION_ORDER = ("model_arguments", "additional_network_arguments", "optimizer_arguments", "dataset_arguments",
-                 "training_arguments", "saving_arguments", "sample_prompt_arguments")
+                 "training_arguments", "saving_arguments", "sample_prompt_arguments", "training_mode_arguments")
 
 TRAIN_HELP: dict[str, str] = {
     name: help_suffix(name, text)
-    for name, text in {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP, **VALIDATION_HELP}.items()
+    for name, text in {**RUN_HELP, **DATA_HELP, **NETWORK_HELP, **OPTIMIZER_HELP, **VALIDATION_HELP,
+                       **MODE_HELP}.items()
 }
 """Every option → its one-line help with, for numbers, its range (the words the command line and the Train tab
 show)."""
@@ -94,7 +97,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 OPTION_PART: dict[str, str] = {name: part for part, cls in PARTS for name in _field_names(cls)}
 """Every option → the part that owns it (run, data, network, optimizer, validation)."""
-OPTION_SECTIONS: dict[str, str] = {**RUN_SECTIONS, **VALIDATION_SECTIONS}
+OPTION_SECTIONS: dict[str, str] = {**RUN_SECTIONS, **VALIDATION_SECTIONS, **MODE_SECTIONS}
 """Options of the parts that spread over several config-file sections → their section (the others: by part)."""
 
 
@@ -107,6 +110,7 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
     notes: tuple[str, ...] = ()  # sd-scripts options that were given and do not apply here, with the reason
 
     def __post_init__(self) -> None:
@@ -264,6 +268,7 @@ def _check_ranges(config: TrainConfig) -> None:
 def _check_across_parts(config: TrainConfig) -> None:
     """Rules that involve options of more than one part (each part checks its own)."""
     run, data, network = config.run, config.data, config.network
+    check_mode_across_parts(config)
     validation_dir = config.validation.validation_dir
     if validation_dir is not None and data.train_data_dir is not None and \
             Path(validation_dir).expanduser().resolve() == Path(data.train_data_dir).expanduser().resolve():

@@ -5,7 +5,7 @@ Stages: prepare data → build network → build optimizer → train → save. A
 by `network.attached()`, the GPU gate held, and gradient checkpointing, clip skip and the CPU convolution kernel
 (`cpu_convs`) set for the run only. A stop (JobControl cancel or `request_stop()`) ends the run between steps and,
 unless save_on_cancel is off, saves what was learned; `request_save()` saves now and goes on. Exceptions
-propagate once the host is restored.
+propagate once the host is restored. The training mode (modes/) supplies the data, each batch's loss and phases.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from ..jobs import Job, JobControl
 from .checkpoints import AutoCheckpoints, CheckpointPolicy
 from .config import TrainConfig
 from .cpu_convs import small_map_convolutions
-from .data import TrainData
 from .distributed import Distributed
 from .errors import ConfigError, TrainingError
 from .fp8_storage import fp8_base_stored
+from .modes.registry import DiscardedOutputs, mode_for
 from .network import TrainableNetwork
 from .optim import build_optimizer, check_optimizer, optimizer_notes
 from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
@@ -47,8 +47,8 @@ from .saving import (
 )
 from .schedule import build_scheduler
 from .state import TrainPosition, load_state, read_position
-from .steps import LossSettings, batch_loss
-from .validation_run import prepare_run_validation, training_selection
+from .steps import LossSettings
+from .validation_run import prepare_run_validation
 from .vram import check_fits
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class TrainRun:
         cache_dir: Path | None = None,
         on_step: Callable[[TrainProgress], None] | None = None,
         presets: PresetBook | None = None,
+        keep_files: bool = True,
         checkpoints: CheckpointPolicy | None = None,
     ) -> None:
         self.config = config
@@ -89,7 +90,10 @@ class TrainRun:
         self.presets = presets
         self.checkpoints = checkpoints
         """Automatic state checkpoints (checkpoints.py; single-process runs): None writes none."""
-        self._outputs = RunOutputs(config, host, self.output_dir, self.dist)
+        self._outputs = RunOutputs(config, host, self.output_dir, self.dist) if keep_files else DiscardedOutputs()
+        self.mode = mode_for(config.mode.training_mode)  # what the run learns and from what (modes/)
+        self.phase: TrainRun | None = None  # the child run of a mode's current phase (a stop reaches it)
+        self.prepared: PreparedRun | None = None  # what the first stages built (train_once)
         self._stop = False
         self._save_now = False
         self.result: TrainResult | None = None
@@ -103,6 +107,12 @@ class TrainRun:
     def request_stop(self) -> None:
         """Stop between steps (saving what was learned when save_on_cancel is on)."""
         self._stop = True
+        if self.phase is not None:
+            self.phase.request_stop()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop
 
     def request_save(self) -> None:
         """Save a step file (and state, with save_state) after the current step; training goes on."""
@@ -129,12 +139,17 @@ class TrainRun:
                     notes.append(clip_note)
                 if fp8_report is not None:
                     notes.append(fp8_report.note())
-                run = self._prepare(control, notes, started, seed=seed, resume=resume)
-                with run.network.attached():
-                    result = self._train(run, control, notes)
+                result = self.mode.execute(self, control, notes, started=started, seed=seed, resume=resume)
         result.seconds = time.time() - started
         self.result = result
         return result
+
+    def train_once(self, control: JobControl | None, notes: list[str], *, started: float, seed: int,
+                   resume: TrainPosition | None) -> TrainResult:
+        """Prepare the stages and train with the network attached (inside the caller's training mode)."""
+        run = self.prepared = self._prepare(control, notes, started, seed=seed, resume=resume)
+        with run.network.attached():
+            return self._train(run, control, notes)
 
     @contextmanager
     def _gpu_held(self) -> Iterator[None]:
@@ -161,11 +176,7 @@ class TrainRun:
 
         self._stage(control, 0)
         check_fits(config, host, presets=self.presets)  # before any image is read: refuse a run that cannot fit
-        data = TrainData(config.data, host, seed=seed, cache_text_encoder_outputs=run_cfg.cache_text_encoder_outputs,
-                         cache_dir=self.cache_dir, rank=dist.rank, world_size=dist.world_size, sync=dist.barrier,
-                         share=dist.broadcast_int,
-                         cache_text_encoder_outputs_to_disk=run_cfg.cache_text_encoder_outputs_to_disk,
-                         select=training_selection(config, seed))
+        data = self.mode.data(self, seed=seed)
         data.prepare(control)
         notes.extend(f"left out: {item}" for item in data.ignored)
         batches_per_epoch = dist.min_int(len(data))
@@ -343,8 +354,7 @@ class TrainRun:
         return result
 
     def _backward(self, run: PreparedRun, batch: Any, accumulation: int) -> float:
-        loss = batch_loss(self.host, batch, settings=run.settings, alphas_cumprod=run.alphas_cumprod,
-                          generator=run.generator, precision=run.precision, encode_with_grad=run.encode_with_grad)
+        loss = self.mode.loss(self, run, batch)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingError(f"the loss is not finite ({value}) at step {run.position.step + 1}: lower the "

@@ -96,5 +96,68 @@ RECIPES: dict[str, Recipe] = {
                 "network_alpha": 8, "network_args": ["conv_dim=32", "conv_alpha=8"], "optimizer_type": "AdamW",
                 "learning_rate": 1e-4, "max_train_steps": 4000},
     ),
+    "slider": Recipe(
+        title="Concept slider (iLECO)",
+        description="Erase or strengthen a concept, or turn one into another, from prompts alone: no images. Use it "
+                    "when a word is too weak, too strong or unwanted, or for a slider LoRA used at -1..1. Set "
+                    "slider_prompt (and slider_target; empty erases) under Training mode, or give a LECO prompts "
+                    "file. LoRA dim 4 / alpha 8 (alpha above rank suits iLECO), UNet only, AdamW at 1e-4, 500 "
+                    "steps. It cannot make what the model does not know.",
+        source="a practitioner's notes on LECO (erase or strengthen concepts; slider LoRAs; iLECO, the fast "
+               "version) and traintrain's advice for iLECO (about 500 iterations, learning rate 1e-3 to 1e-4, alpha "
+               "above rank)",
+        values={"training_mode": "slider", "resolution": "512", "network_module": "networks.lora", "network_dim": 4,
+                "network_alpha": 8, "network_train_unet_only": True, "optimizer_type": "AdamW",
+                "learning_rate": 1e-4, "max_train_steps": 500},
+    ),
+    "copy-machine": Recipe(
+        title="Difference: copy machine (two images)",
+        description="A LoRA of only what differs between two images of the same size (closed eyes, another "
+                    "outfit colour), without their style or composition. Use it when you have the image and the "
+                    "image changed. Pass 1 overfits a copy LoRA (rank 16) to the original and merges it; pass 2 "
+                    "learns the target at rank 4, the file you get. Set difference_original and difference_target "
+                    "under Training mode. AdamW at 1e-3 (8-bit AdamW does not work well here), batch 2, "
+                    "500 steps a pass.",
+        source="a practitioner's notes on copy-machine learning (overfit one image, merge it, learn the one that "
+               "differs; a low dim is enough for one image) and traintrain's Difference mode (batch 1-3, rank 4 in "
+               "the second pass, learning rate about 1e-3, AdamW not AdamW8bit)",
+        values={"training_mode": "difference", "difference_method": "two_pass", "resolution": "512",
+                "network_module": "networks.lora", "network_dim": 4, "network_alpha": 4,
+                "network_train_unet_only": True, "copy_network_dim": 16, "copy_network_alpha": 16,
+                "copy_max_train_steps": 500, "optimizer_type": "AdamW", "learning_rate": 1e-3,
+                "train_batch_size": 2, "max_train_steps": 500},
+    ),
+    "direct-difference": Recipe(
+        title="Difference: direct (ADDifT)",
+        description="The same kind of LoRA as the copy machine in one pass: both images get the same noise, and the "
+                    "LoRA learns what turns one into the other; it works as a slider at -1..1. Use it for many "
+                    "pairs (a folder: name.png beside name_target.png) or when the copy machine is too slow. "
+                    "min_timestep/max_timestep choose what it learns: high timesteps for pose and composition, "
+                    "low ones for detail and colour.",
+        source="a practitioner's notes on difference learning (train on the base and take the difference; "
+               "said to suit SDXL better) and traintrain's ADDifT and Multi-ADDifT modes (paired noise and "
+               "timesteps, pairs by name suffix)",
+        values={"training_mode": "difference", "difference_method": "direct", "resolution": "512",
+                "network_module": "networks.lora", "network_dim": 4, "network_alpha": 4,
+                "network_train_unet_only": True, "optimizer_type": "AdamW", "learning_rate": 1e-3,
+                "train_batch_size": 2, "max_train_steps": 500},
+    ),
+    "rounds": Recipe(
+        title="Train and merge in rounds (style change)",
+        description="Change a model's style further than one LoRA does: train, merge into the working weights, "
+                    "train again at half the learning rate, five rounds; one LoRA of the whole change is saved "
+                    "(at rank 8, with the error of that cut). Use it with a large style dataset. LoRA dim 8 / "
+                    "alpha 3, UNet only, AdamW, warm-up 250 steps, cosine with 2 restarts.",
+        source="a practitioner's imitation of ReLoRA with sd-scripts (5 rounds: 1e-4 for 6 epochs merged at 0.7, "
+               "then 5e-5, 2.5e-5, 1.25e-5 and 6e-6 for 4 epochs each merged at 0.9; dim 8 / alpha 3, warm-up 250, "
+               "cosine_with_restarts with 2 cycles, UNet only)",
+        values={**_COMMON, "training_mode": "rounds", "resolution": "1024", "network_module": "networks.lora",
+                "network_dim": 8, "network_alpha": 3, "network_train_unet_only": True, "optimizer_type": "AdamW",
+                "learning_rate": 1e-4, "lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 2,
+                "lr_warmup_steps": 250, "rounds_rank": 8,
+                "rounds": ["learning_rate=1e-4,epochs=6,merge=0.7", "learning_rate=5e-5,epochs=4,merge=0.9",
+                           "learning_rate=2.5e-5,epochs=4,merge=0.9", "learning_rate=1.25e-5,epochs=4,merge=0.9",
+                           "learning_rate=6e-6,epochs=4,merge=0.9"]},
+    ),
 }
 """Recipe name → Recipe, in the order the Train tab lists them."""

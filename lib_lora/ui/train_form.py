@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..train.config import OPTION_PART, OPTION_SECTIONS, PARTS, TRAIN_HELP, TrainConfig, toml_value
 from ..train.errors import ConfigError
+from ..train.modes.config import DIFFERENCE_METHODS, MODE_NAMES
 from ..train.network_config import ALGOS, NETWORK_ARGS_HELP, NETWORK_MODULES, format_network_args
 from ..train.noise import HUBER_SCHEDULES, LOSS_TYPES
 from ..train.optim import OPTIMIZERS, SCHEDULERS
@@ -27,12 +28,14 @@ Kind = Literal["bool", "int", "float", "text", "args"]
 # the prompt box written to a prompt file, the loaded model).
 OWN_FIELDS = ("train_data_dir", "output_name", "activation_text", "output_dir", "sample_prompts",
               "pretrained_model_name_or_path")
+LIST_FIELDS = ("rounds",)
+"""Options that are lists of words without spaces (one per line in their box, like network_args)."""
 NETWORK_ARG_FIELDS = ("algo", "conv_dim", "conv_alpha", "train_blocks")
 """`network_args` keys with a field of their own (in the basic group)."""
 
-BASIC = ("network_module", "algo", "network_dim", "network_alpha", "conv_dim", "conv_alpha", "train_blocks",
-         "optimizer_type", "learning_rate", "lr_scheduler", "max_train_steps", "max_train_epochs", "resolution",
-         "train_batch_size", "caption_extension")
+BASIC = ("training_mode", "network_module", "algo", "network_dim", "network_alpha", "conv_dim", "conv_alpha",
+         "train_blocks", "optimizer_type", "learning_rate", "lr_scheduler", "max_train_steps", "max_train_epochs",
+         "resolution", "train_batch_size", "caption_extension")
 SAMPLES = ("sample_every_n_steps", "sample_every_n_epochs", "sample_at_first")
 SECTION_TITLES = {
     "additional_network_arguments": "Network",
@@ -42,6 +45,7 @@ SECTION_TITLES = {
     "saving_arguments": "Saving",
     "model_arguments": "Model",
     "sample_prompt_arguments": "Samples",
+    "training_mode_arguments": "Training mode: slider, difference and rounds options",
 }
 _PART_SECTION = {"data": "dataset_arguments", "network": "additional_network_arguments",
                  "optimizer": "optimizer_arguments"}
@@ -63,6 +67,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "save_model_as": SAVE_FORMATS,
     "loss_type": LOSS_TYPES,
     "huber_schedule": HUBER_SCHEDULES,
+    "training_mode": MODE_NAMES,
+    "difference_method": DIFFERENCE_METHODS,
 }
 CUSTOM_CHOICES = ("optimizer_type", "train_blocks")
 """Choice fields that also take a typed value (an optimizer class path; a block list such as IN04-IN07)."""
@@ -90,7 +96,7 @@ def _kind(annotation: str, name: str) -> tuple[Kind, bool]:
     optional = "None" in annotation
     if name == "resolution":
         return "text", False
-    if annotation.startswith("dict"):
+    if annotation.startswith("dict") or name in LIST_FIELDS:
         return "args", False
     for kind in ("bool", "int", "float"):
         if annotation.split(" | ")[0] == kind:

@@ -120,6 +120,8 @@ class TrainSession:
 
     def config(self, own: OwnFields, values: Mapping[str, Any], *, check_dataset: bool = True) -> TrainConfig:
         """The validated config of the form; the dataset is checked against the allowed roots when asked."""
+        if str(values.get("training_mode") or "lora").strip().lower() in ("slider", "difference"):
+            check_dataset = False  # trained from prompts, or from the images the mode's own options name
         dataset = str(self.check_dataset(own.dataset)) if check_dataset else (own.dataset.strip() or None)
         name = own.output_name.strip()
         if not name:
