@@ -2,7 +2,9 @@
 
 Used by every `test_browser*.py`: `chromium_path()` (skip locally, fail in CI when Debian chromium is missing),
 `serve_app(args, log_dir)` (`python -m lib_lora serve …` on a free port, always terminated) and `open_page(...)`
-(a page whose console errors and outside requests are collected in `PageWatch`).
+(a page whose console errors and outside requests are collected in `PageWatch`), `tiny_app(...)` (the app on the
+tiny model with a workspace), and the two ways a test reaches a gradio field: `field(page, elem_id)` and
+`choose(page, elem_id, option)`.
 """
 
 from __future__ import annotations
@@ -148,3 +150,28 @@ def open_page(url: str, *, width: int = 1280, height: int = 900) -> Iterator[tup
             yield page, watch
         finally:
             browser.close()
+
+
+@contextmanager
+def tiny_app(root: Path, *, dataset: tuple[int, str] | None = None) -> Iterator[tuple[str, Path]]:
+    """The app on the tiny model with `root/workspace` as its workspace (holding `datasets/<repeats>_<name>`, 2
+    generated images, when `dataset` = (repeats, name)); yields (url, workspace)."""
+    from lib_lora.tiny.images import generate_dataset
+
+    chromium_path()
+    workspace = root / "workspace"
+    if dataset is not None:
+        generate_dataset(workspace / "datasets", count=2, repeats=dataset[0], name=dataset[1])
+    with serve_app(["--model", "tiny", "--workspace", str(workspace)], root) as url:
+        yield url, workspace
+
+
+def field(page: Any, elem_id: str) -> Any:
+    """The text field inside one of our gradio textboxes or number boxes (found by our elem_id)."""
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def choose(page: Any, elem_id: str, option: str) -> None:
+    """Pick `option` in the gradio dropdown `elem_id` through its list, as a user does."""
+    page.locator(f"#{elem_id} input").first.click()
+    page.get_by_role("option", name=option, exact=True).click()

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 from blocks_testing import write_lora
-from browser_app import chromium_path, open_page, save_screenshot, serve_app
+from browser_app import choose, chromium_path, open_page, save_screenshot, serve_app
 
 pytestmark = pytest.mark.browser
 
@@ -30,12 +30,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     write_lora(host, workspace / "Lora" / "flat.safetensors", blocks={"IN04"}, strength=1e-6)  # changes nothing
     with serve_app(["--model", "tiny", "--workspace", str(workspace)], root) as url:
         yield url, workspace
-
-
-def choose(page, elem_id: str, option: str) -> None:
-    """Pick `option` in the gradio dropdown `elem_id` the way a user does."""
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
 
 
 def open_tab(page) -> Any:

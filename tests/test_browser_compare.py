@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, save_screenshot, serve_app
-
-from lib_lora.tiny.images import generate_dataset
+from browser_app import choose, field, open_page, save_screenshot, tiny_app
 
 pytestmark = pytest.mark.browser
 
@@ -22,21 +20,8 @@ RUN = {"resolution": "64", "network_dim": "2", "network_alpha": "2", "max_train_
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The app on the tiny model, with a generated `datasets/1_tinychar` (2 images) in its workspace."""
-    chromium_path()
-    root = tmp_path_factory.mktemp("compare_app")
-    workspace = root / "workspace"
-    generate_dataset(workspace / "datasets", count=2, repeats=1, name="tinychar")
-    with serve_app(["--model", "tiny", "--workspace", str(workspace)], root) as url:
-        yield url, workspace
-
-
-def field(page: Any, elem_id: str) -> Any:
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-
-
-def choose(page: Any, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    with tiny_app(tmp_path_factory.mktemp("compare_app"), dataset=(1, "tinychar")) as app:
+        yield app
 
 
 def train_four_epochs(page: Any, workspace: Path) -> None:

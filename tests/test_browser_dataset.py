@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, save_screenshot, serve_app
+from browser_app import chromium_path, field, open_page, save_screenshot, serve_app
 
 pytestmark = pytest.mark.browser
 
@@ -60,11 +60,6 @@ def caption_files(workspace: Path) -> dict[str, bytes]:
     folder = workspace / "datasets" / "char" / SUBSET
     return {path.with_suffix(".png" if (path.with_suffix(".png")).exists() else ".jpg").name: path.read_bytes()
             for path in sorted(folder.glob("*.txt"))}
-
-
-def field(page, elem_id: str):  # noqa: ANN001, ANN201 (playwright types)
-    """The text field inside one of our gradio textboxes (found by our elem_id)."""
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
 
 def test_tag_edit_save_and_undo_in_the_browser(server: str, workspace: Path) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
-from browser_app import chromium_path, open_page, serve_app
+from browser_app import choose, field, open_page, tiny_app
 
 pytestmark = pytest.mark.browser
 
@@ -17,20 +17,8 @@ QUICK = {"resolution": "64", "network_dim": "2", "network_alpha": "2", "max_trai
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """The app on the tiny model, with an empty workspace: a slider needs no dataset."""
-    chromium_path()
-    root = tmp_path_factory.mktemp("mode_app")
-    workspace = root / "workspace"
-    with serve_app(["--model", "tiny", "--workspace", str(workspace)], root) as url:
-        yield url, workspace
-
-
-def field(page: Any, elem_id: str) -> Any:
-    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-
-
-def choose(page: Any, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").first.click()
-    page.get_by_role("option", name=option, exact=True).click()
+    with tiny_app(tmp_path_factory.mktemp("mode_app")) as app:
+        yield app
 
 
 def test_a_slider_starts_from_its_recipe_without_a_dataset_and_shows_progress(app):
