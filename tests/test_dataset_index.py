@@ -4,6 +4,7 @@ of a scan, and saving many captions in threads (cancel and crash leave every fil
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lib_lora.dataset import caption_batch
-from lib_lora.dataset import captions as captions_module
+from lib_lora.dataset import swap as swap_module
 from lib_lora.dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_captions
 from lib_lora.dataset.consolidate import Consolidate
 from lib_lora.dataset.folder import SIGNATURE, ProblemKind, scan_dataset
@@ -153,21 +154,48 @@ def test_many_captions_are_saved_in_threads_with_one_backup_each(tmp_path: Path)
     assert not [p for p in tmp_path.rglob(".*") if p.name != BACKUP_DIR_NAME]  # no staging file left
 
 
+def test_a_caption_goes_in_only_once_its_new_file_is_durable_and_a_chunk_is_fsynced_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = caption_batch.PARALLEL_FROM * 3  # one chunk
+    changes = many_files(tmp_path, count)
+    synced: set[int] = set()  # inodes fsynced
+    events: list[str] = []
+    not_durable: list[str] = []
+    real_fsync, real_exchange = os.fsync, swap_module.exchange
+
+    def fsync(descriptor: int) -> None:
+        real_fsync(descriptor)
+        synced.add(os.fstat(descriptor).st_ino)
+        events.append("fsync")
+
+    def exchange(first: Path, second: Path) -> bool:
+        if os.lstat(first).st_ino not in synced:
+            not_durable.append(first.name)
+        events.append("swap")
+        return real_exchange(first, second)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(swap_module, "exchange", exchange)
+    assert save_captions(changes, root=tmp_path).ok
+    assert not_durable == [] and events.count("swap") == count
+    assert events[:count] == ["fsync"] * count  # the chunk's fsyncs share journal commits, then the swaps
+
+
 @pytest.mark.parametrize("stop", ["cancel", "crash"])
 def test_a_save_stopped_half_way_leaves_every_caption_old_or_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 stop: str) -> None:
     count = caption_batch.PARALLEL_FROM * 4
     changes = many_files(tmp_path, count)
     written = Counter()
-    real_write_new = captions_module.write_new
+    real_write_staging = caption_batch.write_staging
 
-    def write_new(path: Path, chunks, **options):  # noqa: ANN001, ANN003, ANN202
+    def write_staging(path: Path, data: bytes, mode: int | None) -> int:
         written["n"] += 1
         if stop == "crash" and written["n"] == count // 2:
             raise KeyboardInterrupt  # dies before this file's staging copy exists
-        return real_write_new(path, chunks, **options)
+        return real_write_staging(path, data, mode)
 
-    monkeypatch.setattr(captions_module, "write_new", write_new)
+    monkeypatch.setattr(caption_batch, "write_staging", write_staging)
     outcome = None
     if stop == "cancel":
         outcome = save_captions(changes, root=tmp_path, cancelled=lambda: written["n"] >= count // 2)

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from lib_lora.dataset import caption_batch
-from lib_lora.dataset import captions as captions_module
 from lib_lora.dataset.tags import AddTags, RemoveTags, RenameTag, tag_frequency
 from lib_lora.ui import dataset_thumbs
 from lib_lora.ui.dataset_saving import cancel_save, finish_save, reload_conflicts, save, start_save
@@ -99,15 +98,15 @@ def test_a_cancelled_save_says_how_many_were_saved_and_keeps_the_rest_unsaved(
     assert 120 >= 2 * caption_batch.PARALLEL_FROM  # saved in threads
     session.batch(AddTags(("trigger",), "front"))
     gate, written = threading.Event(), []
-    real_write_new = captions_module.write_new
+    real_write_staging = caption_batch.write_staging
 
-    def write_new(path: Path, chunks, **options):  # noqa: ANN001, ANN003, ANN202
+    def write_staging(path: Path, data: bytes, mode: int | None) -> int:
         written.append(path)
-        if len(written) == 30:
+        if len(written) >= 30:
             gate.wait(30)  # the save waits here until it was cancelled
-        return real_write_new(path, chunks, **options)
+        return real_write_staging(path, data, mode)
 
-    monkeypatch.setattr(captions_module, "write_new", write_new)
+    monkeypatch.setattr(caption_batch, "write_staging", write_staging)
     _, job = start_save(session)
     while len(written) < 30:
         threading.Event().wait(0.01)

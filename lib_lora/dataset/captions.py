@@ -238,10 +238,10 @@ def save_captions(
 
     Every file ends up old or new, never partial, even when an unexpected exception or `cancelled()` stops the
     batch (the files not begun are listed in `skipped`). All backups of one batch share one timestamp. The files
-    are written by several threads (their fsyncs overlap) and each folder is synced once at the end;
-    `progress(done, total)` is called as files finish (see caption_batch).
+    are written in chunks by several threads, a chunk's fsyncs issued together, and each folder is synced once at
+    the end; `progress(done, total)` is called as files finish (see caption_batch).
     """
-    from .caption_batch import save_many  # it builds on _save below
+    from .caption_batch import save_many  # it builds on _prepare, _put_in_place and _save below
 
     return save_many(list(changes), backup_dir=backup_dir, root=root, force=force, progress=progress,
                      cancelled=cancelled)
@@ -255,6 +255,39 @@ def _save(
     """One caption saved (see save_caption); `backup` gives its backup slot (default: prepare_backup), with
     sync=False the caller syncs the caption's folder and the backup's (a batch does it once per folder), and
     `limits` keeps each folder's name limit (a batch asks once per folder)."""
+    prepared = _prepare(path, text, expected, force)
+    if isinstance(prepared, SaveResult):
+        return prepared
+    slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root) if backup is None else backup(path)
+    staging = hidden_name(path, "new", limits=limits)
+    try:
+        written = write_new(staging, [prepared.data], mode=prepared.mode)
+    except BaseException as error:
+        staging.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
+        raise
+    result = _put_in_place(prepared, staging, written, slot)
+    if sync:
+        sync_directory(path.parent)
+    return result
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A changed caption, checked and encoded, before its staging file is written: the bytes, the permission bits
+    to give them (None: a new file), what the file in place may be to be replaced, the legacy encoding left."""
+
+    path: Path
+    data: bytes
+    mode: int | None
+    accept: Accept
+    converted_from: str | None
+
+
+def _prepare(path: Path, text: str, expected: Caption | None, force: bool) -> SaveResult | _Prepared:
+    """The first half of a save: the file on disk read and checked against `expected` (unless `force`), the new
+    bytes encoded in its style; a SaveResult "unchanged" when they are what the file holds."""
     current_bytes, status = _read_current(path)
     if not force:
         _check_unchanged(path, current_bytes, expected)
@@ -268,26 +301,22 @@ def _save(
         return SaveResult(path=path, status="unchanged", caption=_restat(path, current))
     if status is not None:
         _check_writable(path, status)
-    slot = prepare_backup(path, stamp=stamp, backup_dir=backup_dir, root=root) if backup is None else backup(path)
-    staging = hidden_name(path, "new", limits=limits)
+    converted = style.encoding if style is not None and style.legacy_encoding else None
+    mode = None if status is None else stat.S_IMODE(status.st_mode) & 0o777
+    return _Prepared(path, new_bytes, mode, _acceptor(expected, force), converted)
+
+
+def _put_in_place(prepared: _Prepared, staging: Path, written: os.stat_result, slot: BackupSlot) -> SaveResult:
+    """The second half: the durable staging file swapped in (swap.install), what it replaced backed up."""
+    path = prepared.path
     try:
-        written = write_new(staging, [new_bytes], mode=None if status is None else stat.S_IMODE(status.st_mode) & 0o777)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
-        raise
-    try:
-        backup = install(path, staging, new_bytes, _acceptor(expected, force), slot, limit=MAX_CAPTION_BYTES)
+        backup = install(path, staging, prepared.data, prepared.accept, slot, limit=MAX_CAPTION_BYTES)
     except OSError as error:
         raise CaptionWriteError(f"cannot write the caption: {describe_os_error(error)}", path=path) from error
-    if sync:
-        sync_directory(path.parent)
-    caption = replace(parse_caption(new_bytes), mtime_ns=written.st_mtime_ns)  # a rename keeps the mtime
-    converted = style.encoding if style is not None and style.legacy_encoding else None
+    caption = replace(parse_caption(prepared.data), mtime_ns=written.st_mtime_ns)  # a rename keeps the mtime
     return SaveResult(
         path=path, status="created" if backup is None else "written", caption=caption, backup=backup,
-        converted_from=converted,
+        converted_from=prepared.converted_from,
     )
 
 
