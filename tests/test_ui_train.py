@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lib_lora.dataset.roots import AllowedRoots
 from lib_lora.errors import LoraStudioError
 from lib_lora.jobs import GpuBusyError, JobSnapshot
 from lib_lora.tiny.images import generate_dataset
@@ -471,3 +472,28 @@ def test_a_run_on_the_a1111_model_holds_the_webui_gate_and_writes_the_lora(works
     assert WEBUI_GPU.holder is None
     after = sd_model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@hostcompat
+@pytest.mark.parametrize("name", train_form.DATA_PATH_FIELDS)
+def test_file_and_folder_options_are_confined_to_the_allowed_roots(workspace, tmp_path_factory, name):
+    session = TrainSession(context_for(workspace))
+    own = OwnFields(dataset=str(workspace / "datasets"), output_name="x")
+    outside = tmp_path_factory.mktemp("elsewhere")
+    with pytest.raises(ConfigError, match=f"{name} = .*outside the allowed folders"):
+        session.config(own, form(**{name: str(outside)}))
+    with pytest.raises(ConfigError, match=f"{name} = .*outside the allowed folders"):
+        session.config(own, form(**{name: "../" + outside.name}))
+    inside = workspace / "datasets" / "10_tinychar"
+    checked = train_form.data_paths_checked(form(**{name: "10_tinychar"}), AllowedRoots([workspace / "datasets"]))
+    assert checked == {name: str(inside.resolve())}
+
+
+@hostcompat
+def test_a_slider_needs_no_dataset_but_a_typed_one_must_be_allowed(workspace, tmp_path_factory):
+    session = TrainSession(context_for(workspace))
+    values = form(training_mode="slider", slider_prompt="red hair")
+    assert session.config(OwnFields(output_name="x"), values).train_data_dir is None
+    outside = tmp_path_factory.mktemp("elsewhere")
+    with pytest.raises(LoraStudioError, match="outside the allowed folders"):
+        session.config(OwnFields(dataset=str(outside), output_name="x"), values)

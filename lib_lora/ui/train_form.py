@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from ..dataset.roots import AllowedRoots
+from ..errors import LoraStudioError
 from ..train.config import OPTION_PART, OPTION_SECTIONS, PARTS, TRAIN_HELP, TrainConfig, toml_value
 from ..train.errors import ConfigError
 from ..train.modes.config import DIFFERENCE_METHODS, MODE_NAMES
@@ -28,6 +30,9 @@ Kind = Literal["bool", "int", "float", "text", "args"]
 # the prompt box written to a prompt file, the loaded model).
 OWN_FIELDS = ("train_data_dir", "output_name", "activation_text", "output_dir", "sample_prompts",
               "pretrained_model_name_or_path")
+DATA_PATH_FIELDS = ("reg_data_dir", "validation_dir", "difference_original", "difference_target",
+                    "slider_prompts_file")
+"""Options naming a file or folder a run reads: the tab accepts them only inside the allowed dataset folders."""
 LIST_FIELDS = ("rounds",)
 """Options that are lists of words without spaces (one per line in their box, like network_args)."""
 NETWORK_ARG_FIELDS = ("algo", "conv_dim", "conv_alpha", "train_blocks")
@@ -215,6 +220,20 @@ def options_from(values: Mapping[str, Any]) -> dict[str, Any]:
             options[f.name] = value
     options["network_args"] = network_args
     return options
+
+
+def data_paths_checked(values: Mapping[str, Any], allowed: AllowedRoots) -> dict[str, str]:
+    """The DATA_PATH_FIELDS of `values` that are filled, resolved inside `allowed`; ConfigError naming the option
+    for one outside the allowed folders or not found there."""
+    checked: dict[str, str] = {}
+    for name in DATA_PATH_FIELDS:
+        typed = str(values.get(name) or "").strip()
+        if typed:
+            try:
+                checked[name] = str(allowed.locate(typed))
+            except LoraStudioError as error:
+                raise ConfigError(name, typed, str(error)) from error
+    return checked
 
 
 def config_from(values: Mapping[str, Any], **own: Any) -> TrainConfig:

@@ -121,8 +121,9 @@ class TrainSession:
     def config(self, own: OwnFields, values: Mapping[str, Any], *, check_dataset: bool = True) -> TrainConfig:
         """The validated config of the form; the dataset is checked against the allowed roots when asked."""
         if str(values.get("training_mode") or "lora").strip().lower() in ("slider", "difference"):
-            check_dataset = False  # trained from prompts, or from the images the mode's own options name
+            check_dataset = bool(own.dataset.strip())  # none needed: trained from prompts, or the mode's images
         dataset = str(self.check_dataset(own.dataset)) if check_dataset else (own.dataset.strip() or None)
+        values = {**values, **train_form.data_paths_checked(values, AllowedRoots(self.context.data_roots()))}
         name = own.output_name.strip()
         if not name:
             raise ConfigError("output_name", own.output_name, "give the LoRA a file name")
