@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ConfigError
 from .noise import NUM_TIMESTEPS
@@ -209,3 +210,17 @@ def help_suffix(key: str, text: str) -> str:
     per_side = " per side" if key == "resolution" else ""
     sentence = text.rstrip() if text.rstrip().endswith(".") else f"{text.rstrip()}."
     return f"{sentence} Range: {bounds.describe()}{per_side}."
+
+
+def read_bounded(path: Path, *, option: str, limit: int, hint: str) -> bytes:
+    """The bytes of the file at `path`, at most `limit` of them; ConfigError naming `option` when it cannot be read
+    or is larger (`hint` says what such a file should be)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as error:
+        raise ConfigError(option, str(path), f"cannot read it: {error.strerror or error}") from None
+    if len(data) > limit:
+        size = f"{limit // 1024**2} MiB" if limit >= 1024**2 else f"{limit // 1024} KiB"
+        raise ConfigError(option, str(path), f"larger than {size}; {hint}")
+    return data

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .bounds import OPTION_BOUNDS, check_option, help_suffix
+from .bounds import OPTION_BOUNDS, check_option, help_suffix, read_bounded
 from .data_config import DATA_HELP, DataConfig
 from .errors import ConfigError
 from .modes.config import MODE_HELP, MODE_SECTIONS, ModeConfig, check_mode_across_parts
@@ -150,14 +150,8 @@ class TrainConfig:
     def from_toml(cls, path: str | Path) -> TrainConfig:
         """Read a TOML config file (ours or sd-scripts'); ConfigError for unreadable files and bad options."""
         path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
-        except OSError as error:
-            raise ConfigError("config file", str(path), f"cannot read it: {error.strerror or error}") from None
-        if len(data) > MAX_CONFIG_BYTES:
-            raise ConfigError("config file", str(path), f"larger than {MAX_CONFIG_BYTES // 1024**2} MiB; a "
-                                                        "training config is a few kilobytes of TOML")
+        data = read_bounded(path, option="config file", limit=MAX_CONFIG_BYTES,
+                            hint="a training config is a few kilobytes of TOML")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from ..atomic import write_atomically
+from .bounds import read_bounded
 from .config import TrainConfig
 from .errors import ConfigError
 
@@ -69,14 +70,8 @@ def write_queue_file(path: Path, runs: list[QueuedRun]) -> None:
 
 def read_queue_file(path: Path) -> list[QueuedRun]:
     """The runs of a queue file; ConfigError names the file, the run and the option that is wrong."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_QUEUE_FILE_BYTES + 1)
-    except OSError as error:
-        raise ConfigError("queue file", str(path), f"cannot read it: {error.strerror or error}") from None
-    if len(data) > MAX_QUEUE_FILE_BYTES:
-        raise ConfigError("queue file", str(path), f"larger than {MAX_QUEUE_FILE_BYTES // 1024**2} MiB: not a queue "
-                                                   "this program wrote")
+    data = read_bounded(path, option="queue file", limit=MAX_QUEUE_FILE_BYTES,
+                        hint="not a queue this program wrote")
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:

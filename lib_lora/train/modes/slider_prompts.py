@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bounds import OPTION_BOUNDS
+from ..bounds import OPTION_BOUNDS, read_bounded
 from ..errors import ConfigError
 from .config import MAX_TEXT_CHARS, ModeConfig
 
@@ -72,14 +72,8 @@ def read_prompts_file(path: str | Path) -> list[PromptSet]:
     import yaml  # PyYAML ships with every WebUI and with huggingface_hub; only its safe loader is used
 
     path = Path(path).expanduser()
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_PROMPTS_FILE_BYTES + 1)
-    except OSError as error:
-        raise ConfigError(_FILE_OPTION, str(path), f"cannot read it: {error.strerror or error}") from None
-    if len(data) > MAX_PROMPTS_FILE_BYTES:
-        raise ConfigError(_FILE_OPTION, str(path), f"larger than {MAX_PROMPTS_FILE_BYTES // 1024} KiB; a prompts "
-                                                   "file is a short YAML list")
+    data = read_bounded(path, option=_FILE_OPTION, limit=MAX_PROMPTS_FILE_BYTES,
+                        hint="a prompts file is a short YAML list")
     try:
         entries = yaml.safe_load(data.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as error:
