@@ -1,9 +1,9 @@
-"""Every recipe starts on the real A1111 (headless Chromium, the Train tab): chosen in the tab on the checkpoint of
-its family (tiny-sd1, tiny-sdxl in the full set), with only the size of the run made small (1 step at 64 px), Start
-trains the step and writes the LoRA, or, when the recipe's optimizer needs a package the WebUI's venv lacks, is
-refused before any work with a message naming the package and the fix, while the recipe's card and the optimizer's
-card say so and offer its Install button. Then choosing AdamW drops the recipe's DAdaptation arguments (the page
-says which) and the same run trains. The Install button is not pressed: the host venvs are shared.
+"""Every image-LoRA recipe starts on the real A1111 (headless Chromium, the Train tab): chosen in the tab on the
+checkpoint of its family (tiny-sd1, tiny-sdxl in the full set), with only the size of the run made small (1 step at
+64 px), Start trains the step and writes the LoRA, or, when the recipe's optimizer needs a package the WebUI's venv
+lacks, is refused before any work with a message naming the package and the fix, while the recipe's card and the
+optimizer's card say so and offer its Install button. Then choosing AdamW drops the recipe's DAdaptation arguments
+(the page says which) and the same run trains. The Install button is not pressed: the host venvs are shared.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from lib_lora.train.recipes import RECIPES
 RUN_TIMEOUT_MS = 600_000
 SMALL = {"resolution": "64", "max_train_steps": "1", "train_batch_size": "1"}
 ENDED = re.compile(r"Done:|Error|failed|Stopped|Unexpected")
-SD1 = [name for name in RECIPES if "sdxl" not in name]
-SDXL = [name for name in RECIPES if "sdxl" in name]
+IMAGE_LORA = [name for name, recipe in RECIPES.items() if recipe.values.get("training_mode", "lora") == "lora"]
+"""The recipes that train from the dataset folder alone (the slider, difference and rounds recipes need their
+mode's own inputs; tests/test_mode_browser.py starts one in the standalone app)."""
+SD1 = [name for name in IMAGE_LORA if "sdxl" not in name]
+SDXL = [name for name in IMAGE_LORA if "sdxl" in name]
 
 
 @pytest.fixture(scope="module")
