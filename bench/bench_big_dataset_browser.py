@@ -19,25 +19,22 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the browser tests' app and Chromium helpers
+
+from browser_app import CHROMIUM, CHROMIUM_ARGS, serve_app  # noqa: E402
 
 CLICK_TARGET = 1.0
 SAVE_TARGET = 15.0
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 TRIGGER = "benchtrigger"
 ARM = """() => {
     window.loraBenchStart = null;
@@ -65,43 +62,6 @@ def fresh_workspace(source: Path, work: Path) -> tuple[Path, str]:
     (workspace / "datasets").mkdir(parents=True)
     subprocess.run(["cp", "-a", str(source), str(workspace / "datasets" / source.name)], check=True)
     return workspace, source.name
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serving(workspace: Path, log: Path, timeout: float = 300) -> Iterator[str]:
-    """`python -m lib_lora serve` on `workspace` until it answers; yields its URL; always terminated."""
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "lib_lora", "serve", "--port", str(port), "--model", "tiny",
-                                    "--workspace", str(workspace)], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the app did not start:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Clicks:
@@ -312,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace, name = fresh_workspace(args.small, args.work)
     total = sum(1 for path in (workspace / "datasets" / name).rglob("*.txt"))
     print(f"{workspace / 'datasets' / name}: {total} captions; load avg {os.getloadavg()[0]:.1f}")
-    with serving(workspace, args.work / "server.log") as url:
+    with serve_app(["--model", "tiny", "--workspace", str(workspace)], args.work, timeout=300) as url:
         clicks = run_browser(url, name, total, args.rounds)
     print(f"load avg {os.getloadavg()[0]:.1f}; the same clicks in this process (server part):")
     workspace, name = fresh_workspace(args.small, args.work)
