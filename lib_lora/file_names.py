@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -73,12 +74,16 @@ class FolderLimits:
 
     def __init__(self) -> None:
         self._names: dict[str, int] = {}
+        self._asking = threading.Lock()  # the writer threads of a batch miss the same folder at once
 
     def name_limit(self, folder: str | os.PathLike[str]) -> int:
         key = os.fspath(folder)
         limit = self._names.get(key)
         if limit is None:
-            limit = self._names[key] = name_limit(folder)
+            with self._asking:
+                limit = self._names.get(key)
+                if limit is None:
+                    limit = self._names[key] = name_limit(folder)
         return limit
 
 
