@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -29,6 +29,15 @@ SHARD_ITEMS = 256
 MAX_OPEN_SHARDS = 4
 """Shards kept open for reading (a batch reads a few entries, mostly from the same shards in a bucket)."""
 _FORMAT_KEY = "format"
+
+
+class _Keyed(Protocol):
+    @property
+    def digest(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Keyed)
+V = TypeVar("V")
 
 
 class ShardStore:
@@ -171,3 +180,83 @@ class ShardStore:
         for name, fields in self._entries(path).items():
             index[name] = [(path, fields)] + [found for found in index.get(name, []) if found[0] != path]
         return path
+
+
+class ShardedCache(Generic[K, V]):
+    """Values by key: a memory dict, or with a folder the shards there, read when asked (nothing kept in memory);
+    with a folder, `put` buffers values and `flush` writes them as one shard. A subclass names its shard `KIND` and
+    `FORMAT` and says how a value becomes tensors and back, and which stored entry fits a key."""
+
+    KIND: ClassVar[str]
+    FORMAT: ClassVar[str]
+
+    def __init__(self, folder: Path | None = None, *, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
+        self.folder = folder
+        self._memory: dict[str, V] = {}
+        self.store = None if folder is None else ShardStore(folder, self.KIND, format_name=self.FORMAT,
+                                                            max_open=max_open_shards)
+
+    def __len__(self) -> int:
+        return len(self._memory) if self.store is None else len(self.store)
+
+    def refresh(self) -> None:
+        """Index the folder's shards again (after other processes wrote theirs)."""
+        if self.store is not None:
+            self.store.refresh()
+
+    @property
+    def on_disk(self) -> bool:
+        return self.store is not None
+
+    def has(self, key: K) -> bool:
+        """Whether a value that fits `key` is cached (nothing is loaded)."""
+        if self.store is None:
+            return key.digest in self._memory
+        fields = self.store.fields(key.digest)
+        return fields is not None and self._fits(fields, key)
+
+    def get(self, key: K) -> V | None:
+        """The cached value for `key`; None when absent or unfit. A damaged shard copy (`_value` None) is
+        forgotten and the next copy tried."""
+        if self.store is None:
+            return self._memory.get(key.digest)
+        while self.has(key):
+            tensors = self.store.read(key.digest)
+            if tensors is None:
+                return None
+            value = self._value(tensors)
+            if value is not None:
+                return value
+            self.store.forget(key.digest)
+        return None
+
+    def put(self, key: K, value: V) -> None:
+        """Keep `value` (a CPU copy) in memory or, with a folder, buffer it for the next shard."""
+        value = self._on_cpu(value)
+        if self.store is None:
+            self._memory[key.digest] = value
+        else:
+            self.store.add(key.digest, self._tensors(value))
+
+    @property
+    def full(self) -> bool:
+        """Whether a shard's worth of values is buffered (flush after the current batch)."""
+        return self.store is not None and self.store.full
+
+    def flush(self) -> None:
+        """Write the buffered values as one shard."""
+        if self.store is not None:
+            self.store.flush()
+
+    # --- what a subclass says --------------------------------------------------------------------------------
+    def _fits(self, fields: dict[str, TensorInfo], key: K) -> bool:
+        raise NotImplementedError
+
+    def _on_cpu(self, value: V) -> V:
+        raise NotImplementedError
+
+    def _tensors(self, value: V) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _value(self, tensors: dict[str, torch.Tensor]) -> V | None:
+        raise NotImplementedError

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..networks.files import TensorInfo
-from .cache_shards import MAX_OPEN_SHARDS, ShardStore
+from .cache_shards import ShardedCache
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -84,76 +84,28 @@ class LatentKey:
         return self.bucket[1] // LATENT_FACTOR, self.bucket[0] // LATENT_FACTOR
 
 
-class LatentCache:
-    """Latents by key: a memory dict, or with a folder the shards there, read when asked (nothing kept in memory).
+class LatentCache(ShardedCache[LatentKey, torch.Tensor]):
+    """Latents [C, h, w] (float32, CPU) by key (cache_shards.ShardedCache). A shard entry's shape is checked from
+    its header before its tensor is loaded, so a damaged or planted file can never make a read allocate more than
+    one latent of the key's size; a copy that is not finite is skipped."""
 
-    With a folder, `put` buffers latents and `flush` writes them as one shard.
-    """
+    KIND = SHARD_KIND
+    FORMAT = CACHE_FORMAT
 
-    def __init__(self, folder: Path | None = None, *, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
-        self.folder = folder
-        self._memory: dict[str, torch.Tensor] = {}
-        self.store = None if folder is None else ShardStore(folder, SHARD_KIND, format_name=CACHE_FORMAT,
-                                                            max_open=max_open_shards)
+    def _fits(self, fields: dict[str, TensorInfo], key: LatentKey) -> bool:
+        info = fields.get("latents")
+        return (info is not None and len(fields) == 1 and len(info.shape) == 3
+                and info.shape[1:] == key.latent_size and 0 < info.shape[0] <= MAX_LATENT_CHANNELS)
 
-    def __len__(self) -> int:
-        return len(self._memory) if self.store is None else len(self.store)
+    def _on_cpu(self, value: torch.Tensor) -> torch.Tensor:
+        return value.detach().to("cpu", torch.float32).contiguous()
 
-    def refresh(self) -> None:
-        """Index the folder's shards again (after other processes wrote theirs)."""
-        if self.store is not None:
-            self.store.refresh()
+    def _tensors(self, value: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"latents": value}
 
-    @property
-    def on_disk(self) -> bool:
-        return self.store is not None
-
-    def has(self, key: LatentKey) -> bool:
-        """Whether a latent of the right shape is cached for `key` (nothing is loaded)."""
-        if self.store is None:
-            return key.digest in self._memory
-        fields = self.store.fields(key.digest)
-        return fields is not None and _fits(fields, key)
-
-    def get(self, key: LatentKey) -> torch.Tensor | None:
-        """The latent [C, h, w] (float32, CPU) for `key`; None when absent, of the wrong shape or not finite.
-
-        A shard entry's shape is checked from the header before its tensor is loaded, so a damaged or planted
-        file can never make the read allocate more than one latent of `key`'s size.
-        """
-        if self.store is None:
-            return self._memory.get(key.digest)
-        while self.has(key):
-            tensors = self.store.read(key.digest)
-            if tensors is None:
-                return None
-            if torch.isfinite(tensors["latents"]).all():
-                return tensors["latents"].to(torch.float32)
-            self.store.forget(key.digest)  # a damaged copy: the next one, or computed again
-        return None
-
-    def put(self, key: LatentKey, latent: torch.Tensor) -> None:
-        """Keep `latent` in memory or, with a folder, buffer it for the next shard."""
-        latent = latent.detach().to("cpu", torch.float32).contiguous()
-        if self.store is None:
-            self._memory[key.digest] = latent
-        else:
-            self.store.add(key.digest, {"latents": latent})
-
-    @property
-    def full(self) -> bool:
-        """Whether a shard's worth of latents is buffered (flush after the current batch)."""
-        return self.store is not None and self.store.full
-
-    def flush(self) -> None:
-        """Write the buffered latents as one shard."""
-        if self.store is not None:
-            self.store.flush()
-
-def _fits(fields: dict[str, TensorInfo], key: LatentKey) -> bool:
-    info = fields.get("latents")
-    return (info is not None and len(fields) == 1 and len(info.shape) == 3 and info.shape[1:] == key.latent_size
-            and 0 < info.shape[0] <= MAX_LATENT_CHANNELS)
+    def _value(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        latents = tensors["latents"]
+        return latents.to(torch.float32) if torch.isfinite(latents).all() else None
 
 
 def encode_pixels(host: Host, pixels: torch.Tensor, *, seed: int) -> torch.Tensor:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..hosts.base import Conditioning
-from .cache_shards import MAX_OPEN_SHARDS, ShardStore
+from ..networks.files import TensorInfo
+from .cache_shards import ShardedCache
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -60,56 +60,24 @@ def text_order(key: TextKey) -> tuple[tuple[int, int], str]:
     return key.size or (0, 0), key.text
 
 
-class TextCache:
-    """Text-encoder outputs (one row each) by key: a memory dict, or with a folder the shards there."""
+class TextCache(ShardedCache[TextKey, Conditioning]):
+    """Text-encoder outputs (one row each, CPU) by key (cache_shards.ShardedCache); a copy that is not finite is
+    skipped."""
 
-    def __init__(self, folder: Path | None = None, *, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
-        self._memory: dict[str, Conditioning] = {}
-        self.store = None if folder is None else ShardStore(folder, SHARD_KIND, format_name=TEXT_FORMAT,
-                                                            max_open=max_open_shards)
+    KIND = SHARD_KIND
+    FORMAT = TEXT_FORMAT
 
-    def refresh(self) -> None:
-        if self.store is not None:
-            self.store.refresh()
+    def _fits(self, fields: dict[str, TensorInfo], key: TextKey) -> bool:
+        return _CONTEXT in fields and all(len(info.shape) >= 1 and info.shape[0] == 1 for info in fields.values())
 
-    @property
-    def on_disk(self) -> bool:
-        return self.store is not None
+    def _on_cpu(self, value: Conditioning) -> Conditioning:
+        return value.detach().to("cpu")
 
-    def has(self, key: TextKey) -> bool:
-        if self.store is None:
-            return key.digest in self._memory
-        fields = self.store.fields(key.digest)
-        return fields is not None and _CONTEXT in fields and all(
-            len(info.shape) >= 1 and info.shape[0] == 1 for info in fields.values())
+    def _tensors(self, value: Conditioning) -> dict[str, torch.Tensor]:
+        return {_CONTEXT: value.context, **{f"{_EXTRA}{name}": t for name, t in value.extra.items()}}
 
-    def get(self, key: TextKey) -> Conditioning | None:
-        """The cached output [1, ...] (CPU) for `key`; None when absent or not finite."""
-        if self.store is None:
-            return self._memory.get(key.digest)
-        while self.has(key):
-            tensors = self.store.read(key.digest)
-            if tensors is None:
-                return None
-            if all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
-                extra = {name[len(_EXTRA):]: t for name, t in tensors.items() if name.startswith(_EXTRA)}
-                return Conditioning(tensors[_CONTEXT], extra)
-            self.store.forget(key.digest)
-        return None
-
-    def put(self, key: TextKey, value: Conditioning) -> None:
-        """Keep one row's output in memory or, with a folder, buffer it for the next shard."""
-        value = value.detach().to("cpu")
-        if self.store is None:
-            self._memory[key.digest] = value
-        else:
-            tensors = {_CONTEXT: value.context, **{f"{_EXTRA}{name}": t for name, t in value.extra.items()}}
-            self.store.add(key.digest, tensors)
-
-    @property
-    def full(self) -> bool:
-        return self.store is not None and self.store.full
-
-    def flush(self) -> None:
-        if self.store is not None:
-            self.store.flush()
+    def _value(self, tensors: dict[str, torch.Tensor]) -> Conditioning | None:
+        if not all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()):
+            return None
+        extra = {name[len(_EXTRA):]: t for name, t in tensors.items() if name.startswith(_EXTRA)}
+        return Conditioning(tensors[_CONTEXT], extra)
