@@ -38,8 +38,8 @@ from lib_lora.dataset.gc_pause import paused_gc  # noqa: E402
 from lib_lora.dataset.tags import AddTags, RemoveTags  # noqa: E402
 from lib_lora.file_names import FolderLimits  # noqa: E402
 from lib_lora.ui.context import StudioContext  # noqa: E402
-from lib_lora.ui.dataset_saving import _finish, _plan_unsaved, save  # noqa: E402
-from lib_lora.ui.dataset_session import DatasetSession  # noqa: E402
+from lib_lora.ui.dataset.saving import _finish, _plan_unsaved, save  # noqa: E402
+from lib_lora.ui.dataset.session import DatasetSession  # noqa: E402
 
 BEFORE = {"load": 19.6, "counts": 2.4, "filter": 1.8, "clear": 2.0, "batch remove": 2.0, "save": 95.6}
 """Seconds measured on the 44,417-image set before this work (the issue's table, machine quiet)."""
@@ -159,9 +159,9 @@ def bench_actions(folder: Path, *, saving: bool, rounds: int = 3) -> None:
 
 def bench_clicks(folder: Path) -> None:
     """Each click of the tab as its event runs it on the server: the action, then the parts that changed."""
-    from lib_lora.ui.dataset_actions import remove_edit, run_action
-    from lib_lora.ui.dataset_views import PARTS
-    from lib_lora.ui.dataset_wiring import DatasetWiring
+    from lib_lora.ui.dataset.actions import remove_edit, run_action
+    from lib_lora.ui.dataset.views import PARTS
+    from lib_lora.ui.dataset.wiring import DatasetWiring
 
     context = StudioContext.for_folder(lambda: None, folder.parent)
     wiring = DatasetWiring(context, {name: None for name in PARTS}, None)  # type: ignore[arg-type]

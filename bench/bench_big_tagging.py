@@ -39,11 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lib_lora.dataset import tag_run, tag_writer  # noqa: E402
-from lib_lora.dataset.tag_journal import JOURNAL_DIR_NAME  # noqa: E402
-from lib_lora.dataset.tag_run import tag_folder  # noqa: E402
-from lib_lora.dataset.tagger import Tagger, TaggerOptions  # noqa: E402
-from lib_lora.dataset.tagger_models import resolve_model  # noqa: E402
+from lib_lora.dataset.tagging import run as tag_run  # noqa: E402
+from lib_lora.dataset.tagging import writer as tag_writer  # noqa: E402
+from lib_lora.dataset.tagging.journal import JOURNAL_DIR_NAME  # noqa: E402
+from lib_lora.dataset.tagging.models import resolve_model  # noqa: E402
+from lib_lora.dataset.tagging.run import tag_folder  # noqa: E402
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions  # noqa: E402
 from lib_lora.tiny.images import generate_dataset  # noqa: E402
 from lib_lora.tiny.tagger import tag_table, write_tiny_wd14_tagger  # noqa: E402
 
@@ -189,7 +190,7 @@ def fast(work: Path, count: int, rounds: int) -> None:
 def big(work: Path, source: Path) -> None:
     """(e): resuming at scale: the journal of a run cancelled at 90 % and the time to sort the folder out."""
     from lib_lora.dataset.folder import leave_out_links, scan_dataset
-    from lib_lora.dataset.tag_run import ImageResult, TagReport, prepare_tagging
+    from lib_lora.dataset.tagging.run import ImageResult, TagReport, prepare_tagging
     from lib_lora.jobs import Job, JobCancelled, JobControl
 
     folder = work / "big"

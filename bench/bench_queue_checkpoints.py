@@ -32,7 +32,7 @@ from train_run_helpers import make_pattern_dataset, tiny_config  # noqa: E402
 from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402
 from lib_lora.train.checkpoints import DEFAULT_EVERY_N_STEPS, CheckpointPolicy  # noqa: E402
 from lib_lora.train.loop import TrainRun  # noqa: E402
-from lib_lora.train.state import TrainPosition, save_state  # noqa: E402
+from lib_lora.train.resume_state import TrainPosition, save_state  # noqa: E402
 
 LORA_PARAMETERS = {"SD1 rank 32": 9_437_184, "SDXL rank 32": 23_040_000}
 """The trainable parameters of kohya LoRAs of rank 32 on the UNet and text encoders (as their files hold them)."""

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib_lora.dataset.images import open_image  # noqa: E402
 from lib_lora.dataset.preprocess import prepare_image  # noqa: E402
-from lib_lora.dataset.tag_run import tag_folder  # noqa: E402
-from lib_lora.dataset.tagger import Tagger, TaggerOptions  # noqa: E402
-from lib_lora.dataset.tagger_models import resolve_model  # noqa: E402
+from lib_lora.dataset.tagging.models import resolve_model  # noqa: E402
+from lib_lora.dataset.tagging.run import tag_folder  # noqa: E402
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions  # noqa: E402
 from lib_lora.tiny.images import generate_dataset  # noqa: E402
 from lib_lora.tiny.tagger import tag_table  # noqa: E402
 

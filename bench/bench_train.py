@@ -26,7 +26,7 @@ from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402
 from lib_lora.tiny.images import generate_dataset  # noqa: E402
 from lib_lora.train.config import TrainConfig  # noqa: E402
 from lib_lora.train.loop import TrainRun  # noqa: E402
-from lib_lora.train.network import TrainableNetwork  # noqa: E402
+from lib_lora.train.network.trainable import TrainableNetwork  # noqa: E402
 
 
 def config(data: Path, out: Path, steps: int, **extra) -> TrainConfig:

@@ -123,7 +123,7 @@ def our_config(root: Path, data, steps: int):
 
 def run_ours(steps: int, count: int) -> dict:
     from lib_lora.train.loop import TrainRun
-    from lib_lora.train.network import TrainableNetwork
+    from lib_lora.train.network.trainable import TrainableNetwork
 
     host, report = loaded_host()
     pointers = {name: p.data_ptr() for name, p in host.unet.named_parameters()}

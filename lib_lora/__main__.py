@@ -1,4 +1,4 @@
-"""`python -m lib_lora`: the standalone app and command line (see lib_lora/cli.py)."""
+"""`python -m lib_lora`: the standalone app and command line (see lib_lora/cli/main.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from .cli import main  # noqa: E402
+from .cli.main import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,9 +20,9 @@ from .blocks.apply import LoraLibrary
 from .blocks.grid import Axis, GridSpec, new_output_path, plan_grid, run_grid
 from .blocks.presets import PresetBook
 from .blocks.session import LoraSession
-from .dataset.tag_run import tag_folder
-from .dataset.tagger import Tagger, TaggerOptions
-from .dataset.tagger_models import resolve_model
+from .dataset.tagging.models import resolve_model
+from .dataset.tagging.run import tag_folder
+from .dataset.tagging.tagger import Tagger, TaggerOptions
 from .hosts.base import GenerationRequest, Host
 from .hosts.diffusers import load_diffusers_host
 from .jobs import Job

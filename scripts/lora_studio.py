@@ -3,7 +3,7 @@ over lib_lora.webui.
 
 The WebUI execs this file at start-up with the extension root on sys.path. It does no model work, never reads
 `shared.sd_model`, and imports gradio only when the tab is built. The script has no UI: it acts on the prompt's
-`<lora:…>` tags (lib_lora/webui/blockweight.py says how).
+`<lora:…>` tags (lib_lora/webui/blockweight/script.py says how).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from modules import script_callbacks, scripts  # type: ignore[import-not-found]
 
 from lib_lora.webui import settings, tabs
-from lib_lora.webui.blockweight import CONTROLLER, SCRIPT_TITLE
+from lib_lora.webui.blockweight.script import CONTROLLER, SCRIPT_TITLE
 
 settings.register_options()
 script_callbacks.on_ui_settings(settings.on_ui_settings, name="lora_studio_settings")

@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lib_lora.blocks.mapping import block_of_key
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index
 from lib_lora.networks.metadata import LoraMetadata
 from lib_lora.tiny.loras import random_lora_state_dict
+from lib_lora.unet_blocks import block_of_key
 
 FAST = {"steps": 2, "width": 64, "height": 64, "cfg_scale": 1.0}
 """Settings that keep a tiny-model render fast: 2 steps (1 saturates the tiny VAE's output), CFG 1 (diffusers then
@@ -58,7 +58,7 @@ def tiny_workspace(root: Path) -> tuple[Any, Any]:
     (modules in BASE, IN04 and OUT05 only)."""
     from lib_lora.hosts.diffusers import load_diffusers_host
     from lib_lora.ui import StudioContext
-    from lib_lora.ui.blocks_editor import BlockEditor
+    from lib_lora.ui.blocks.editor import BlockEditor
 
     host = load_diffusers_host("tiny")
     write_lora(host, root / "Lora" / "part.safetensors", blocks={"BASE", "IN04", "OUT05"})

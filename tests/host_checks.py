@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from lib_lora.hosts.state import HOOK_DICTS
+from lib_lora.hosts.snapshot import HOOK_DICTS
 
 
 @dataclass

@@ -11,8 +11,8 @@ import pytest
 
 from lib_lora.errors import BlockWeightError
 from lib_lora.ui import StudioContext
-from lib_lora.ui.blocks_editor import RANDOM_NOTE, SLIDER_KEYS, BlockEditor, read_box
-from lib_lora.ui.blocks_runs import BlockRuns
+from lib_lora.ui.blocks.editor import RANDOM_NOTE, SLIDER_KEYS, BlockEditor, read_box
+from lib_lora.ui.blocks.runs import BlockRuns
 
 pytestmark = pytest.mark.hostcompat
 

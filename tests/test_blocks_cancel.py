@@ -188,7 +188,7 @@ def workspace(tmp_path_factory):
     pytest.importorskip("diffusers")
     from blocks_testing import tiny_workspace
 
-    from lib_lora.ui.blocks_runs import BlockRuns
+    from lib_lora.ui.blocks.runs import BlockRuns
 
     context, editor = tiny_workspace(tmp_path_factory.mktemp("workspace"))
     return context, BlockRuns(context, editor, poll_seconds=0.02)
@@ -230,7 +230,7 @@ def test_generate_draws_r_u_x_from_the_random_seed_and_records_it(workspace):
 
 
 def test_other_tabs_are_told_which_cancel_stops_the_holder(workspace):
-    from lib_lora.ui.train_session import TrainSession, TrainUIError
+    from lib_lora.ui.train.session import TrainSession, TrainUIError
 
     context, runs = workspace
     slot = runs.grid_slot
@@ -267,7 +267,7 @@ class FakeHost:
 ])
 def test_settings_fit_the_model_and_device(arch, device, parameters, expected):
     from lib_lora.arch import get_arch
-    from lib_lora.ui.blocks_settings import fitting_settings
+    from lib_lora.ui.blocks.settings import fitting_settings
 
     fitting = fitting_settings(FakeHost("m", get_arch(arch), device, parameters))
     assert (fitting.steps, fitting.width) == expected and fitting.height == fitting.width

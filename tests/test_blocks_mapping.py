@@ -7,16 +7,10 @@ import pytest
 from torch import nn
 
 from lib_lora.arch import SD1, SDXL
-from lib_lora.blocks.mapping import (
-    BASE,
-    UNBLOCKED_PARTS,
-    block_of_key,
-    block_of_ldm_path,
-    is_weighted_block,
-)
 from lib_lora.networks.keys import TargetIndex, build_target_index_for
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
+from lib_lora.unet_blocks import BASE, UNBLOCKED_PARTS, block_of_key, block_of_ldm_path, is_weighted_block
 
 pytestmark = pytest.mark.hostcompat
 

@@ -2,7 +2,7 @@
 
 The UNets and text encoders are built at full size on the meta device (no memory, no weights), so the keys are
 exactly the ones sd-scripts writes. Each key's block is checked against a table written here from the LDM block
-structure (independent of lib_lora.blocks.mapping), in every spelling we accept, and the module counts against
+structure (independent of lib_lora.unet_blocks), in every spelling we accept, and the module counts against
 what sd-scripts reports when it creates the network ("create LoRA for U-Net: 192 modules" and so on).
 """
 
@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("diffusers")
 
 from lib_lora.arch import SD1, SDXL  # noqa: E402
-from lib_lora.blocks.mapping import BASE, UNBLOCKED_PARTS, block_of_key  # noqa: E402
 from lib_lora.networks.keys import build_target_index_for  # noqa: E402
 from lib_lora.tiny.full import build_full_text_encoders, build_full_unet  # noqa: E402
 from lib_lora.tiny.loras import kohya_default_targets  # noqa: E402
+from lib_lora.unet_blocks import BASE, UNBLOCKED_PARTS, block_of_key  # noqa: E402
 
 LBW_17 = {"BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",
           "OUT03", "OUT04", "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"}

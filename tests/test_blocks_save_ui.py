@@ -13,15 +13,15 @@ from lib_lora.blocks.presets import PresetBook
 from lib_lora.errors import LoraStudioError
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import save_lora_file
+from lib_lora.networks.loaded import as_applied, load_network
 from lib_lora.networks.metadata import LoraMetadata
-from lib_lora.networks.network import as_applied, load_network
 from lib_lora.networks.tools.checkpoint import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.loras import random_lora_state_dict
 from lib_lora.ui import StudioContext
-from lib_lora.ui.blocks_editor import BlockEditor
-from lib_lora.ui.blocks_save import BlockSaver, output_name
-from lib_lora.ui.blocks_tab import build_blocks_tab
+from lib_lora.ui.blocks.editor import BlockEditor
+from lib_lora.ui.blocks.save import BlockSaver, output_name
+from lib_lora.ui.blocks.tab import build_blocks_tab
 from lib_lora.ui.compat import event_functions
 from lib_lora.ui.wiring import bound
 

@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 from lib_lora.blocks.apply import LoraLibrary  # noqa: E402
 from lib_lora.blocks.presets import PresetBook  # noqa: E402
 from lib_lora.blocks.session import LoraSession, session_for, unmerge_host  # noqa: E402
-from lib_lora.blocks.steps import active_steps  # noqa: E402
+from lib_lora.blocks.step_window import active_steps  # noqa: E402
 from lib_lora.blocks.syntax import parse_prompt  # noqa: E402
 from lib_lora.hosts.base import GenerationRequest  # noqa: E402
 from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402

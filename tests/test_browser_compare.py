@@ -28,7 +28,7 @@ def train_four_epochs(page: Any, workspace: Path) -> None:
     """Fill the form for a 4-epoch run saving every epoch, start it, wait for its end."""
     from playwright.sync_api import expect
 
-    from lib_lora.ui.train_form import SECTION_TITLES
+    from lib_lora.ui.train.form import SECTION_TITLES
 
     expect(page.locator("#lora_studio_model_info")).to_contain_text("tiny", timeout=60_000)
     page.get_by_role("tab", name="Train").click()

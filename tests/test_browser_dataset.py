@@ -46,8 +46,8 @@ def tagger_captions(workspace: Path) -> dict[str, str]:
     """What the tagger writes with the tab's default options and existing=overwrite, by image name."""
     from lib_lora.dataset.folder import scan_dataset
     from lib_lora.dataset.images import open_image
-    from lib_lora.dataset.tagger import Tagger, TaggerOptions
-    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tagging.models import resolve_model
+    from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
     from lib_lora.dataset.tags import join_tags
 
     items = scan_dataset(workspace / "datasets" / "char").items
@@ -248,8 +248,8 @@ def test_a_few_hundred_images_page_filter_batch_edit_and_save(server: str, works
     from playwright.sync_api import expect
 
     from lib_lora.dataset.tags import tag_frequency
-    from lib_lora.ui.dataset_session import PAGE_SIZE
-    from lib_lora.ui.dataset_views import FREQUENCY_ROWS
+    from lib_lora.ui.dataset.session import PAGE_SIZE
+    from lib_lora.ui.dataset.views import FREQUENCY_ROWS
 
     folder = workspace / "datasets" / "many"
     captions = make_many(folder, 300)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lib_lora.cli import build_parser, open_ui_command, with_default_command
+from lib_lora.cli.main import build_parser, open_ui_command, with_default_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.pnginfo import read_parameters
 
 pytestmark = pytest.mark.hostcompat

@@ -14,7 +14,7 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from lib_lora.cli import main  # noqa: E402
+from lib_lora.cli.main import main  # noqa: E402
 from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402
 from lib_lora.networks.files import save_lora_file  # noqa: E402
 from lib_lora.networks.keys import build_target_index  # noqa: E402

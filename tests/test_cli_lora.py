@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.networks.files import read_header, save_lora_file, save_safetensors_file
+from lib_lora.networks.loaded import load_network
 from lib_lora.networks.metadata import LoraMetadata
-from lib_lora.networks.network import load_network
 from lib_lora.networks.tools import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.loras import random_lora_state_dict
@@ -131,7 +131,7 @@ def test_bake_gives_the_output_of_merging_at_load_time(tmp_path):
     from lib_lora.hosts.diffusers import load_diffusers_host
     from lib_lora.networks.attach import WeightMerger
     from lib_lora.networks.keys import build_target_index
-    from lib_lora.networks.network import as_applied
+    from lib_lora.networks.loaded import as_applied
     from lib_lora.tiny.checkpoint import write_tiny_sd1_single_file
 
     checkpoint = write_tiny_sd1_single_file(tmp_path, name="tiny_sd1")

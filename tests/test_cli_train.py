@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.networks.files import load_lora_file
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.config import TrainConfig

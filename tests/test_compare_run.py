@@ -127,7 +127,7 @@ def test_four_epochs_are_compared_and_the_best_combined_score_is_kept(saves, hos
 
 
 def test_the_command_line_compares_recommends_and_keeps(saves):
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     folder, data = saves
     paths = [str(p) for p in sorted(folder.glob("*.safetensors"))]
@@ -146,7 +146,7 @@ def test_the_command_line_compares_recommends_and_keeps(saves):
 
 
 def test_a_bad_command_line_is_one_line_and_moves_nothing(saves, capsys):
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     folder, data = saves
     before = digests(folder)

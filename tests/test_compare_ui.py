@@ -12,8 +12,8 @@ from train_run_helpers import TRIGGER, make_pattern_dataset, tiny_config
 
 from lib_lora.train.errors import ConfigError
 from lib_lora.ui.context import StudioContext
-from lib_lora.ui.train_compare import PREFIX, ComparePanel, build_compare_panel
-from lib_lora.ui.train_session import TrainSession, TrainUIError
+from lib_lora.ui.train.compare import PREFIX, ComparePanel, build_compare_panel
+from lib_lora.ui.train.session import TrainSession, TrainUIError
 
 hostcompat = pytest.mark.hostcompat
 
@@ -103,7 +103,7 @@ def test_unmatched_keys_are_listed(tmp_path):
     from lib_lora.networks.loaders import KeyFailure, LoaderCheck, LoaderReport
     from lib_lora.train.compare import CompareFile
     from lib_lora.train.compare.run import FileRow
-    from lib_lora.ui.train_compare import loader_lines
+    from lib_lora.ui.train.compare import loader_lines
 
     failures = tuple(KeyFailure(f"lora_unet_foreign_{i}.lora_up.weight", "unknown module") for i in range(12))
     report = LoaderReport("a1111", "A1111 1.10", "sd1", 20, 8, failures)

@@ -14,10 +14,10 @@ from lib_lora.dataset.errors import PathNotAllowedError
 from lib_lora.dataset.finder import find_dataset_folders
 from lib_lora.dataset.roots import AllowedRoots, AmbiguousFolderError, FolderNotFoundError
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui.dataset_folders import dataset_folder_choices
-from lib_lora.ui.dataset_loading import require_shown
-from lib_lora.ui.dataset_saving import save
-from lib_lora.ui.dataset_session import DatasetSession, DatasetUIError
+from lib_lora.ui.dataset.folders import dataset_folder_choices
+from lib_lora.ui.dataset.loading import require_shown
+from lib_lora.ui.dataset.saving import save
+from lib_lora.ui.dataset.session import DatasetSession, DatasetUIError
 
 pytestmark = pytest.mark.hostcompat
 

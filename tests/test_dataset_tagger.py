@@ -15,9 +15,9 @@ from test_dataset_tagger_preprocess import reference
 from lib_lora.dataset.captions import read_caption
 from lib_lora.dataset.folder import scan_dataset
 from lib_lora.dataset.images import open_image
-from lib_lora.dataset.tag_run import tag_folder
-from lib_lora.dataset.tagger import Tagger, TaggerOptions, merge_caption, tags_from_scores
-from lib_lora.dataset.tagger_models import REGISTRY, TaggerModelError, resolve_model
+from lib_lora.dataset.tagging.models import REGISTRY, TaggerModelError, resolve_model
+from lib_lora.dataset.tagging.run import tag_folder
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions, merge_caption, tags_from_scores
 from lib_lora.jobs import Job, JobCancelled
 from lib_lora.tiny.images import generate_dataset, make_corrupt_files
 from lib_lora.tiny.tagger import FAKE_COMMIT, write_hub_layout, write_tiny_wd14_tagger
@@ -70,7 +70,7 @@ def test_session_contract_is_read(taggers: dict[str, Tagger]) -> None:
 
 def test_cpu_plans_one_single_threaded_run_per_core(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
                                                     ) -> None:
-    from lib_lora.dataset import tagger as tagger_module
+    from lib_lora.dataset.tagging import tagger as tagger_module
 
     files = resolve_model(str(models["dynamic"]))
     monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 4)
@@ -120,7 +120,7 @@ def test_captions_are_the_tags_the_scores_imply(kind: str, option_set: int, mode
 
 def test_batched_and_single_runs_give_the_same_tags(models: dict[str, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from lib_lora.dataset import tagger as tagger_module
+    from lib_lora.dataset.tagging import tagger as tagger_module
 
     images = uncaptioned(tmp_path, count=9)
     files = resolve_model(str(models["dynamic"]))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.cli import main
-from lib_lora.dataset.tagger_models import REGISTRY
+from lib_lora.cli.main import main
+from lib_lora.dataset.tagging.models import REGISTRY
 from lib_lora.tiny.images import generate_dataset, make_corrupt_files
 from lib_lora.tiny.tagger import write_tiny_wd14_tagger
 

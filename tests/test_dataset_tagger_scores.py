@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_lora.dataset.tagger import (
+from lib_lora.dataset.tagging.tagger import (
     OPTION_HELP,
     TaggerOptionError,
     TaggerOptions,

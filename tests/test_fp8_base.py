@@ -28,8 +28,8 @@ from lib_lora.train.config import TrainConfig
 from lib_lora.train.errors import TrainingError
 from lib_lora.train.fp8_storage import STORAGE, fp8_layers, fp8_stored
 from lib_lora.train.loop import TrainRun
-from lib_lora.train.network import TrainableNetwork
-from lib_lora.train.network_config import NetworkConfig
+from lib_lora.train.network.config import NetworkConfig
+from lib_lora.train.network.trainable import TrainableNetwork
 
 pytestmark = pytest.mark.hostcompat
 

@@ -30,16 +30,16 @@ from lib_lora.hosts.a1111 import A1111Host
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import load_lora_file
 from lib_lora.networks.keys import build_target_index
+from lib_lora.networks.loaded import as_applied, network_from_state_dict
 from lib_lora.networks.loaders.a1111 import check
-from lib_lora.networks.network import as_applied, network_from_state_dict
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
 from lib_lora.tiny.openclip import openclip_from_hf
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.fused_attention import fused_owners, is_fused
 from lib_lora.train.loop import TrainRun
-from lib_lora.train.network import TrainableNetwork
-from lib_lora.train.network_config import NetworkConfig
+from lib_lora.train.network.config import NetworkConfig
+from lib_lora.train.network.trainable import TrainableNetwork
 
 pytestmark = pytest.mark.hostcompat
 

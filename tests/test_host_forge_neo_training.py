@@ -16,7 +16,7 @@ from webui_standin.forge_neo import apply_loras, prepare_generation, random_patc
 
 from lib_lora.errors import HostError
 from lib_lora.hosts.forge_neo import ForgeNeoHost
-from lib_lora.networks.network import load_network
+from lib_lora.networks.loaded import load_network
 from lib_lora.tiny.images import generate_dataset
 
 pytestmark = pytest.mark.hostcompat

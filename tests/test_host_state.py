@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_lora.hosts.state import capture_state, freeze_for_training, preserved_state, restore_state
+from lib_lora.hosts.snapshot import capture_state, freeze_for_training, preserved_state, restore_state
 
 pytestmark = pytest.mark.hostcompat
 

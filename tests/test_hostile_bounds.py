@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import torch
 
-from lib_lora.dataset import tagger_models
-from lib_lora.dataset.tagger import TagLabels
-from lib_lora.dataset.tagger_models import TaggerModelError
+from lib_lora.dataset.tagging import models as tagger_models
+from lib_lora.dataset.tagging.models import TaggerModelError
+from lib_lora.dataset.tagging.tagger import TagLabels
 from lib_lora.errors import BlockWeightError, LoraFormatError, LoraStudioError
 from lib_lora.networks import pickle_limits
 from lib_lora.networks.files import MAX_LORA_BYTES, load_lora_file, save_safetensors_file
@@ -35,7 +35,7 @@ from lib_lora.train.bounds import NETWORK_ARG_BOUNDS, OPTION_BOUNDS, bounds_of
 from lib_lora.train.config import PARTS, TRAIN_HELP, TrainConfig
 from lib_lora.train.errors import ConfigError, TrainingError
 from lib_lora.train.latent_cache import LatentCache, LatentKey
-from lib_lora.train.network_config import NetworkArgs
+from lib_lora.train.network.config import NetworkArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -218,8 +218,8 @@ def tiny_tagger(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tagger_files_over_their_limits_are_refused_before_reading(monkeypatch: pytest.MonkeyPatch,
                                                                    tiny_tagger: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from lib_lora.dataset import tagger
-    from lib_lora.dataset.tagger import Tagger
+    from lib_lora.dataset.tagging import tagger
+    from lib_lora.dataset.tagging.tagger import Tagger
 
     files = tagger_models.resolve_model(str(tiny_tagger))
     assert Tagger.load(files).input_size == 64
@@ -240,7 +240,7 @@ def test_a_tagger_asking_for_huge_inputs_is_refused_when_loaded(tmp_path: Path, 
                                                                 options: dict[str, int]) -> None:
     pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    from lib_lora.dataset.tagger import Tagger
+    from lib_lora.dataset.tagging.tagger import Tagger
     from lib_lora.tiny.tagger import write_tiny_wd14_tagger
 
     batch = options.pop("batch", None)
@@ -367,7 +367,7 @@ def test_tops_are_accepted() -> None:
 
 def test_the_command_line_refuses_resolution_100000_before_loading_a_model(tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture) -> None:
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     (tmp_path / "cfg.toml").write_text('pretrained_model_name_or_path = "tiny"\noutput_dir = "out"\n',
                                        encoding="utf-8")

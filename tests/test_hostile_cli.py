@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.tools import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
@@ -185,7 +185,7 @@ def test_the_line_is_the_same_for_an_os_error_raised_anywhere(capsys, monkeypatc
     def fail(args: Any, out: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/" + "x" * 400)
 
-    monkeypatch.setattr("lib_lora.cli.run_lora_command", fail)
+    monkeypatch.setattr("lib_lora.cli.main.run_lora_command", fail)
     assert main(["lora", "info", "x"], out=io.StringIO()) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("lora-studio: error: /data/xxx") and "…" in line

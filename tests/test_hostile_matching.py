@@ -50,8 +50,8 @@ from lib_lora.jobs import GpuGate  # noqa: E402
 from lib_lora.networks.keys import TargetIndex, build_target_index  # noqa: E402
 from lib_lora.networks.matching import MATCHED_FIELD, LoraMatchError, module_names  # noqa: E402
 from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
-from lib_lora.webui.blockweight import CONTROLLER, BlockWeightController  # noqa: E402
-from lib_lora.webui.blockweight_prompts import REFUSED_FIELD  # noqa: E402
+from lib_lora.webui.blockweight.prompts import REFUSED_FIELD  # noqa: E402
+from lib_lora.webui.blockweight.script import CONTROLLER, BlockWeightController  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_FIELD = "Lora block weights"
@@ -199,8 +199,8 @@ def test_standalone_refuses_or_warns_and_records_the_counts(standalone, case: Ca
 
 def test_the_block_weight_tab_refuses_before_rendering_and_shows_warnings(standalone) -> None:
     from lib_lora.ui import StudioContext
-    from lib_lora.ui.blocks_editor import BlockEditor
-    from lib_lora.ui.blocks_runs import BlockRuns
+    from lib_lora.ui.blocks.editor import BlockEditor
+    from lib_lora.ui.blocks.runs import BlockRuns
 
     context = StudioContext.for_folder(lambda: standalone.host, standalone.root)
     runs = BlockRuns(context, BlockEditor(lambda: context.presets_file), poll_seconds=0.01)
@@ -224,7 +224,7 @@ def test_the_block_weight_tab_refuses_before_rendering_and_shows_warnings(standa
 def test_the_command_line_refuses_in_one_line_and_warns(standalone, tmp_path, capsys) -> None:
     import io
 
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     folder = str(standalone.root / "Lora")
     common = ["generate", "--steps", "1", "--width", "64", "--height", "64", "--lora-dir", folder]

@@ -18,7 +18,7 @@ import torch
 
 from lib_lora.atomic import write_atomically
 from lib_lora.backups import BACKUP_DIR_NAME, BackupError, back_up, replacing
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.file_names import (
     FileNameError,
     check_output_files,
@@ -142,9 +142,9 @@ def test_the_queue_refuses_a_run_whose_names_do_not_fit(tmp_path):
 
 @pytest.mark.parametrize("action", ["prepare", "export_toml"])  # Start and Add to queue prepare; Export exports
 def test_the_train_tab_refuses_before_writing_its_prompt_file(tmp_path, action):
-    from lib_lora.ui import train_form
     from lib_lora.ui.context import StudioContext
-    from lib_lora.ui.train_session import OwnFields, TrainSession
+    from lib_lora.ui.train import form as train_form
+    from lib_lora.ui.train.session import OwnFields, TrainSession
 
     generate_dataset(tmp_path / "datasets", count=1, repeats=1, name="c")
     session = TrainSession(StudioContext.for_folder(lambda: None, tmp_path))
@@ -269,7 +269,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the model was loaded: the check came after work")
 
-    monkeypatch.setattr("lib_lora.cli_train._load_host", refuse)
+    monkeypatch.setattr("lib_lora.cli.train._load_host", refuse)
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -317,7 +317,7 @@ def test_cli_train_says_where_the_weights_went_when_the_save_fails(workdir, monk
 def test_the_train_tab_shows_where_the_weights_went_and_keeps_them_in_memory_at_worst(workdir, monkeypatch):
     from lib_lora.hosts.diffusers import load_diffusers_host
     from lib_lora.train.loop import TrainRun
-    from lib_lora.ui.train_view import result_text
+    from lib_lora.ui.train.view import result_text
 
     monkeypatch.setattr(saving.tempfile, "gettempdir", lambda: str(workdir / "no-temp"))
     failing_saves(monkeypatch, lambda path: True)

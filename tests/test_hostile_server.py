@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from lib_lora.cli import main  # noqa: E402
+from lib_lora.cli.main import main  # noqa: E402
 from lib_lora.ui.origin_guard import refusal  # noqa: E402
 
 USER, PASSWORD = "alice", "s3cret:with-colon"

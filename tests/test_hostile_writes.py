@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 
 from lib_lora import atomic
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.dataset import captions as captions_module
 from lib_lora.dataset import swap as swap_module
 from lib_lora.dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_caption, save_captions
 from lib_lora.dataset.errors import CaptionConflictError, CaptionWriteError, DatasetError
 from lib_lora.dataset.folder import rename_subset_repeats, scan_dataset
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui.dataset_saving import save
-from lib_lora.ui.dataset_session import DatasetSession
+from lib_lora.ui.dataset.saving import save
+from lib_lora.ui.dataset.session import DatasetSession
 
 pytestmark = pytest.mark.hostcompat
 
@@ -287,9 +287,9 @@ def test_cli_tag_overwrite_leaves_out_a_caption_linking_outside(tmp_path: Path, 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
 def test_tagging_a_folder_reports_a_caption_link_inside_it_as_not_written(tmp_path: Path,
                                                                           tagger_model: Path) -> None:
-    from lib_lora.dataset.tag_run import tag_folder
-    from lib_lora.dataset.tagger import Tagger, TaggerOptions
-    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tagging.models import resolve_model
+    from lib_lora.dataset.tagging.run import tag_folder
+    from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
 
     data = generate_dataset(tmp_path / "data", count=2, seed=5)
     shared = data.caption_paths[1]

@@ -396,8 +396,8 @@ def test_as_webui_installs_only_missing_and_never_the_host_stack(tmp_path: Path)
 
 
 def test_tagger_says_onnxruntime_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from lib_lora.dataset.tagger import Tagger, TaggerUnavailableError
-    from lib_lora.dataset.tagger_models import TaggerFiles
+    from lib_lora.dataset.tagging.models import TaggerFiles
+    from lib_lora.dataset.tagging.tagger import Tagger, TaggerUnavailableError
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ModuleNotFoundError
     files = TaggerFiles(tmp_path / "model.onnx", tmp_path / "selected_tags.csv", "folder", "test")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from train_run_helpers import tiny_config
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index
 from lib_lora.networks.loaders import CARD_KEY, check_file, check_tensors
@@ -44,8 +44,8 @@ def tiny_host(spec: str):
 
 def trainer_tensors(spec: str, algo: str, text_encoder: bool) -> dict[str, torch.Tensor]:
     """What the trainer saves for this network (`kohya_state_dict`, as RunOutputs writes it), untrained."""
-    from lib_lora.train.network import TrainableNetwork
-    from lib_lora.train.network_config import NetworkConfig
+    from lib_lora.train.network.config import NetworkConfig
+    from lib_lora.train.network.trainable import TrainableNetwork
 
     module, args = ALGOS[algo]
     config = NetworkConfig(network_module=module, network_args=args, network_dim=4, network_alpha=2.0,

@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.networks.files import read_header, save_lora_file
 from lib_lora.networks.formats import parse_modules
+from lib_lora.networks.loaded import load_network
 from lib_lora.networks.metadata import LoraMetadata
-from lib_lora.networks.network import load_network
 from lib_lora.networks.tools import (
     MERGE_KEY,
     MergeOptions,
@@ -25,7 +25,7 @@ from lib_lora.networks.tools import (
     merge_lora_files,
     merge_modules,
 )
-from lib_lora.networks.tools.common import module_delta
+from lib_lora.networks.tools.deltas import module_delta
 from lib_lora.networks.tools.merge_methods import (
     combine,
     dare,

@@ -25,7 +25,7 @@ def test_a_slider_starts_from_its_recipe_without_a_dataset_and_shows_progress(ap
     from playwright.sync_api import expect
 
     from lib_lora.train.recipes import RECIPES
-    from lib_lora.ui.train_form import SECTION_TITLES
+    from lib_lora.ui.train.form import SECTION_TITLES
 
     url, workspace = app
     with open_page(url, height=1000) as (page, watch):

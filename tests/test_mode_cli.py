@@ -6,12 +6,13 @@ import io
 
 import pytest
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.train.config import TRAIN_HELP, TrainConfig
 from lib_lora.train.modes.config import MODE_HELP, MODE_NAMES
 from lib_lora.train.modes.registry import MODES, mode_for
 from lib_lora.train.recipes import RECIPES
-from lib_lora.ui import train_form, train_recipes
+from lib_lora.ui.train import form as train_form
+from lib_lora.ui.train import recipes as train_recipes
 
 pytestmark = pytest.mark.hostcompat
 

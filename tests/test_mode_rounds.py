@@ -19,7 +19,7 @@ from lib_lora.hosts.diffusers import load_diffusers_host
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import load_lora_file
 from lib_lora.networks.keys import build_target_index
-from lib_lora.networks.network import as_applied, load_network
+from lib_lora.networks.loaded import as_applied, load_network
 from lib_lora.train.config import TrainConfig
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.loop import TrainRun

@@ -18,8 +18,8 @@ from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import load_lora_file, read_header, save_lora_file, save_safetensors_file
 from lib_lora.networks.formats import parse_modules
 from lib_lora.networks.keys import build_target_index_for
+from lib_lora.networks.loaded import as_applied, load_network, network_from_state_dict
 from lib_lora.networks.metadata import LoraMetadata
-from lib_lora.networks.network import as_applied, load_network, network_from_state_dict
 from lib_lora.networks.tools import (
     OPERATION_KEY,
     NetworkToolError,
@@ -37,7 +37,7 @@ from lib_lora.networks.tools import (
     resize_lora_file,
     resize_network,
 )
-from lib_lora.networks.tools.common import module_delta
+from lib_lora.networks.tools.deltas import module_delta
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet

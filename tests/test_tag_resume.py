@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_lora.cli import main
-from lib_lora.dataset import tag_run
-from lib_lora.dataset.tag_journal import JOURNAL_DIR_NAME, Intent, Outcome, TagJournal, TagJournalError
-from lib_lora.dataset.tag_run import tag_folder
-from lib_lora.dataset.tagger import Tagger, TaggerOptions
-from lib_lora.dataset.tagger_models import resolve_model
+from lib_lora.cli.main import main
+from lib_lora.dataset.tagging import run as tag_run
+from lib_lora.dataset.tagging.journal import JOURNAL_DIR_NAME, Intent, Outcome, TagJournal, TagJournalError
+from lib_lora.dataset.tagging.models import resolve_model
+from lib_lora.dataset.tagging.run import tag_folder
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
 from lib_lora.jobs import Job, JobCancelled
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.tiny.tagger import write_tiny_wd14_tagger
@@ -139,9 +139,9 @@ def test_a_killed_process_resumes_and_no_image_is_tagged_twice(tagger: Tagger, m
                                                                 reference: dict[str, bytes], tmp_path: Path) -> None:
     """SIGKILL half way through `python -m lib_lora tag` (slowed down), then the same run again."""
     images = captioned(tmp_path / "data")
-    slow = ("import sys, time\nfrom lib_lora.dataset.tagger import Tagger\nrun = Tagger.predict\n"
+    slow = ("import sys, time\nfrom lib_lora.dataset.tagging.tagger import Tagger\nrun = Tagger.predict\n"
             "Tagger.predict = lambda self, batch: (time.sleep(0.3 * len(batch)), run(self, batch))[1]\n"
-            "from lib_lora.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+            "from lib_lora.cli.main import main\nsys.exit(main(sys.argv[1:]))\n")
     command = [sys.executable, "-c", slow, "tag", str(tmp_path / "data"), "--model", str(model), "--recursive",
                "--existing", "overwrite", "--batch-size", "2", "--trigger", "tinychar"]
     process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"),

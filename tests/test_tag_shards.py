@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lib_lora.cli import main
-from lib_lora.dataset.tag_journal import JOURNAL_DIR_NAME
-from lib_lora.dataset.tag_run import tag_folder
-from lib_lora.dataset.tag_shards import Shard, TagShardError
-from lib_lora.dataset.tagger import Tagger, TaggerOptions
-from lib_lora.dataset.tagger_models import resolve_model
+from lib_lora.cli.main import main
+from lib_lora.dataset.tagging.journal import JOURNAL_DIR_NAME
+from lib_lora.dataset.tagging.models import resolve_model
+from lib_lora.dataset.tagging.run import tag_folder
+from lib_lora.dataset.tagging.shards import Shard, TagShardError
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
 from lib_lora.tiny.images import generate_dataset, make_corrupt_files
 from lib_lora.tiny.tagger import write_tiny_wd14_tagger
 
@@ -83,7 +83,7 @@ def test_the_split_is_by_sorted_key_disjoint_and_complete() -> None:
 
 
 def test_processes_share_the_cores(tagger: Tagger, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lib_lora.dataset import tagger as tagger_module
+    from lib_lora.dataset.tagging import tagger as tagger_module
 
     monkeypatch.setattr(tagger_module, "_physical_cores", lambda: 4)
     assert (tagger.plan().model_runs, tagger.plan(processes=2).model_runs, tagger.plan(processes=8).model_runs) == (
@@ -110,7 +110,7 @@ def test_the_main_process_waits_for_the_others_with_a_bound(tagger: Tagger, tmp_
     run_folder = folder / JOURNAL_DIR_NAME
     run_folder.mkdir()
     tag_folder(folder, tagger, OPTIONS, shard=Shard(1, 2, launch="earlier launch"))  # its marker is stale now
-    from lib_lora.dataset.tag_run import prepare_tagging
+    from lib_lora.dataset.tagging.run import prepare_tagging
 
     run = prepare_tagging(folder, tagger, OPTIONS, shard=Shard(0, 2, launch="this launch"))
     report = run.run(patience=0.3)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib_lora.dataset import tag_run
-from lib_lora.dataset.tag_run import tag_folder
-from lib_lora.dataset.tag_writer import BatchWriter
-from lib_lora.dataset.tagger import Tagger, TaggerOptions
-from lib_lora.dataset.tagger_models import resolve_model
+from lib_lora.dataset.tagging import run as tag_run
+from lib_lora.dataset.tagging.models import resolve_model
+from lib_lora.dataset.tagging.run import tag_folder
+from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
+from lib_lora.dataset.tagging.writer import BatchWriter
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.tiny.tagger import write_tiny_wd14_tagger
 

@@ -23,7 +23,7 @@ from lib_lora.train.buckets import (
     plan_no_upscale,
     resize_and_crop,
 )
-from lib_lora.train.captions import (
+from lib_lora.train.caption_rules import (
     CaptionRules,
     caption_for_host,
     escape_emphasis,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from lib_lora.networks.keys import Target
-from lib_lora.train.network_lora import LoraTrainable
-from lib_lora.train.network_module import ModuleSpec, TrainableModule
+from lib_lora.train.network.lora import LoraTrainable
+from lib_lora.train.network.module import ModuleSpec, TrainableModule
 
 pytestmark = pytest.mark.hostcompat
 

@@ -18,10 +18,10 @@ from lib_lora.hosts.diffusers import load_diffusers_host
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index
-from lib_lora.networks.network import as_applied, load_network
+from lib_lora.networks.loaded import as_applied, load_network
 from lib_lora.train.errors import ConfigError, TrainingError
-from lib_lora.train.network import TrainableNetwork
-from lib_lora.train.network_config import NetworkConfig
+from lib_lora.train.network.config import NetworkConfig
+from lib_lora.train.network.trainable import TrainableNetwork
 
 pytest.importorskip("diffusers")
 
@@ -267,7 +267,7 @@ def test_block_dims_give_per_block_ranks_and_zero_lr_blocks_get_no_module(host):
         dims[i] = 1 + i % 3
     network = make_network(host, "lora", network_train_unet_only=True,
                            network_args={"block_dims": ",".join(map(str, dims))})
-    from lib_lora.train.network_blocks import sdscripts_blocks
+    from lib_lora.train.network.blocks import sdscripts_blocks
 
     labels = sdscripts_blocks(host.arch)
     ranks = {m.target.block: m.dim for m in network.lora_modules.values()}

@@ -10,21 +10,21 @@ from hypothesis import strategies as st
 
 from lib_lora.arch import SD1, SDXL
 from lib_lora.train.errors import ConfigError
-from lib_lora.train.network_blocks import (
+from lib_lora.train.network.blocks import (
     block_lr_weights,
     lr_weight_values,
     sdscripts_block_index,
     sdscripts_blocks,
     trained_blocks,
 )
-from lib_lora.train.network_config import (
+from lib_lora.train.network.config import (
     NETWORK_ARGS_HELP,
     NETWORK_HELP,
     NetworkConfig,
     format_network_args,
     parse_network_args,
 )
-from lib_lora.train.network_lokr import factorization
+from lib_lora.train.network.lokr import factorization
 
 pytestmark = pytest.mark.hostcompat
 

@@ -13,13 +13,13 @@ from host_checks import assert_same_state, snapshot_host
 from lib_lora.hosts.a1111 import A1111Host
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.keys import build_target_index, build_target_index_for
-from lib_lora.networks.network import as_applied, network_from_state_dict
+from lib_lora.networks.loaded import as_applied, network_from_state_dict
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
 from lib_lora.tiny.openclip import build_tiny_openclip_text_model
 from lib_lora.train.errors import ConfigError
-from lib_lora.train.network import TrainableNetwork
-from lib_lora.train.network_config import NetworkConfig
-from lib_lora.train.network_targets import plan_modules
+from lib_lora.train.network.config import NetworkConfig
+from lib_lora.train.network.targets import plan_modules
+from lib_lora.train.network.trainable import TrainableNetwork
 
 pytestmark = pytest.mark.hostcompat
 pytest_plugins = ("webui_standin.fixtures",)  # a1111_host, sd_model, standin_arch, webui, webui_opts

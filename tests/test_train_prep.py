@@ -32,7 +32,7 @@ from lib_lora.train.errors import TrainingError
 from lib_lora.train.image_headers import read_image_facts, scan_image_facts
 from lib_lora.train.latent_cache import vae_identity
 from lib_lora.train.progress import PrepMeter
-from lib_lora.ui.train_view import progress_text
+from lib_lora.ui.train.view import progress_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 3

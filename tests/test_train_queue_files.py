@@ -15,7 +15,7 @@ from lib_lora.train.checkpoints import AutoCheckpoints, CheckpointPolicy, latest
 from lib_lora.train.errors import ConfigError, TrainingError
 from lib_lora.train.queue import QueueBusyError, TrainQueue
 from lib_lora.train.queue_store import MAX_QUEUE_FILE_BYTES, MAX_QUEUED_RUNS
-from lib_lora.train.state import MANIFEST_FILE, NETWORK_FILE, TrainPosition, check_state, save_state
+from lib_lora.train.resume_state import MANIFEST_FILE, NETWORK_FILE, TrainPosition, check_state, save_state
 
 pytestmark = pytest.mark.hostcompat
 

@@ -12,11 +12,11 @@ from train_run_helpers import make_pattern_dataset, tiny_config
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.train.queue import TrainQueue
-from lib_lora.train.state import TrainPosition, save_state
+from lib_lora.train.resume_state import TrainPosition, save_state
 from lib_lora.ui.context import StudioContext
-from lib_lora.ui.train_queue import CONTINUE_LABEL, RUN_LABEL
-from lib_lora.ui.train_session import TrainSession
-from lib_lora.ui.train_tab import TrainHandlers
+from lib_lora.ui.train.queue import CONTINUE_LABEL, RUN_LABEL
+from lib_lora.ui.train.session import TrainSession
+from lib_lora.ui.train.tab import TrainHandlers
 
 pytestmark = pytest.mark.hostcompat
 

@@ -28,7 +28,7 @@ from lib_lora.train.checkpoints import list_checkpoints
 from lib_lora.train.loop import TrainRun
 from lib_lora.train.queue import TrainQueue
 from lib_lora.train.queue_store import read_queue_file
-from lib_lora.train.state import NETWORK_FILE, TrainPosition, save_state
+from lib_lora.train.resume_state import NETWORK_FILE, TrainPosition, save_state
 
 pytest.importorskip("diffusers")
 

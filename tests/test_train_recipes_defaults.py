@@ -16,16 +16,18 @@ from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.config import TRAIN_HELP, TrainConfig
 from lib_lora.train.data_config import DataConfig
 from lib_lora.train.recipes import RECIPES
-from lib_lora.ui import train_form, train_hints, train_recipes
 from lib_lora.ui.context import StudioContext
-from lib_lora.ui.train_session import OwnFields, TrainSession
+from lib_lora.ui.train import form as train_form
+from lib_lora.ui.train import hints as train_hints
+from lib_lora.ui.train import recipes as train_recipes
+from lib_lora.ui.train.session import OwnFields, TrainSession
 
 pytestmark = pytest.mark.hostcompat
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _printed_config(tmp_path: Path) -> str:
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     config = tmp_path / "cfg.toml"
     config.write_text('pretrained_model_name_or_path = "tiny"\ntrain_data_dir = "data"\noutput_name = "x"\n')
@@ -39,13 +41,13 @@ def _default_of(function: Callable[..., Any], name: str) -> Any:
 
 
 def _dataset_tab() -> str:
-    from lib_lora.ui.dataset_session import DatasetSession
+    from lib_lora.ui.dataset.session import DatasetSession
 
     return _default_of(DatasetSession.load, "caption_ext")
 
 
 def _tagger() -> str:
-    from lib_lora.dataset.tagger import TaggerOptions
+    from lib_lora.dataset.tagging.tagger import TaggerOptions
 
     return TaggerOptions.caption_ext
 

@@ -144,7 +144,7 @@ def test_one_install_at_a_time(fake):
 
 
 def test_the_tab_s_install_says_each_step(fake, monkeypatch):
-    from lib_lora.ui import train_hints
+    from lib_lora.ui.train import hints as train_hints
     from lib_lora.ui.wiring import bound
 
     fake({"dadaptation": {"dadaptation": "3.2"}})

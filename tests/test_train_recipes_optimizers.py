@@ -20,7 +20,9 @@ from lib_lora.train.config import TrainConfig
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.optim import OptimizerConfig, check_optimizer, split_args
 from lib_lora.train.recipes import RECIPES
-from lib_lora.ui import train_form, train_hints, train_recipes
+from lib_lora.ui.train import form as train_form
+from lib_lora.ui.train import hints as train_hints
+from lib_lora.ui.train import recipes as train_recipes
 
 pytestmark = pytest.mark.hostcompat
 
@@ -171,8 +173,8 @@ def test_a_run_is_refused_before_any_work(packages, tmp_path, recipe, changes, k
 
 
 def test_the_command_line_refuses_before_loading_the_model(packages, tmp_path, monkeypatch, capsys):
-    from lib_lora import cli_train
-    from lib_lora.cli import main
+    from lib_lora.cli import train as cli_train
+    from lib_lora.cli.main import main
 
     packages(dadaptation=False)
     monkeypatch.setattr(cli_train, "_load_host", lambda *a, **k: pytest.fail("the model was loaded"))

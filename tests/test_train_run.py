@@ -19,12 +19,12 @@ from lib_lora.jobs import GpuBusyError, GpuGate, Job
 from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import load_lora_file
 from lib_lora.networks.keys import build_target_index
-from lib_lora.networks.network import as_applied, load_network
+from lib_lora.networks.loaded import as_applied, load_network
 from lib_lora.networks.tools.info import network_info
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.loop import TrainRun
-from lib_lora.train.network import TrainableNetwork
+from lib_lora.train.network.trainable import TrainableNetwork
 from lib_lora.train.queue import TrainQueue
 from lib_lora.train.vram import estimate_vram
 
@@ -90,7 +90,7 @@ def test_a_run_writes_the_lora_its_metadata_samples_and_card(tmp_path, dataset, 
 
 
 def test_lora_info_shows_the_metadata_and_tag_frequency(tmp_path, dataset, host):
-    from lib_lora.cli import main
+    from lib_lora.cli.main import main
 
     result = TrainRun(tiny_config(dataset, tmp_path, max_train_steps=1), host).run()
     out = io.StringIO()

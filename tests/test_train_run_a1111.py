@@ -15,11 +15,11 @@ from webui_standin.models import build_sd_model_standin
 
 from lib_lora.hosts.a1111 import A1111Host
 from lib_lora.networks.files import load_lora_file
-from lib_lora.networks.network import load_network
+from lib_lora.networks.loaded import load_network
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.loop import TrainRun
-from lib_lora.train.network import TrainableNetwork
-from lib_lora.train.network_config import NetworkConfig
+from lib_lora.train.network.config import NetworkConfig
+from lib_lora.train.network.trainable import TrainableNetwork
 from lib_lora.train.runtime import gradient_checkpointing
 
 pytestmark = pytest.mark.hostcompat

@@ -13,7 +13,7 @@ from lib_lora.networks.files import load_lora_file
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.errors import TrainingError
 from lib_lora.train.loop import TrainRun
-from lib_lora.train.state import STATE_FILE, TrainPosition, read_position, save_state
+from lib_lora.train.resume_state import STATE_FILE, TrainPosition, read_position, save_state
 
 pytest.importorskip("diffusers")
 

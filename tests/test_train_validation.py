@@ -18,7 +18,7 @@ from lib_lora.train.errors import ConfigError
 from lib_lora.train.runtime import preserved_global_rng
 from lib_lora.train.validation import evaluating, fixed_draws
 from lib_lora.train.validation_split import held_out_count, held_out_keys, split_items
-from lib_lora.ui.train_view import loss_curve_image
+from lib_lora.ui.train.view import loss_curve_image
 
 
 def _items(counts: dict[str, int]) -> list[ImageItem]:
@@ -75,7 +75,7 @@ def test_the_validation_options_are_read_checked_and_written_back(tmp_path: Path
 
 
 def test_the_train_form_has_a_field_for_every_validation_option() -> None:
-    from lib_lora.ui import train_form
+    from lib_lora.ui.train import form as train_form
 
     names = ("validation_split", "validation_seed", "validation_dir", "validate_every_n_steps",
              "validate_every_n_epochs", "validation_timesteps")

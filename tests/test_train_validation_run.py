@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from train_run_helpers import TRIGGER, make_pattern_dataset, tiny_config
 
-from lib_lora.cli import main
+from lib_lora.cli.main import main
 from lib_lora.hosts.diffusers import load_diffusers_host
 from lib_lora.networks.files import read_header
 from lib_lora.train.loop import TrainRun

@@ -20,10 +20,10 @@ from lib_lora.errors import BlockWeightError, LoraStudioError
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.metadata import LoraMetadata
 from lib_lora.ui import StudioContext
-from lib_lora.ui.blocks_editor import MAX_BLOCKS, SLIDER_KEYS, BlockEditor, copy_tag
-from lib_lora.ui.blocks_picker import LoraPicker, describe_lora, filter_names
-from lib_lora.ui.blocks_runs import BlockRuns, BlocksUIError, JobSlot, Settings, follow
-from lib_lora.ui.blocks_tab import build_blocks_tab
+from lib_lora.ui.blocks.editor import MAX_BLOCKS, SLIDER_KEYS, BlockEditor, copy_tag
+from lib_lora.ui.blocks.picker import LoraPicker, describe_lora, filter_names
+from lib_lora.ui.blocks.runs import BlockRuns, BlocksUIError, JobSlot, Settings, follow
+from lib_lora.ui.blocks.tab import build_blocks_tab
 from lib_lora.ui.compat import event_functions
 from lib_lora.ui.wiring import bound
 

@@ -71,7 +71,9 @@ def test_every_elem_id_is_prefixed(standalone):
 
 
 def test_tabs_say_what_they_do():
-    from lib_lora.ui import blocks_tab, dataset_tab, train_tab
+    from lib_lora.ui.blocks import tab as blocks_tab
+    from lib_lora.ui.dataset import tab as dataset_tab
+    from lib_lora.ui.train import tab as train_tab
 
     assert "WD14" in (dataset_tab.__doc__ or "") and not hasattr(dataset_tab, "STATUS")  # issue #5: the real tab
     assert "in-process" in train_tab.STATUS and "**Start**" in train_tab.STATUS  # the tab has its controls now

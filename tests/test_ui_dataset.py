@@ -16,14 +16,15 @@ from PIL import Image
 from lib_lora.dataset.captions import BACKUP_DIR_NAME
 from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui import StudioContext, build_studio, dataset_thumbs
-from lib_lora.ui.dataset_actions import add_edit, run_action, sort_edit
-from lib_lora.ui.dataset_edits import add_tags, consolidate, propose, remove_tag, set_caption
-from lib_lora.ui.dataset_folders import dataset_folder_choices
-from lib_lora.ui.dataset_saving import overwrite_conflicts, reload_conflicts, save
-from lib_lora.ui.dataset_session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
-from lib_lora.ui.dataset_views import PARTS, Choices, chips_html, frequency_html, gallery_html, render, status_html
-from lib_lora.ui.dataset_wiring import DatasetWiring
+from lib_lora.ui import StudioContext, build_studio
+from lib_lora.ui.dataset import thumbs as dataset_thumbs
+from lib_lora.ui.dataset.actions import add_edit, run_action, sort_edit
+from lib_lora.ui.dataset.edits import add_tags, consolidate, propose, remove_tag, set_caption
+from lib_lora.ui.dataset.folders import dataset_folder_choices
+from lib_lora.ui.dataset.saving import overwrite_conflicts, reload_conflicts, save
+from lib_lora.ui.dataset.session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
+from lib_lora.ui.dataset.views import PARTS, Choices, chips_html, frequency_html, gallery_html, render, status_html
+from lib_lora.ui.dataset.wiring import DatasetWiring
 
 pytestmark = pytest.mark.hostcompat
 
@@ -372,10 +373,10 @@ def test_tagging_writes_captions_and_is_one_undo_step(tmp_path: Path, roots: Pat
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from lib_lora.dataset.images import open_image
-    from lib_lora.dataset.tagger import Tagger, TaggerOptions
-    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tagging.models import resolve_model
+    from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
     from lib_lora.tiny.tagger import write_tiny_wd14_tagger
-    from lib_lora.ui.dataset_tagging import (
+    from lib_lora.ui.dataset.tagging import (
         finish_tagging,
         start_tagging,
         tagger_choices,
@@ -420,7 +421,7 @@ def test_cancel_stops_tagging_and_edits_wait_for_it(tmp_path: Path, roots: Path)
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from lib_lora.tiny.tagger import write_tiny_wd14_tagger
-    from lib_lora.ui import dataset_tagging
+    from lib_lora.ui.dataset import tagging as dataset_tagging
 
     context = StudioContext.for_folder(lambda: None, tmp_path)
     write_tiny_wd14_tagger(context.tagger_dir() / "tiny", input_size=64)
@@ -483,7 +484,7 @@ def test_the_page_script_finds_every_element_it_uses(tmp_path: Path) -> None:
     blocks = build_studio(context)
     built = {c.get("props", {}).get("elem_id") for c in blocks.config["components"]}
     assert {value for name, value in ids.items() if name != "tagList"} <= built
-    from lib_lora.ui.dataset_views import TAG_LIST_ID
+    from lib_lora.ui.dataset.views import TAG_LIST_ID
 
     assert ids["tagList"] == TAG_LIST_ID
     assert not os.listdir(tmp_path)  # building read no folder

@@ -13,10 +13,10 @@ from PIL import Image
 
 from lib_lora.dataset import caption_batch
 from lib_lora.dataset.tags import AddTags, RemoveTags, RenameTag, tag_frequency
-from lib_lora.ui import dataset_thumbs
-from lib_lora.ui.dataset_saving import cancel_save, finish_save, reload_conflicts, save, start_save
-from lib_lora.ui.dataset_session import PAGE_SIZE, DatasetSession, DatasetUIError
-from lib_lora.ui.dataset_views import FREQUENCY_ROWS, frequency_html, gallery_html, render
+from lib_lora.ui.dataset import thumbs as dataset_thumbs
+from lib_lora.ui.dataset.saving import cancel_save, finish_save, reload_conflicts, save, start_save
+from lib_lora.ui.dataset.session import PAGE_SIZE, DatasetSession, DatasetUIError
+from lib_lora.ui.dataset.views import FREQUENCY_ROWS, frequency_html, gallery_html, render
 
 pytestmark = pytest.mark.hostcompat
 

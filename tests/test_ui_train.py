@@ -19,12 +19,12 @@ from lib_lora.tiny.images import generate_dataset
 from lib_lora.train.config import OPTION_PART, TRAIN_HELP, TrainConfig
 from lib_lora.train.errors import ConfigError
 from lib_lora.train.recipes import RECIPES
-from lib_lora.ui import train_form
 from lib_lora.ui.context import StudioContext
-from lib_lora.ui.train_queue import QueuePanel
-from lib_lora.ui.train_session import OwnFields, TrainSession, TrainUIError
-from lib_lora.ui.train_tab import OWN, TrainHandlers
-from lib_lora.ui.train_view import loss_curve_image, progress_text, result_text
+from lib_lora.ui.train import form as train_form
+from lib_lora.ui.train.queue import QueuePanel
+from lib_lora.ui.train.session import OwnFields, TrainSession, TrainUIError
+from lib_lora.ui.train.tab import OWN, TrainHandlers
+from lib_lora.ui.train.view import loss_curve_image, progress_text, result_text
 
 hostcompat = pytest.mark.hostcompat
 pytest_plugins = ("webui_standin.fixtures",)  # a1111_host, sd_model, standin_arch (the WebUI's model stand-in)

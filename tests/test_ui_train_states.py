@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui import train_form
 from lib_lora.ui.context import StudioContext
-from lib_lora.ui.train_session import OwnFields, TrainSession, TrainUIError
-from lib_lora.ui.train_tab import OWN, TrainHandlers
+from lib_lora.ui.train import form as train_form
+from lib_lora.ui.train.session import OwnFields, TrainSession, TrainUIError
+from lib_lora.ui.train.tab import OWN, TrainHandlers
 from lib_lora.ui.wiring import bound
 
 TINY_VALUES = {"resolution": "64", "network_dim": "2", "network_alpha": "2", "learning_rate": "1e-3",

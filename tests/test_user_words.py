@@ -113,7 +113,7 @@ def _parsers(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, 
 
 
 def test_every_command_help_shows_no_internal_reference():
-    from lib_lora.cli import build_parser
+    from lib_lora.cli.main import build_parser
 
     helps = {name: parser.format_help() for name, parser in _parsers(build_parser(), "lib_lora")}
     assert len(helps) > 10 and {"lib_lora train", "lib_lora serve"} <= set(helps)
@@ -123,7 +123,7 @@ def test_every_command_help_shows_no_internal_reference():
 def test_recipe_cards_and_preset_sources_show_no_internal_reference():
     from lib_lora.blocks.presets import PresetBook
     from lib_lora.train.recipes import RECIPES
-    from lib_lora.ui.train_recipes import recipe_markdown
+    from lib_lora.ui.train.recipes import recipe_markdown
 
     texts = {f"recipe {name}": "\n".join([recipe.title, recipe.description, recipe_markdown(recipe.title)])
              for name, recipe in RECIPES.items()}

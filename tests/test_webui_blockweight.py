@@ -37,9 +37,8 @@ from webui_standin.processing import (  # noqa: E402
 
 from lib_lora.arch import get_arch  # noqa: E402
 from lib_lora.blocks.apply import BLOCK_WEIGHTS_FIELD, block_weights_value  # noqa: E402
-from lib_lora.blocks.mapping import BASE, UNBLOCKED_PARTS, is_weighted_block  # noqa: E402
 from lib_lora.blocks.presets import PresetBook  # noqa: E402
-from lib_lora.blocks.steps import active_steps  # noqa: E402
+from lib_lora.blocks.step_window import active_steps  # noqa: E402
 from lib_lora.blocks.syntax import LoraCall, format_call, parse_prompt  # noqa: E402
 from lib_lora.hosts.a1111 import A1111Host  # noqa: E402
 from lib_lora.hosts.gate import (
@@ -48,13 +47,10 @@ from lib_lora.hosts.gate import (
 )
 from lib_lora.networks.keys import Target, TargetIndex, build_target_index  # noqa: E402
 from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
-from lib_lora.webui.blockweight import CONTROLLER, SCRIPT_TITLE  # noqa: E402
-from lib_lora.webui.blockweight_networks import ModuleMultiplier, TaggedMultiplier  # noqa: E402
-from lib_lora.webui.blockweight_prompts import (  # noqa: E402
-    parse_block_weights_value,
-    rewrite_prompt,
-    rewrite_prompts,
-)
+from lib_lora.unet_blocks import BASE, UNBLOCKED_PARTS, is_weighted_block  # noqa: E402
+from lib_lora.webui.blockweight.networks import ModuleMultiplier, TaggedMultiplier  # noqa: E402
+from lib_lora.webui.blockweight.prompts import parse_block_weights_value, rewrite_prompt, rewrite_prompts
+from lib_lora.webui.blockweight.script import CONTROLLER, SCRIPT_TITLE  # noqa: E402
 
 pytestmark = pytest.mark.hostcompat
 
@@ -316,7 +312,7 @@ HIRES_RECORDS = [
 @pytest.mark.parametrize(("prompt", "hr_prompt", "applied", "refused"), HIRES_RECORDS)
 def test_the_record_says_what_each_pass_applied(env: Env, prompt: str, hr_prompt: str, applied: str,
                                                 refused: str | None) -> None:
-    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD, parse_block_weights_record
+    from lib_lora.webui.blockweight.prompts import REFUSED_FIELD, parse_block_weights_record
 
     fields = infotext_fields(env, env.generate(prompt, enable_hr=True, hr_prompt=hr_prompt, steps=1))
     assert fields.get(BLOCK_WEIGHTS_FIELD) == applied  # kept by the paste hook: it reads back
@@ -388,7 +384,7 @@ def infotext_fields(env: Env, processed: ProcessedStandIn) -> dict[str, Any]:
 ])
 def test_the_infotext_records_what_was_applied_and_what_was_refused(env: Env, prompt: str, applied: str | None,
                                                                      refused: list[str] | None) -> None:
-    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+    from lib_lora.webui.blockweight.prompts import REFUSED_FIELD
 
     fields = infotext_fields(env, env.generate(prompt))
     assert fields.get(BLOCK_WEIGHTS_FIELD) == applied
@@ -399,7 +395,7 @@ def test_the_infotext_records_what_was_applied_and_what_was_refused(env: Env, pr
 
 
 def test_without_the_built_in_lora_every_block_weight_is_refused_in_the_record(env: Env, monkeypatch) -> None:
-    from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+    from lib_lora.webui.blockweight.prompts import REFUSED_FIELD
 
     monkeypatch.setattr(CONTROLLER, "_networks", lambda: None)
     fields = infotext_fields(env, env.generate("x <lora:chara:0.6:NCNF>"))

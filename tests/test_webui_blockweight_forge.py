@@ -17,12 +17,12 @@ from webui_standin.forge_lora_loader import (
 )
 
 from lib_lora.arch import get_arch
-from lib_lora.blocks.mapping import BASE
 from lib_lora.blocks.presets import PresetBook
 from lib_lora.blocks.syntax import EXTRA_NETWORK_RE
 from lib_lora.jobs import GpuGate
-from lib_lora.webui.blockweight import BlockWeightController
-from lib_lora.webui.blockweight_prompts import REFUSED_FIELD
+from lib_lora.unet_blocks import BASE
+from lib_lora.webui.blockweight.prompts import REFUSED_FIELD
+from lib_lora.webui.blockweight.script import BlockWeightController
 
 pytestmark = pytest.mark.hostcompat
 

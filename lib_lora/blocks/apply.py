@@ -16,8 +16,8 @@ from pathlib import Path
 from ..arch import Arch, get_arch
 from ..errors import LoraStudioError
 from ..networks.attach import AppliedLora
-from ..networks.network import LoraNetwork, as_applied, load_network
-from .mapping import BASE
+from ..networks.loaded import LoraNetwork, as_applied, load_network
+from ..unet_blocks import BASE
 from .presets import PresetBook
 from .syntax import LoraCall, validate_name
 

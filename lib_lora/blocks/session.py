@@ -28,6 +28,7 @@ from ..hosts.base import GenerationRequest, Host, StepCallback
 from ..hosts.webui_progress import following_steps
 from ..networks.attach import AppliedLora, ApplyReport, WeightMerger
 from ..networks.keys import TargetIndex, build_target_index
+from ..networks.loaded import LoraNetwork, load_network
 from ..networks.matching import (
     MATCHED_FIELD,
     ModuleMatch,
@@ -39,11 +40,10 @@ from ..networks.matching import (
     match_warnings,
     matched_field_value,
 )
-from ..networks.network import LoraNetwork, load_network
 from ..pnginfo import PARAMETERS_KEY, parameters_text
 from .apply import BLOCK_WEIGHTS_FIELD, LoraLibrary, block_weights_value, resolve_calls
 from .presets import PresetBook
-from .steps import active_steps, is_gated
+from .step_window import active_steps, is_gated
 from .syntax import LoraCall, parse_prompt
 
 if TYPE_CHECKING:

@@ -22,8 +22,8 @@ from types import MappingProxyType
 
 from ..arch import SD1, SDXL, Arch, get_arch
 from ..errors import BlockWeightError
+from ..unet_blocks import BASE
 from ..wording import echo
-from .mapping import BASE
 
 SD1_FAMILY = "sd1"
 SDXL_FAMILY = "sdxl"

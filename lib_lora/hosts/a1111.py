@@ -21,7 +21,7 @@ from ..arch import ARCHS, Arch
 from ..errors import HostError, UnsupportedArchError
 from .a1111_training import medvram_paused, model_switches_refused
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
-from .state import freeze_for_training, preserved_state
+from .snapshot import freeze_for_training, preserved_state
 from .webui_processing import generate_txt2img, sized_prompts
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from ..arch import SD1, SD2, SDXL, Arch
 from ..errors import ModelLoadError
 from .base import Conditioning, GenerationRequest, HostInfo, Layout, PredictionType, StepCallback, host_info
 from .recast import FP8
-from .state import freeze_for_training, preserved_state
+from .snapshot import freeze_for_training, preserved_state
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -33,7 +33,7 @@ import torch
 from ..errors import HostError
 from .forge_neo_guards import memory_held, switches_refused
 from .recast import FP8, recast, recastable
-from .state import freeze_for_training, instance_attributes, preserved_state, unique_modules
+from .snapshot import freeze_for_training, instance_attributes, preserved_state, unique_modules
 
 if TYPE_CHECKING:
     from .forge_neo import ForgeNeoHost

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from ..arch import Arch, get_arch
-from ..blocks.mapping import BASE, block_of_ldm_path
 from ..errors import HostError
+from ..unet_blocks import BASE, block_of_ldm_path
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
@@ -234,7 +234,7 @@ class Target:
     """One weight a LoRA module can change: a module's `param_name`, or the q/k/v `rows` of a fused in_proj.
 
     `key` is the kohya name we write; `root` is "unet", "te1" or "te2" (SD1/SD2's one encoder is "te1");
-    `module_path` is dotted within that root; `block` is the block id (`lib_lora.blocks.mapping`): BASE for
+    `module_path` is dotted within that root; `block` is the block id (`lib_lora.unet_blocks`): BASE for
     text encoders, None for a UNet module no rule places.
     """
 

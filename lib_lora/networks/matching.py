@@ -210,7 +210,7 @@ def file_family(path: str | os.PathLike[str]) -> str | None:
 
     Reads the whole file: call it only for a LoRA that did not match completely. Cached while unchanged.
     """
-    from .network import load_network
+    from .loaded import load_network
 
     path = Path(path)
     try:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .bounds import STEPS
 from .errors import ConfigError, TrainingError
-from .state import check_state, read_position, save_state
+from .resume_state import check_state, read_position, save_state
 
 if TYPE_CHECKING:
     from .outputs import PreparedRun, TrainResult

@@ -21,7 +21,7 @@ from .bounds import OPTION_BOUNDS, check_option, help_suffix, read_bounded
 from .data_config import DATA_HELP, DataConfig
 from .errors import ConfigError
 from .modes.config import MODE_HELP, MODE_SECTIONS, ModeConfig, check_mode_across_parts
-from .network_config import NETWORK_HELP, NetworkConfig, format_network_args
+from .network.config import NETWORK_HELP, NetworkConfig, format_network_args
 from .optim import OPTIMIZER_HELP, OptimizerConfig, format_optimizer_args
 from .run_config import RUN_HELP, RUN_SECTIONS, RunConfig
 from .validation_config import VALIDATION_HELP, VALIDATION_SECTIONS, ValidationConfig

@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ..hosts.state import instance_attributes
+from ..hosts.snapshot import instance_attributes
 
 SMALL_MAP_PIXELS = 64
 """Input maps of at most this many pixels (8×8) take the im2col + GEMM kernel."""

@@ -22,7 +22,7 @@ from ..dataset.images import open_image
 from ..hosts.base import Conditioning
 from .augment import color_aug, flip_pixels, image_to_pixels
 from .buckets import Bucketing, BucketPlan, crop_offset, resize_and_crop
-from .captions import CaptionRules, caption_for_host, process_caption
+from .caption_rules import CaptionRules, caption_for_host, process_caption
 from .data_config import DataConfig
 from .data_metadata import bucket_info, folder_counts, tag_frequencies
 from .data_prep import PrepReporter, bucket_batches, fill_cache, verify_cached

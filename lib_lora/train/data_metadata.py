@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .captions import tag_frequency
+from .caption_rules import tag_frequency
 
 if TYPE_CHECKING:
     from .data import PreparedImage

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..hosts.a1111_training import builtin_lora_settled
 from ..hosts.recast import FP8, recast, recastable
-from ..hosts.state import instance_attributes, unique_modules
+from ..hosts.snapshot import instance_attributes, unique_modules
 from .errors import TrainingError
 
 STORAGE = torch.float8_e4m3fn

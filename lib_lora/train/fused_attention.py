@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..networks.keys import Target, TargetIndex
 from .errors import ConfigError
-from .network_module import TrainableModule
+from .network.module import TrainableModule
 
 _QKV = ("q", "k", "v")
 _CALL = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",

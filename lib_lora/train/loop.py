@@ -29,10 +29,11 @@ from .distributed import Distributed
 from .errors import ConfigError, TrainingError
 from .fp8_storage import fp8_base_stored
 from .modes.registry import DiscardedOutputs, mode_for
-from .network import TrainableNetwork
+from .network.trainable import TrainableNetwork
 from .optim import build_optimizer, check_optimizer, optimizer_notes
 from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
 from .progress import ProgressTracker, TrainProgress
+from .resume_state import TrainPosition, load_state, read_position
 from .runtime import choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
 from .sampling import load_sample_prompts
 from .saving import (
@@ -46,8 +47,7 @@ from .saving import (
     step_name,
 )
 from .schedule import build_scheduler
-from .state import TrainPosition, load_state, read_position
-from .steps import LossSettings
+from .step_loss import LossSettings
 from .validation_run import prepare_run_validation
 from .vram import check_fits
 

@@ -26,6 +26,7 @@ from ..networks.loaders import CARD_KEY, card_entry
 from ..wording import plural
 from .errors import ConfigError
 from .progress import ProgressTracker, path_text
+from .resume_state import NETWORK_FILE, TrainPosition, save_state
 from .sampling import SamplePrompt, render_samples, sample_path
 from .saving import (
     SAVE_DTYPES,
@@ -39,16 +40,15 @@ from .saving import (
     step_name,
     write_card_files,
 )
-from .state import NETWORK_FILE, TrainPosition, save_state
 
 if TYPE_CHECKING:
     from ..hosts.base import Host
     from .config import TrainConfig
     from .data import TrainData
     from .distributed import Distributed
-    from .network import TrainableNetwork
+    from .network.trainable import TrainableNetwork
     from .runtime import Precision
-    from .steps import LossSettings
+    from .step_loss import LossSettings
     from .validation_run import RunValidation
 
 

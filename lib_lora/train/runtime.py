@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.utils.checkpoint
 
-from ..hosts.state import instance_attributes
+from ..hosts.snapshot import instance_attributes
 
 if TYPE_CHECKING:
     from ..hosts.base import Host

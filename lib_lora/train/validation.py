@@ -28,7 +28,7 @@ from .data_config import DataConfig
 from .data_scan import ImageItem
 from .latent_cache import derived_seed
 from .runtime import preserved_global_rng
-from .steps import conditioning_for
+from .step_loss import conditioning_for
 from .validation_split import once_each, split_items
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def validation_loss(host: Host, network_file: str | Path | None, items: Validati
         return measure(host, items.batches(), seed=seed, timesteps=timesteps)
     from ..networks.attach import hooked
     from ..networks.keys import build_target_index
-    from ..networks.network import as_applied, load_network
+    from ..networks.loaded import as_applied, load_network
 
     applied = as_applied(load_network(network_file), te_multiplier=multiplier, unet_multiplier=multiplier)
     with hooked(build_target_index(host), [applied]):

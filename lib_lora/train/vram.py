@@ -91,7 +91,7 @@ def estimate_vram(config: TrainConfig, host: Host, *, presets: PresetBook | None
     """Estimate the GPU memory `config` needs on `host` (nothing is allocated on the GPU); `presets` are those a
     `train_blocks` preset name is looked up in (the built-in ones when None), as for the run itself."""
     from ..networks.keys import build_target_index
-    from .network_targets import plan_modules
+    from .network.targets import plan_modules
 
     plans, _ = plan_modules(config.network, build_target_index(host), presets=presets)
     algo = config.network.algo

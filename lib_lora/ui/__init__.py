@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .common import HostProvider, describe_host
 from .context import StudioContext
+from .model_panel import HostProvider, describe_host
 from .studio import APP_TITLE, build_studio
 
 __all__ = ["APP_TITLE", "HostProvider", "StudioContext", "build_studio", "describe_host"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..jobs import GpuGate
-from .common import HostProvider
+from .model_panel import HostProvider
 
 Folders = Callable[[], Sequence[Path]]
 Folder = Callable[[], Path]

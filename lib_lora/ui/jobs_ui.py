@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..jobs import Job, JobSnapshot
-from .common import escape_markdown
+from .model_panel import escape_markdown
 
 POLL_SECONDS = 0.3
 BAR_CELLS = 20

@@ -7,13 +7,13 @@ from typing import Any
 
 import gradio as gr
 
-from .blocks_tab import build_blocks_tab
-from .common import build_model_panel
+from .blocks.tab import build_blocks_tab
 from .compat import blocks_kwargs, offline_theme
 from .context import StudioContext
-from .dataset_tab import TAB_ID as FIRST_TAB_ID
-from .dataset_tab import build_dataset_tab
-from .train_tab import build_train_tab
+from .dataset.tab import TAB_ID as FIRST_TAB_ID
+from .dataset.tab import build_dataset_tab
+from .model_panel import build_model_panel
+from .train.tab import build_train_tab
 
 APP_TITLE = "LoRA Studio"
 # The extension's root: the WebUI links style.css and javascript/*.js from here; standalone inlines them.

@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import LoraStudioError
-from .common import escape_markdown
+from .model_panel import escape_markdown
 
 Component = Any
 _log = logging.getLogger("lora_studio")

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from lib_lora.arch import get_arch
-from lib_lora.blocks.mapping import BASE, block_of_key
 from lib_lora.blocks.presets import FORMATS, LORA_LENGTH, PresetBook, family_of
 from lib_lora.networks.keys import kohya_name, te_path_to_hf
+from lib_lora.unet_blocks import BASE, block_of_key
 
 RANK = 4
 STRENGTH = 0.5

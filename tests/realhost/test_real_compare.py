@@ -28,7 +28,7 @@ def test_the_epochs_of_a_run_are_compared_and_one_kept(host: Any, host_page: Any
     from playwright.sync_api import expect
 
     from lib_lora.tiny.images import generate_dataset
-    from lib_lora.ui.train_form import SECTION_TITLES
+    from lib_lora.ui.train.form import SECTION_TITLES
 
     dataset = host.workdir / "datasets" / "lscompare"
     if not dataset.is_dir():

@@ -99,8 +99,8 @@ def tagger_captions(root: Path, tagger: Path) -> dict[str, bytes]:
     """What the tagger writes with the tab's default options and existing=overwrite, by image name."""
     from lib_lora.dataset.folder import scan_dataset
     from lib_lora.dataset.images import open_image
-    from lib_lora.dataset.tagger import Tagger, TaggerOptions
-    from lib_lora.dataset.tagger_models import resolve_model
+    from lib_lora.dataset.tagging.models import resolve_model
+    from lib_lora.dataset.tagging.tagger import Tagger, TaggerOptions
     from lib_lora.dataset.tags import join_tags
 
     items = scan_dataset(root).items

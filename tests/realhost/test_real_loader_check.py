@@ -1,6 +1,6 @@
 """The loader check's tables against the real loaders: for each file, the modules the A1111 or Forge Neo table says
 the host applies are the count the host itself reports in `Lora modules matched` (which the extension reads from
-the built-in's own load: `lib_lora.webui.blockweight_matching`).
+the built-in's own load: `lib_lora.webui.blockweight.matching`).
 
 Files: the plain test LoRA (every attention target), the same with a Flux LoRA's modules added (fewer than half of
 its keys: Neo loads the rest), and one SD module beside two Flux ones (more than half unmatched: Neo skips it,

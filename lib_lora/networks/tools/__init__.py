@@ -10,7 +10,7 @@ extract.py     `extract_lora`: a LoRA from the difference of two checkpoints
 common.py      rank rules, SVD factors, output checks, derived metadata, NetworkToolError
 
 Core errors are typed (NetworkToolError, LoraFormatError) and never printed here; the command line
-(`python -m lib_lora lora …`, lib_lora/cli_lora.py) reports them. No diffusers import: this runs inside A1111.
+(`python -m lib_lora lora …`, lib_lora/cli/lora.py) reports them. No diffusers import: this runs inside A1111.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .checkpoint import (
     checkpoint_index,
     load_checkpoint,
 )
-from .common import OPERATION_KEY, LowRank, NetworkToolError, RankRule, check_output_path, low_rank
+from .deltas import OPERATION_KEY, LowRank, NetworkToolError, RankRule, check_output_path, low_rank
 from .extract import ExtractedModule, ExtractReport, extract_lora, extract_lora_file
 from .info import ModuleInfo, NetworkInfo, infer_arch_from_keys, network_info, unmatched_keys
 from .merge import MERGE_KEY, MergeResult, MergeSummary, merge_lora_files, merge_modules, merge_networks

@@ -29,11 +29,11 @@ from torch import Tensor
 
 from ...arch import Arch, get_arch
 from ...backups import replacing
-from ...blocks.mapping import BASE, block_of_key
+from ...unet_blocks import BASE, block_of_key
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
-from ..network import LoraNetwork, load_network
-from .common import NetworkToolError, check_output_path, derived_metadata
+from ..loaded import LoraNetwork, load_network
+from .deltas import NetworkToolError, check_output_path, derived_metadata
 from .info import arch_of
 from .merge import MERGE_KEY, Modules
 

@@ -26,8 +26,8 @@ from ..attach import AppliedLora
 from ..files import load_lora_file, save_safetensors_file
 from ..formats.base import NetworkModule
 from ..keys import Target, TargetIndex, build_target_index_for
-from ..network import as_applied, load_network
-from .common import OPERATION_KEY, NetworkToolError, check_output_path
+from ..loaded import as_applied, load_network
+from .deltas import OPERATION_KEY, NetworkToolError, check_output_path
 
 MAX_CHECKPOINT_BYTES = 64 * 1024**3
 UNET_PREFIX = "model.diffusion_model."

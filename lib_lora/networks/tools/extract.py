@@ -18,7 +18,7 @@ from ...backups import replacing
 from ..files import save_lora_file
 from ..keys import Target
 from .checkpoint import load_checkpoint
-from .common import NetworkToolError, RankRule, check_output_path, derived_metadata, factors_to_lora, low_rank
+from .deltas import NetworkToolError, RankRule, check_output_path, derived_metadata, factors_to_lora, low_rank
 
 DEFAULT_MIN_DIFF = 1e-6
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...arch import ARCHS, SD1
-from ...blocks.mapping import BASE, block_of_key
+from ...unet_blocks import BASE, block_of_key
 from ..formats.base import NetworkModule
+from ..loaded import load_network
 from ..metadata import arch_from_metadata, parse_metadata
-from ..network import load_network
 
 if TYPE_CHECKING:
     from ..loaders import LoaderCheck

@@ -25,8 +25,8 @@ from ...backups import replacing
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..formats.lora import MID, LoraModule
-from ..network import LoraNetwork, load_network
-from .common import (
+from ..loaded import LoraNetwork, load_network
+from .deltas import (
     NetworkToolError,
     RankRule,
     bias_delta_tensors,

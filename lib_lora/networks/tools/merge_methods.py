@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .common import NetworkToolError
+from .deltas import NetworkToolError
 
 MERGE_METHODS: tuple[str, ...] = ("concat", "svd", "dare", "ties")
 FULL_DELTA_METHODS: tuple[str, ...] = ("svd", "dare", "ties")

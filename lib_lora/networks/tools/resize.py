@@ -21,8 +21,8 @@ from torch import Tensor
 from ...backups import replacing
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
-from ..network import load_network
-from .common import (
+from ..loaded import load_network
+from .deltas import (
     NetworkToolError,
     RankRule,
     bias_delta_tensors,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..loop import TrainRun
     from ..outputs import PreparedRun, TrainResult
     from ..progress import ProgressTracker
-    from ..state import TrainPosition
+    from ..resume_state import TrainPosition
 
 
 class DataSource(Protocol):

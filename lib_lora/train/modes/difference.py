@@ -22,7 +22,7 @@ from ...hosts.base import Conditioning
 from .. import noise
 from ..data import TrainBatch
 from ..errors import TrainingError
-from ..steps import batch_loss, make_noise
+from ..step_loss import batch_loss, make_noise
 from .base import TrainingMode, phase_run, run_phase
 from .pairs import PairBatch, PairData, Side, find_pairs
 from .slider import network_multiplier
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..loop import TrainRun
     from ..outputs import PreparedRun, TrainResult
-    from ..state import TrainPosition
+    from ..resume_state import TrainPosition
 
 
 class PairPass(TrainingMode):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..data import TrainBatch, TrainData
-from ..steps import batch_loss
+from ..step_loss import batch_loss
 from ..validation_run import training_selection
 from .base import DataSource, TrainingMode
 

@@ -21,7 +21,7 @@ import torch
 from ...networks.attach import WeightMerger
 from ...networks.formats.base import NetworkModule
 from ...networks.keys import build_target_index
-from ...networks.network import as_applied, network_from_state_dict
+from ...networks.loaded import as_applied, network_from_state_dict
 from ...networks.tools.merge import merge_modules
 from ...networks.tools.merge_methods import MergeOptions
 from ..outputs import RunOutputs
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..config import TrainConfig
     from ..loop import TrainRun
     from ..outputs import PreparedRun, TrainResult
-    from ..state import TrainPosition
+    from ..resume_state import TrainPosition
     from .config import Round
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ...hosts.base import Host
     from ...jobs import JobControl
     from ..loop import TrainRun
-    from ..network import TrainableNetwork
+    from ..network.trainable import TrainableNetwork
     from ..outputs import PreparedRun
 
 LATENT_CHANNELS = 4

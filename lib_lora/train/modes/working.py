@@ -17,11 +17,11 @@ import torch
 from ...networks.attach import AppliedLora, WeightMerger
 from ...networks.formats.base import NetworkModule
 from ...networks.keys import build_target_index
-from ...networks.network import network_from_state_dict
+from ...networks.loaded import network_from_state_dict
 
 if TYPE_CHECKING:
     from ...hosts.base import Host
-    from ..network import TrainableNetwork
+    from ..network.trainable import TrainableNetwork
 
 
 def network_modules(network: TrainableNetwork, name: str) -> Mapping[str, NetworkModule]:

@@ -1,0 +1,1 @@
+"""The trainable network: one module per network type (LoRA, LoHa, LoKr) on the host's weights."""
