@@ -28,7 +28,7 @@ from .hosts.diffusers import load_diffusers_host
 from .jobs import Job
 from .networks.tools.info import network_info
 from .pnginfo import save_png
-from .tiny.images import generate_dataset
+from .tiny.images import GeneratedDataset, generate_dataset
 from .tiny.tagger import write_tiny_wd14_tagger
 from .train.config import TrainConfig
 from .train.loop import TrainRun
@@ -56,6 +56,10 @@ class DemoReport:
     outputs: list[Path] = field(default_factory=list)
 
 
+_Step = Callable[..., None]
+"""Records one finished step: `step(message, *paths_written)`."""
+
+
 def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None] = lambda _: None,
              host: Host | None = None) -> DemoReport:
     """Run the loop on `host` (loaded from `model` when None), writing under `output_dir`; returns the report."""
@@ -75,6 +79,18 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
     step(f"using {host.info().as_text()}")
     base = {name: tensor.clone() for name, tensor in host.unet.state_dict().items()}
 
+    dataset = _tagged_dataset(output_dir, step)
+    lora = _trained_lora(output_dir, host, model, dataset, step)
+    session = _render_with_lora(output_dir, host, model, lora, f"{dataset.trigger}, portrait", step)
+
+    session.unmerge()
+    exact = all(torch.equal(tensor, base[name]) for name, tensor in host.unet.state_dict().items())
+    step(f"unmerged: the model's UNet weights are {'bit-identical' if exact else 'CHANGED'} to before the demo")
+    return report
+
+
+def _tagged_dataset(output_dir: Path, step: _Step) -> GeneratedDataset:
+    """Generate the dataset under `datasets/` and tag it with the tiny tagger, trigger word first."""
     dataset = generate_dataset(output_dir / "datasets", count=8, repeats=5)
     step(f"generated {len(dataset.images)} images with captions in {dataset.folder}", dataset.folder)
 
@@ -85,7 +101,11 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
     first = dataset.caption_paths[0].read_text(encoding="utf-8").strip()
     step(f"tagged them with the tiny WD14-contract model on {tagged.provider}, trigger word {dataset.trigger!r} "
          f"first ({tagged.summary()}); e.g. {dataset.caption_paths[0].name}: {first!r}")
+    return dataset
 
+
+def _trained_lora(output_dir: Path, host: Host, model: str, dataset: GeneratedDataset, step: _Step) -> Path:
+    """Train the scaled-down demo recipe into `Lora/` on the loaded model and read the file back; its path."""
     lora_dir = output_dir / "Lora"
     recipe = RECIPES[DEMO_RECIPE]
     config = TrainConfig.from_dict({
@@ -101,10 +121,14 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
     info = network_info(lora)
     step(f"read it back: {info.format}, {len(info.modules)} modules, family {info.arch}, "
          f"{len(info.top_tags(None))} tags in its metadata (python -m lib_lora lora info {lora})")
+    return lora
 
-    session = LoraSession(host, LoraLibrary([lora_dir]), PresetBook.builtin(), model_name=model)
+
+def _render_with_lora(output_dir: Path, host: Host, model: str, lora: Path, prompt: str,
+                      step: _Step) -> LoraSession:
+    """Render `prompt` without and with `lora`, then its block-weight grid; the session, still merged."""
+    session = LoraSession(host, LoraLibrary([output_dir / "Lora"]), PresetBook.builtin(), model_name=model)
     samples = output_dir / "samples"
-    prompt = f"{dataset.trigger}, portrait"
     for name, text in (("without_lora", prompt), ("with_lora", f"<lora:{lora.stem}:1> {prompt}")):
         generated = session.generate(GenerationRequest(prompt=text, steps=STEPS, width=SIZE, height=SIZE, seed=0))
         path = save_png(generated.image, samples / f"{name}.png", generated.parameters)
@@ -118,8 +142,4 @@ def run_demo(output_dir: Path, *, model: str = "tiny", log: Callable[[str], None
                                                     save_to=grid_path)).run_here()
     step(f"block-weight grid ({GRID_X}) x ({GRID_Y}) of the trained LoRA, {len(grid.cells)} images -> {grid.path}",
          grid_path)
-
-    session.unmerge()
-    exact = all(torch.equal(tensor, base[name]) for name, tensor in host.unet.state_dict().items())
-    step(f"unmerged: the model's UNet weights are {'bit-identical' if exact else 'CHANGED'} to before the demo")
-    return report
+    return session

@@ -91,7 +91,7 @@ CHILD = """
 import json, re, resource, sys
 from pathlib import Path
 from lib_lora.networks.files import load_lora_file
-from lib_lora.train import state
+from lib_lora.train import resume_state as state
 
 size = int(re.search(r"VmSize:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
 limit = size + (1 << 30)  # one GiB past what the interpreter and torch already map

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -125,6 +126,36 @@ def _draw_lines(draw: ImageDraw.ImageDraw, lines: Sequence[str], x: int, y: int,
         draw.text((x + offset, y + index * step), shown, fill=TEXT_COLOR, font=font)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class _GridLayout:
+    """Where a grid's parts go: sizes in pixels and every label already wrapped to its space."""
+
+    rows: int
+    tile_w: int
+    tile_h: int
+    cell_w: int
+    row_label_w: int
+    body_w: int
+    title_lines: list[str]
+    column_lines: list[list[str]]
+    tile_lines: list[list[list[str]]]
+    row_label_lines: list[list[str]]
+    band_h: list[int]
+    header_h: int
+    title_h: int
+
+    @property
+    def width(self) -> int:
+        """The canvas width, margins included."""
+        return self.body_w + 2 * MARGIN
+
+    @property
+    def height(self) -> int:
+        """The canvas height: title, column labels, each row's label band and tiles, gaps and margins."""
+        tiles_h = self.rows * self.tile_h + max(self.rows - 1, 0) * GAP
+        return 2 * MARGIN + self.title_h + self.header_h + sum(self.band_h) + tiles_h
+
+
 def compose_grid(
     tiles: Sequence[Sequence[Image.Image | None]],
     *,
@@ -139,6 +170,16 @@ def compose_grid(
     `tile_labels[row][column]` above each tile.
     """
     font = label_font()
+    layout = _grid_layout(tiles, column_labels, row_labels, tile_labels, title, font)
+    canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    _draw_grid(canvas, tiles, layout, font)
+    return canvas
+
+
+def _grid_layout(tiles: Sequence[Sequence[Image.Image | None]], column_labels: Sequence[str],
+                 row_labels: Sequence[str], tile_labels: Sequence[Sequence[str]] | None, title: str,
+                 font: object) -> _GridLayout:
+    """The layout `compose_grid` draws: cells as wide as the widest tile (or a label's minimum), labels wrapped."""
     rows = len(tiles)
     columns = max((len(row) for row in tiles), default=0)
     present = [tile for row in tiles for tile in row if tile is not None]
@@ -165,28 +206,36 @@ def compose_grid(
     body_w = row_label_w + columns * cell_w + max(columns - 1, 0) * GAP
     title_lines = wrap_text(title, body_w, font) if title else []
     title_h = len(title_lines) * step + GAP if title_lines else 0
-    width = body_w + 2 * MARGIN
-    height = 2 * MARGIN + title_h + header_h + sum(band_h) + rows * tile_h + max(rows - 1, 0) * GAP
+    return _GridLayout(
+        rows=rows, tile_w=tile_w, tile_h=tile_h, cell_w=cell_w, row_label_w=row_label_w, body_w=body_w,
+        title_lines=title_lines, column_lines=column_lines, tile_lines=tile_lines, row_label_lines=row_label_lines,
+        band_h=band_h, header_h=header_h, title_h=title_h,
+    )
 
-    canvas = Image.new("RGB", (width, height), BACKGROUND)
+
+def _draw_grid(canvas: Image.Image, tiles: Sequence[Sequence[Image.Image | None]], layout: _GridLayout,
+               font: object) -> None:
+    """Draw `layout`'s title and labels on `canvas` and paste each tile centred in its cell."""
     draw = ImageDraw.Draw(canvas)
-    _draw_lines(draw, title_lines, MARGIN, MARGIN, body_w, center=False, font=font)
-    top = MARGIN + title_h
-    left = MARGIN + row_label_w
-    for column, lines in enumerate(column_lines):
+    step = line_height(font)
+    cell_w, tile_h = layout.cell_w, layout.tile_h
+    _draw_lines(draw, layout.title_lines, MARGIN, MARGIN, layout.body_w, center=False, font=font)
+    top = MARGIN + layout.title_h
+    left = MARGIN + layout.row_label_w
+    for column, lines in enumerate(layout.column_lines):
         _draw_lines(draw, lines, left + column * (cell_w + GAP), top, cell_w, center=True, font=font)
-    y = top + header_h
+    y = top + layout.header_h
     for r, row in enumerate(tiles):
-        if r < len(tile_lines):
-            for column, lines in enumerate(tile_lines[r]):
+        if r < len(layout.tile_lines):
+            for column, lines in enumerate(layout.tile_lines[r]):
                 _draw_lines(draw, lines, left + column * (cell_w + GAP), y, cell_w, center=True, font=font)
-        y += band_h[r]
-        if r < len(row_label_lines):
-            label_y = y + max(0, (tile_h - len(row_label_lines[r]) * step) // 2)
-            _draw_lines(draw, row_label_lines[r], MARGIN, label_y, row_label_w - GAP, center=False, font=font)
+        y += layout.band_h[r]
+        if r < len(layout.row_label_lines):
+            label_y = y + max(0, (tile_h - len(layout.row_label_lines[r]) * step) // 2)
+            _draw_lines(draw, layout.row_label_lines[r], MARGIN, label_y, layout.row_label_w - GAP, center=False,
+                        font=font)
         for column, tile in enumerate(row):
             if tile is not None:
                 x = left + column * (cell_w + GAP) + (cell_w - tile.width) // 2
                 canvas.paste(tile.convert("RGB"), (x, y + (tile_h - tile.height) // 2))
         y += tile_h + GAP
-    return canvas

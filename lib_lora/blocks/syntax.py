@@ -180,17 +180,51 @@ def _builtin_accepts(args: str) -> bool:
 
 
 def _parse_tag(match: re.Match[str]) -> LoraCall:
+    """The call one matched tag writes; raises PromptSyntaxError on its first malformed item."""
     tag = match.group(0)
     items = match.group(2).split(":")
-    name = items[0]
+    name = _parse_name(items[0], tag)
+    positional, named = _checked_items(items[1:], tag)
+    te, unet, dyn, blocks = _read_positional(positional, tag)
+    if "te" in named:
+        te = _parse_float(named["te"], "te=", tag)
+    if unet is None:
+        unet = te
+    if "unet" in named:
+        unet = _parse_float(named["unet"], "unet=", tag)
+    if "dyn" in named:
+        parsed = _try_int(named["dyn"])
+        if parsed is None:
+            raise PromptSyntaxError(f"dyn= must be a whole number, got {echo(named['dyn'])}", tag=tag)
+        dyn = _check_dyn(parsed, tag)
+    if "lbw" in named:
+        if blocks is not None:
+            raise PromptSyntaxError("blocks are given both positionally and as lbw=", tag=tag)
+        blocks = _check_blocks(named["lbw"], tag, label="lbw=")
+    start = _parse_step(named["start"], "start=", tag) if "start" in named else None
+    stop = _parse_step(named["stop"], "stop=", tag) if "stop" in named else None
+    if start is not None and stop is not None and type(start) is type(stop) and start > stop:
+        raise PromptSyntaxError(f"start={start} is after stop={stop}", tag=tag)
+    return LoraCall(
+        name=name, te=te, unet=unet, dyn=dyn, blocks=blocks, start=start, stop=stop,
+        span=match.span(), raw=tag,
+    )
+
+
+def _parse_name(name: str, tag: str) -> str:
+    """The tag's first item when it is a LoRA name that resolves only inside the LoRA folders."""
     if "=" in name:
         raise PromptSyntaxError(f"the first item must be the LoRA name, got {echo(name)}", tag=tag)
     try:
         validate_name(name)
     except PromptSyntaxError as exc:
         raise PromptSyntaxError(exc.reason, tag=tag) from None
+    return name
 
-    positional, named_pairs = _split_items(items[1:])
+
+def _checked_items(items: list[str], tag: str) -> tuple[list[str], dict[str, str]]:
+    """The items after the name split into positional ones and known keys, each key given once."""
+    positional, named_pairs = _split_items(items)
     for item in positional:
         if "=" in item:
             raise PromptSyntaxError(f"{echo(item)} has more than one '='", tag=tag)
@@ -205,7 +239,12 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
         raise PromptSyntaxError(
             f"{len(positional)} items after the name; at most te:unet:dyn:BLOCKS are allowed", tag=tag
         )
+    return positional, named
 
+
+def _read_positional(positional: list[str], tag: str) -> tuple[float, float | None, int | None, str | None]:
+    """`te`, `unet` (None when not given), `dyn` and the block spec from `te:unet:dyn:BLOCKS`, where a block
+    preset or vector may stand in for `unet` or `dyn` and must come last."""
     te = 1.0
     unet: float | None = None
     dyn: int | None = None
@@ -234,30 +273,7 @@ def _parse_tag(match: re.Match[str]) -> LoraCall:
                 raise PromptSyntaxError(f"{echo(item)} follows the block preset or vector, which must come last",
                                         tag=tag)
             blocks = _check_blocks(item, tag)
-
-    if "te" in named:
-        te = _parse_float(named["te"], "te=", tag)
-    if unet is None:
-        unet = te
-    if "unet" in named:
-        unet = _parse_float(named["unet"], "unet=", tag)
-    if "dyn" in named:
-        parsed = _try_int(named["dyn"])
-        if parsed is None:
-            raise PromptSyntaxError(f"dyn= must be a whole number, got {echo(named['dyn'])}", tag=tag)
-        dyn = _check_dyn(parsed, tag)
-    if "lbw" in named:
-        if blocks is not None:
-            raise PromptSyntaxError("blocks are given both positionally and as lbw=", tag=tag)
-        blocks = _check_blocks(named["lbw"], tag, label="lbw=")
-    start = _parse_step(named["start"], "start=", tag) if "start" in named else None
-    stop = _parse_step(named["stop"], "stop=", tag) if "stop" in named else None
-    if start is not None and stop is not None and type(start) is type(stop) and start > stop:
-        raise PromptSyntaxError(f"start={start} is after stop={stop}", tag=tag)
-    return LoraCall(
-        name=name, te=te, unet=unet, dyn=dyn, blocks=blocks, start=start, stop=stop,
-        span=match.span(), raw=tag,
-    )
+    return te, unet, dyn, blocks
 
 
 def _try_float(text: str) -> float | None:

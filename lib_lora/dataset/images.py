@@ -11,8 +11,10 @@ is safe to call from several threads at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,25 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+@contextlib.contextmanager
+def image_errors(path: Path, action: str) -> Iterator[None]:
+    """Turn what Pillow raises for a bad file while doing `action` to `path` into an ImageReadError naming the file
+    and why (an ImageReadError raised inside passes through as it is)."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(f"refused as a decompression bomb: {error}", path=path) from error
+    except UnidentifiedImageError as error:
+        raise ImageReadError(f"not an image Pillow can read ({_describe_start(path)})", path=path) from error
+    except _DECODE_ERRORS as error:
+        reason = str(error) or type(error).__name__
+        if "truncated" in reason:
+            reason = f"truncated or damaged: {reason}"
+        raise ImageReadError(f"{action}: {reason}", path=path) from error
+
+
 def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode the first frame of `path`, EXIF orientation applied, as a detached "RGB" or "RGBA" image.
 
@@ -63,47 +84,27 @@ def open_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise ImageReadError(f"cannot read the file: {error.strerror or error}", path=path) from error
     if size == 0:
         raise ImageReadError("empty file (0 bytes)", path=path)
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageReadError(
-                    f"{width}x{height} = {width * height} pixels is more than the limit of {max_pixels} "
-                    "(refused before decoding: a huge image or a decompression bomb)",
-                    path=path,
-                )
-            image.seek(0)  # the first frame of an animation
-            image.load()
-            return _normalise_mode(_apply_exif_orientation(image), path)
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"refused as a decompression bomb: {error}", path=path) from error
-    except UnidentifiedImageError as error:
-        raise ImageReadError(f"not an image Pillow can read ({_describe_start(path)})", path=path) from error
-    except _DECODE_ERRORS as error:
-        reason = str(error) or type(error).__name__
-        if "truncated" in reason:
-            reason = f"truncated or damaged: {reason}"
-        raise ImageReadError(f"cannot decode the image: {reason}", path=path) from error
+    with image_errors(path, "cannot decode the image"), Image.open(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageReadError(
+                f"{width}x{height} = {width * height} pixels is more than the limit of {max_pixels} "
+                "(refused before decoding: a huge image or a decompression bomb)",
+                path=path,
+            )
+        image.seek(0)  # the first frame of an animation
+        image.load()
+        return _normalise_mode(_apply_exif_orientation(image), path)
 
 
 def image_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) read from the header only, after the same empty/identify/size checks as open_image."""
     path = Path(path)
-    try:
+    with image_errors(path, "cannot read the image header"):
         if path.stat().st_size == 0:
             raise ImageReadError("empty file (0 bytes)", path=path)
         with Image.open(path) as image:
             width, height = image.size
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"refused as a decompression bomb: {error}", path=path) from error
-    except UnidentifiedImageError as error:
-        raise ImageReadError(f"not an image Pillow can read ({_describe_start(path)})", path=path) from error
-    except _DECODE_ERRORS as error:
-        raise ImageReadError(f"cannot read the image header: {error or type(error).__name__}", path=path) from error
     if width * height > max_pixels:
         raise ImageReadError(f"{width}x{height} is more than the limit of {max_pixels} pixels", path=path)
     return width, height

@@ -78,6 +78,33 @@ def _sd2_kwargs() -> dict:
     return kwargs
 
 
+def _level_transformers(unet: nn.Module, level: int, transformer_cls: type[nn.Module]) -> list[nn.Module]:
+    """The SpatialTransformers of one level of an ldm `unet`: its input blocks, its output blocks (the middle:
+    last level)."""
+    per_level, levels = unet.num_res_blocks[level], len(unet.channel_mult)
+    first_input = 1 + level * (per_level + 1)
+    first_output = (levels - 1 - level) * (per_level + 1)
+    blocks = [unet.input_blocks[i] for i in range(first_input, first_input + per_level)]
+    blocks += [unet.output_blocks[i] for i in range(first_output, first_output + per_level + 1)]
+    if level == levels - 1:
+        blocks.append(unet.middle_block)
+    return [m for block in blocks for m in block if isinstance(m, transformer_cls)]
+
+
+def _deepen_(transformer: nn.Module, depth: int, block_cls: type[nn.Module]) -> None:
+    """Append `block_cls` blocks shaped like the first one until `transformer` holds `depth` of them."""
+    first = transformer.transformer_blocks[0]
+    while len(transformer.transformer_blocks) < depth:
+        block = block_cls(
+            first.attn1.to_q.in_features,
+            first.attn1.heads,
+            first.attn1.to_q.out_features // first.attn1.heads,
+            context_dim=first.attn2.to_k.in_features,
+            checkpoint=first.checkpoint,
+        )
+        transformer.transformer_blocks.append(block)
+
+
 @functools.lru_cache(maxsize=1)
 def _tiny_sdxl_unet_class() -> type[nn.Module]:
     """The SDXL UNet class, made once (it subclasses ldm's UNetModel, imported lazily)."""
@@ -97,32 +124,9 @@ def _tiny_sdxl_unet_class() -> type[nn.Module]:
                 nn.Sequential(nn.Linear(adm_in_channels, ted), nn.SiLU(), nn.Linear(ted, ted))
             )
             for level, depth in enumerate(level_depths):
-                for transformer in self._level_transformers(level, SpatialTransformer):
-                    self._deepen_(transformer, depth, BasicTransformerBlock)
+                for transformer in _level_transformers(self, level, SpatialTransformer):
+                    _deepen_(transformer, depth, BasicTransformerBlock)
             self.max_transformer_depth = max(level_depths)
-
-        def _level_transformers(self, level: int, transformer_cls: type[nn.Module]) -> list[nn.Module]:
-            """The SpatialTransformers of one level: its input blocks, its output blocks (the middle: last level)."""
-            per_level, levels = self.num_res_blocks[level], len(self.channel_mult)
-            first_input = 1 + level * (per_level + 1)
-            first_output = (levels - 1 - level) * (per_level + 1)
-            blocks = [self.input_blocks[i] for i in range(first_input, first_input + per_level)]
-            blocks += [self.output_blocks[i] for i in range(first_output, first_output + per_level + 1)]
-            if level == levels - 1:
-                blocks.append(self.middle_block)
-            return [m for block in blocks for m in block if isinstance(m, transformer_cls)]
-
-        def _deepen_(self, transformer: nn.Module, depth: int, block_cls: type[nn.Module]) -> None:
-            first = transformer.transformer_blocks[0]
-            while len(transformer.transformer_blocks) < depth:
-                block = block_cls(
-                    first.attn1.to_q.in_features,
-                    first.attn1.heads,
-                    first.attn1.to_q.out_features // first.attn1.heads,
-                    context_dim=first.attn2.to_k.in_features,
-                    checkpoint=first.checkpoint,
-                )
-                transformer.transformer_blocks.append(block)
 
         def forward(  # type: ignore[override]
             self,

@@ -1,9 +1,9 @@
 """Tagging a folder: decode, run the model per the tagger's plan, write each caption as soon as it is tagged.
 
-`prepare_tagging` scans the folder, takes this process's share of it (tag_shards) and sorts it out against the
-run's journal (tag_journal): done earlier, to write from the journal, skipped, or to tag. `TagRun.run` keeps
+`prepare_tagging` scans the folder, takes this process's share of it (shards.py) and sorts it out against the
+run's journal (journal.py): done earlier, to write from the journal, skipped, or to tag. `TagRun.run` keeps
 `plan.model_runs` batches running at once (on the CPU one single-threaded run per core, each decoding its own
-images; on a GPU one run fed by decoding threads), hands every tagged batch to the writer (tag_writer: a bounded
+images; on a GPU one run fed by decoding threads), hands every tagged batch to the writer (writer.py: a bounded
 queue, so the model is never more than a few batches ahead of the disk) that journals it, saves its captions
 (atomic, old caption backed up, several at once) and reports progress, and stops between batches on cancel with
 the captions of every finished batch on disk. A run that finishes deletes its journal; under a launcher the main
@@ -151,82 +151,36 @@ class TagRun:
             backup_dir: Path | None = None, patience: float = DEFAULT_PATIENCE) -> TagReport:
         """Tag `todo`, write `replay` from the journal; see tag_folder. Returns the report (also on self.report)."""
         start = time.perf_counter()
-        report, tagger, options, journal = self.report, self.tagger, self.options, self.journal
-        keys = self.keys
-
-        def key(item: DatasetItem) -> str:
-            return keys[id(item)]
-
-        def record(result: ImageResult) -> None:
-            report.results.append(result)
-            if on_image is not None:
-                on_image(result)
-
-        for result in list(report.results):
-            if on_image is not None:
-                on_image(result)
-        total, done = len(self.todo), 0
-        if control is not None:
-            resumed = f" ({self.resumed} done earlier)" if self.resumed else ""
-            control.progress(0, total, f"tagging {total} images with {tagger.files.name}{resumed}",
-                             provider=tagger.provider_in_use, warnings=list(tagger.warnings))
-        for item, entry in self.replay:  # tagged before a crash, the caption not yet written: no model run
-            result = _write(item, entry.caption or "", (), self.dataset.root, backup_dir, "earlier")
+        report, journal = self.report, self.journal
+        tag_pass = _TagPass(self, control, on_image, backup_dir)
+        tag_pass.begin()
+        writer = tag_pass.writer
+        try:
+            self._tag_batches(tag_pass.run_batch, control, writer)
+        finally:
+            writer.close()  # every tagged image's caption is on disk before this returns or raises
             if journal is not None:
-                journal.record([_outcome(key(item), entry.stamp, result)])
-            record(result)
+                journal.close()
+            order = {_path(item.image): i for i, item in enumerate(self.dataset.items)}
+            report.results.sort(key=lambda result: order[result.image])  # skipped ones were recorded first
+            report.seconds = time.perf_counter() - start
+        if writer.error is not None:
+            raise writer.error  # a bug on the writer thread is raised here, not lost
+        if journal is not None:
+            self._finish(journal, patience)
+        report.seconds = time.perf_counter() - start
+        return report
 
-        def finish(group: list[Finished], savers: ThreadPoolExecutor) -> None:
-            """On the writer thread, in the order batches finish: tags -> journal -> captions -> disk -> report."""
-            nonlocal done
-            planned = []
-            for item, scores, error in group:
-                stamp = image_stamp(item.image) or (-1, -1)
-                tags = tags_from_scores(scores, tagger.labels, options) if scores is not None else None
-                caption = merge_caption(tags, _existing_text(item), options) if tags is not None else None
-                planned.append((item, stamp, tags, caption, error))
-            if journal is not None:
-                journal.intend([Intent(key(item), stamp, caption, item.caption.digest if item.caption else None)
-                                for item, stamp, _, caption, _ in planned if caption is not None])
-
-            def save(entry: tuple[DatasetItem, Stamp, list[str] | None, str | None, str | None]) -> ImageResult:
-                item, _, tags, caption, error = entry
-                if caption is None:
-                    return ImageResult(_path(item.image), _path(item.caption_path), "unreadable", error=error)
-                return _write(item, caption, tuple(tags or ()), self.dataset.root, backup_dir, "tagged")
-
-            results = list(savers.map(save, planned)) if len(planned) > 1 else [save(planned[0])]
-            for result in results:
-                record(result)
-                done += 1
-                if control is not None:
-                    control.progress(done, total, f"{result.status} {result.image.name}")
-            if journal is not None:
-                journal.record([_outcome(key(entry[0]), entry[1], result) for entry, result in zip(planned, results)])
-
+    def _tag_batches(self, run_batch: Callable[[list[tuple[DatasetItem, Pending]]], None],
+                     control: JobControl | None, writer: BatchWriter[Finished]) -> None:
+        """Keep `plan.model_runs` batches of `todo` running, checking cancel before each starts; the batches
+        already running finish before this returns or raises."""
         plan = self.plan
-        # Captions are saved on the writer's threads so the model never waits for the disk, unless it is far behind.
-        writer: BatchWriter[Finished] = BatchWriter(finish, max_batches=2 * plan.model_runs + 2,
-                                                    group_images=max(WRITER_GROUP, plan.batch_size))
-
-        def run_batch(batch: list[tuple[DatasetItem, Pending]]) -> None:
-            finished: list[Finished] = []
-            decoded: list[tuple[DatasetItem, np.ndarray]] = []
-            for item, pending in batch:
-                try:
-                    decoded.append((item, pending()))
-                except DatasetError as error:
-                    finished.append((item, None, str(error)))
-            if decoded:
-                scores = tagger.predict(np.stack([array for _, array in decoded]))
-                finished.extend((item, row, None) for (item, _), row in zip(decoded, scores))
-            writer.put(finished)
-
         decoders = ThreadPoolExecutor(plan.decode_workers, "lora-studio-decode") if plan.decode_workers else None
         runners = ThreadPoolExecutor(plan.model_runs, thread_name_prefix="lora-studio-tag")
         running: deque[Future[None]] = deque()
         try:
-            for batch in _batches(self.todo, tagger.input_size, plan.batch_size, decoders):
+            for batch in _batches(self.todo, self.tagger.input_size, plan.batch_size, decoders):
                 while len(running) >= plan.model_runs:
                     running.popleft().result()
                 if control is not None:
@@ -240,18 +194,6 @@ class TagRun:
             runners.shutdown(wait=True)  # a batch already running finishes, so its captions are written
             if decoders is not None:
                 decoders.shutdown(wait=True, cancel_futures=True)
-            writer.close()  # every tagged image's caption is on disk before this returns or raises
-            if journal is not None:
-                journal.close()
-            order = {_path(item.image): i for i, item in enumerate(self.dataset.items)}
-            report.results.sort(key=lambda result: order[result.image])  # skipped ones were recorded first
-            report.seconds = time.perf_counter() - start
-        if writer.error is not None:
-            raise writer.error  # a bug on the writer thread is raised here, not lost
-        if journal is not None:
-            self._finish(journal, patience)
-        report.seconds = time.perf_counter() - start
-        return report
 
     def _finish(self, journal: TagJournal, patience: float) -> None:
         """The share is done: alone, delete the journal; under a launcher, leave a done-marker, and the main
@@ -272,6 +214,92 @@ class TagRun:
         report.others, report.missing = wait_for_processes(journal, self.shard, patience)
         if not report.missing:
             journal.discard()
+
+
+_Planned = tuple[DatasetItem, Stamp, "list[str] | None", "str | None", "str | None"]
+"""An image of a finished batch before its caption is saved: its stamp, tags, caption and decoding error."""
+
+
+class _TagPass:
+    """One call of `TagRun.run`: reports each result as it comes, counts progress, and (on the writer thread)
+    turns tagged batches into journalled, saved captions."""
+
+    def __init__(self, tag_run: TagRun, control: JobControl | None, on_image: Callable[[ImageResult], None] | None,
+                 backup_dir: Path | None) -> None:
+        self.tag_run, self.control, self.on_image, self.backup_dir = tag_run, control, on_image, backup_dir
+        self.total, self.done = len(tag_run.todo), 0
+        plan = tag_run.plan
+        # Captions are saved on the writer's threads so the model never waits for the disk, unless it is far behind.
+        self.writer: BatchWriter[Finished] = BatchWriter(self.finish, max_batches=2 * plan.model_runs + 2,
+                                                         group_images=max(WRITER_GROUP, plan.batch_size))
+
+    def key(self, item: DatasetItem) -> str:
+        """The item's key in the journal."""
+        return self.tag_run.keys[id(item)]
+
+    def record(self, result: ImageResult) -> None:
+        """Add a result to the report and hand it to `on_image`."""
+        self.tag_run.report.results.append(result)
+        if self.on_image is not None:
+            self.on_image(result)
+
+    def begin(self) -> None:
+        """Hand over the results already known, announce the run, and write the captions to replay."""
+        tag_run, control, journal = self.tag_run, self.control, self.tag_run.journal
+        for result in list(tag_run.report.results):
+            if self.on_image is not None:
+                self.on_image(result)
+        if control is not None:
+            resumed = f" ({tag_run.resumed} done earlier)" if tag_run.resumed else ""
+            control.progress(0, self.total, f"tagging {self.total} images with {tag_run.tagger.files.name}{resumed}",
+                             provider=tag_run.tagger.provider_in_use, warnings=list(tag_run.tagger.warnings))
+        for item, entry in tag_run.replay:  # tagged before a crash, the caption not yet written: no model run
+            result = _write(item, entry.caption or "", (), tag_run.dataset.root, self.backup_dir, "earlier")
+            if journal is not None:
+                journal.record([_outcome(self.key(item), entry.stamp, result)])
+            self.record(result)
+
+    def run_batch(self, batch: list[tuple[DatasetItem, Pending]]) -> None:
+        """Decode and tag one batch and hand it to the writer; an image that does not decode is handed on as such."""
+        finished: list[Finished] = []
+        decoded: list[tuple[DatasetItem, np.ndarray]] = []
+        for item, pending in batch:
+            try:
+                decoded.append((item, pending()))
+            except DatasetError as error:
+                finished.append((item, None, str(error)))
+        if decoded:
+            scores = self.tag_run.tagger.predict(np.stack([array for _, array in decoded]))
+            finished.extend((item, row, None) for (item, _), row in zip(decoded, scores))
+        self.writer.put(finished)
+
+    def finish(self, group: list[Finished], savers: ThreadPoolExecutor) -> None:
+        """On the writer thread, in the order batches finish: tags -> journal -> captions -> disk -> report."""
+        tag_run, journal = self.tag_run, self.tag_run.journal
+        planned: list[_Planned] = []
+        for item, scores, error in group:
+            stamp = image_stamp(item.image) or (-1, -1)
+            tags = tags_from_scores(scores, tag_run.tagger.labels, tag_run.options) if scores is not None else None
+            caption = merge_caption(tags, _existing_text(item), tag_run.options) if tags is not None else None
+            planned.append((item, stamp, tags, caption, error))
+        if journal is not None:
+            journal.intend([Intent(self.key(item), stamp, caption, item.caption.digest if item.caption else None)
+                            for item, stamp, _, caption, _ in planned if caption is not None])
+        results = list(savers.map(self._save, planned)) if len(planned) > 1 else [self._save(planned[0])]
+        for result in results:
+            self.record(result)
+            self.done += 1
+            if self.control is not None:
+                self.control.progress(self.done, self.total, f"{result.status} {result.image.name}")
+        if journal is not None:
+            journal.record([_outcome(self.key(entry[0]), entry[1], result) for entry, result in zip(planned, results)])
+
+    def _save(self, entry: _Planned) -> ImageResult:
+        """Save one planned caption, or report the image unreadable."""
+        item, _, tags, caption, error = entry
+        if caption is None:
+            return ImageResult(_path(item.image), _path(item.caption_path), "unreadable", error=error)
+        return _write(item, caption, tuple(tags or ()), self.tag_run.dataset.root, self.backup_dir, "tagged")
 
 
 def _outcome(key: str, stamp: tuple[int, int], result: ImageResult) -> Outcome:
@@ -317,7 +345,7 @@ def tag_folder(
     captions that cannot be written (a link, a read-only file, changed meanwhile, ...) are reported, not fatal.
     Cancel (JobCancelled) is checked before each batch starts; the batches already running finish and their
     captions stay written. With `resume` a stopped run of the same settings continues where it stopped: the
-    images it did are not tagged again (see tag_journal).
+    images it did are not tagged again (see journal.py).
     """
     return prepare_tagging(dataset_or_root, tagger, options, shard=shard, resume=resume).run(
         control, on_image=on_image, backup_dir=backup_dir)
