@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..dataset.errors import ImageReadError
-from ..dataset.images import DEFAULT_MAX_PIXELS
+from ..dataset.images import DEFAULT_MAX_PIXELS, image_errors
 
 SCAN_WORKERS = 8
 """Threads reading headers when the reads wait on the disk (a cold cache, a network drive)."""
@@ -37,9 +37,6 @@ SCAN_CHUNK = 256
 _PNG_TAIL = 1 << 16
 _ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _EXIF_ORIENTATION = 0x0112
-_HEADER_ERRORS = (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError)
-
-
 @dataclass(frozen=True)
 class ImageFacts:
     """What the scan knows of an image without decoding it: its shown size and the file's identity on disk."""
@@ -52,7 +49,7 @@ class ImageFacts:
 
 def read_image_facts(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFacts:
     """The image's facts from its header; ImageReadError for an empty, unidentifiable or oversized file."""
-    try:
+    with image_errors(path, "cannot read the image header"):
         status = path.stat()
         if status.st_size == 0:
             raise ImageReadError("empty file (0 bytes)", path=path)
@@ -61,14 +58,6 @@ def read_image_facts(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             if width * height > max_pixels:
                 raise ImageReadError(f"{width}x{height} is more than the limit of {max_pixels} pixels", path=path)
             orientation = _orientation(image, handle, status.st_size)
-    except ImageReadError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"refused as a decompression bomb: {error}", path=path) from error
-    except UnidentifiedImageError as error:
-        raise ImageReadError("not an image Pillow can read", path=path) from error
-    except _HEADER_ERRORS as error:
-        raise ImageReadError(f"cannot read the image header: {error or type(error).__name__}", path=path) from error
     size = (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
     return ImageFacts(size, status.st_size, status.st_mtime_ns)
 
