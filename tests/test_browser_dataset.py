@@ -247,9 +247,8 @@ def test_a_few_hundred_images_page_filter_batch_edit_and_save(server: str, works
     batch remove on the filter, and Save (a job with progress) writes exactly the captions that changed."""
     from playwright.sync_api import expect
 
+    from lib_lora.dataset.editing import FREQUENCY_ROWS, PAGE_SIZE
     from lib_lora.dataset.tags import tag_frequency
-    from lib_lora.ui.dataset.session import PAGE_SIZE
-    from lib_lora.ui.dataset.views import FREQUENCY_ROWS
 
     folder = workspace / "datasets" / "many"
     captions = make_many(folder, 300)

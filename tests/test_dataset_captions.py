@@ -11,13 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib_lora.dataset import captions as captions_module
+from lib_lora.dataset.caption_format import encode_caption, normalise_text, parse_caption, read_caption
 from lib_lora.dataset.captions import (
     BACKUP_DIR_NAME,
     CaptionChange,
-    encode_caption,
-    normalise_text,
-    parse_caption,
-    read_caption,
     save_caption,
     save_captions,
 )

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from lib_lora.dataset.editing import DatasetSession, DatasetUIError
 from lib_lora.dataset.errors import PathNotAllowedError
 from lib_lora.dataset.finder import find_dataset_folders
 from lib_lora.dataset.roots import AllowedRoots, AmbiguousFolderError, FolderNotFoundError
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.ui.dataset.folders import dataset_folder_choices
-from lib_lora.ui.dataset.loading import require_shown
-from lib_lora.ui.dataset.saving import save
-from lib_lora.ui.dataset.session import DatasetSession, DatasetUIError
 
 pytestmark = pytest.mark.hostcompat
 
@@ -139,7 +137,7 @@ def test_a_failed_load_leaves_nothing_for_tag_or_save_to_act_on(roots: Path, typ
     with pytest.raises(DatasetUIError, match="Nothing is loaded now"):
         session.load(typed.format(tmp=roots.parent))
     assert session.dataset is None and session.texts == {} and session.selected is None
-    for act in (lambda: require_shown(session, typed), lambda: save(session), session.revert):
+    for act in (lambda: session.require_shown(typed), lambda: session.save(), session.revert):
         with pytest.raises(DatasetUIError, match="load a dataset folder first"):
             act()
 
@@ -153,7 +151,7 @@ def test_a_failed_load_keeps_unsaved_edits_and_says_so(roots: Path) -> None:
         session.load("nosuch")
     assert session.texts[key].endswith(", edited") and session.dataset is not None
     with pytest.raises(DatasetUIError, match="but .*char is loaded"):
-        require_shown(session, "other")
+        session.require_shown("other")
 
 
 @pytest.mark.parametrize(("shown", "allowed"), [
@@ -165,7 +163,7 @@ def test_tag_works_only_on_the_folder_the_page_shows(roots: Path, shown: str, al
     session.load("char")
     text = shown.format(root=roots, tmp=roots.parent)
     if allowed:
-        assert require_shown(session, text) is session.dataset
+        assert session.require_shown(text) is session.dataset
     else:
         with pytest.raises(DatasetUIError, match="Folder box"):
-            require_shown(session, text)
+            session.require_shown(text)

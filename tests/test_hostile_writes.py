@@ -23,11 +23,10 @@ from lib_lora.cli.main import main
 from lib_lora.dataset import captions as captions_module
 from lib_lora.dataset import swap as swap_module
 from lib_lora.dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_caption, save_captions
+from lib_lora.dataset.editing import DatasetSession
 from lib_lora.dataset.errors import CaptionConflictError, CaptionWriteError, DatasetError
 from lib_lora.dataset.folder import rename_subset_repeats, scan_dataset
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.ui.dataset.saving import save
-from lib_lora.ui.dataset.session import DatasetSession
 
 pytestmark = pytest.mark.hostcompat
 
@@ -166,7 +165,7 @@ def test_a_conflict_found_at_the_swap_is_told_in_the_dataset_tab(tmp_path: Path,
         return real_write_new(target, chunks, **options)
 
     monkeypatch.setattr(captions_module, "write_new", write_during_our_write)
-    message = save(session)
+    message = session.save()
     assert "1 caption changed on disk" in message and first in session.conflicts
     assert path.read_bytes() == b"theirs\n" and session.texts[first] == "mine"
 
@@ -339,7 +338,7 @@ def test_the_dataset_tab_tells_which_caption_is_read_only(tmp_path: Path) -> Non
     first, second = session.keys
     session.item(first).caption_path.chmod(0o444)
     session.record({first: "mine", second: "also mine"}, "edit")
-    message = save(session)
+    message = session.save()
     assert message.startswith("Saved 1 caption;") and "**1 caption could not be written** (listed below)" in message
     assert "read-only (mode 0444); it was left as it is" in session.failures[first]
     assert stat.S_IMODE(session.item(first).caption_path.stat().st_mode) == 0o444

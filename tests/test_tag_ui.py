@@ -19,12 +19,12 @@ pytest.importorskip("gradio")
 
 def test_tag_again_after_cancel_continues_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
+    from lib_lora.dataset.editing import DatasetSession
     from lib_lora.dataset.tagging.models import resolve_model
     from lib_lora.dataset.tagging.tagger import Tagger
     from lib_lora.tiny.tagger import write_tiny_wd14_tagger
     from lib_lora.ui import StudioContext
     from lib_lora.ui.dataset import tagging as dataset_tagging
-    from lib_lora.ui.dataset.session import DatasetSession
 
     context = StudioContext.for_folder(lambda: None, tmp_path)
     write_tiny_wd14_tagger(context.tagger_dir() / "tiny", input_size=64)

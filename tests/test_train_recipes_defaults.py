@@ -41,7 +41,7 @@ def _default_of(function: Callable[..., Any], name: str) -> Any:
 
 
 def _dataset_tab() -> str:
-    from lib_lora.ui.dataset.session import DatasetSession
+    from lib_lora.dataset.editing import DatasetSession
 
     return _default_of(DatasetSession.load, "caption_ext")
 

@@ -14,15 +14,13 @@ import pytest
 from PIL import Image
 
 from lib_lora.dataset.captions import BACKUP_DIR_NAME
+from lib_lora.dataset.editing import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
 from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset
 from lib_lora.ui import StudioContext, build_studio
 from lib_lora.ui.dataset import thumbs as dataset_thumbs
 from lib_lora.ui.dataset.actions import add_edit, run_action, sort_edit
-from lib_lora.ui.dataset.edits import add_tags, consolidate, propose, remove_tag, set_caption
 from lib_lora.ui.dataset.folders import dataset_folder_choices
-from lib_lora.ui.dataset.saving import overwrite_conflicts, reload_conflicts, save
-from lib_lora.ui.dataset.session import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
 from lib_lora.ui.dataset.views import PARTS, Choices, chips_html, frequency_html, gallery_html, render, status_html
 from lib_lora.ui.dataset.wiring import DatasetWiring
 
@@ -210,7 +208,7 @@ def test_quick_clicks_drawn_before_an_edit_act_on_the_tag_they_show(session: Dat
     run_action(session, action(op="remove", key=k, index=2, tag=tags[2]))  # now at index 1: still found
     run_action(session, action(op="right", key=k, index=4, tag=tags[4]))  # now at 2: moves to 3
     assert split_tags(session.texts[k]) == [tags[0], tags[3], tags[5], tags[4], *tags[6:]]
-    set_caption(session, k, "a, b, a")
+    session.set_caption(k, "a, b, a")
     with pytest.raises(DatasetUIError, match="changed since the tags were drawn"):
         run_action(session, action(op="remove", key=k, index=1, tag="a"))  # twice there now: which one?
     run_action(session, action(op="remove", key=k, index=2, tag="a"))
@@ -228,7 +226,7 @@ def test_page_actions_select_and_filter(session: DatasetSession) -> None:
 
 
 def test_chips_and_tables_escape_tags_and_carry_their_index(session: DatasetSession) -> None:
-    set_caption(session, key(0), 'a "quoted" tag, <b>bold</b>, x&y')
+    session.set_caption(key(0), 'a "quoted" tag, <b>bold</b>, x&y')
     chips = chips_html(session)
     assert 'data-index="1" data-tag="&lt;b&gt;bold&lt;/b&gt;"' in chips and "<b>" not in chips
     assert 'data-tag="a &quot;quoted&quot; tag"' in chips
@@ -267,10 +265,10 @@ def test_save_writes_the_changed_captions_with_backups(session: DatasetSession) 
     before = disk(session)
     folder = session.require_loaded().root / SUBSET
     untouched_mtime = (folder / "tinychar_001.txt").stat().st_mtime_ns
-    remove_tag(session, key(0), 0, "tinychar")
-    add_tags(session, key(2), "extra tag, 1girl")
+    session.remove_tag(key(0), 0, "tinychar")
+    session.add_tags(key(2), "extra tag, 1girl")
     assert "2 unsaved captions" in status_html(session)
-    message = save(session)
+    message = session.save()
     assert message.startswith("Saved 2 captions; the previous versions are in `.lora_studio_backup/`")
     after = disk(session)
     assert after[key(0)] == before[key(0)].replace(b"tinychar, ", b"", 1)
@@ -280,7 +278,7 @@ def test_save_writes_the_changed_captions_with_backups(session: DatasetSession) 
     assert (folder / "tinychar_001.txt").stat().st_mtime_ns == untouched_mtime
     backups = sorted((session.require_loaded().root / BACKUP_DIR_NAME / SUBSET).iterdir())
     assert [b.read_bytes() for b in backups] == [before[key(0)], before[key(2)]]
-    assert session.unsaved_keys() == [] and save(session) == "Nothing to save."
+    assert session.unsaved_keys() == [] and session.save() == "Nothing to save."
     session.undo()
     assert session.unsaved_keys() == [key(2)]
 
@@ -290,23 +288,23 @@ def test_a_caption_changed_on_disk_is_not_overwritten_silently(session: DatasetS
     path = session.item(key(1)).caption_path
     session.batch(AddTags(("mine",), "front"))
     path.write_text("changed elsewhere\n", encoding="utf-8")
-    message = save(session)
+    message = session.save()
     assert "Saved 5 captions" in message and "1 caption changed on disk" in message
     assert session.conflicts.keys() == {key(1)} and path.read_text(encoding="utf-8") == "changed elsewhere\n"
     view = render(session, "")
     assert view["conflict_row"].visible and "tinychar_001.png" in view["conflicts"]
     mine = session.texts[key(1)]
     if choice == "overwrite":
-        assert overwrite_conflicts(session) == "Saved 1 caption; the previous versions are in " \
+        assert session.overwrite_conflicts() == "Saved 1 caption; the previous versions are in " \
                                                 "`.lora_studio_backup/` of the dataset folder."
         assert path.read_text(encoding="utf-8") == mine + "\n"
         backups = list((session.require_loaded().root / BACKUP_DIR_NAME / SUBSET).glob("tinychar_001.*"))
         assert [b.read_text(encoding="utf-8") for b in backups] == ["changed elsewhere\n"]
     else:
-        assert "Reloaded 1 caption from disk; 1 replaced your edits" in reload_conflicts(session)
+        assert "Reloaded 1 caption from disk; 1 replaced your edits" in session.reload_conflicts()
         assert session.texts[key(1)] == "changed elsewhere" and session.unsaved_keys() == []
         session.undo()
-        assert session.texts[key(1)] == mine and save(session).startswith("Saved 1 caption")
+        assert session.texts[key(1)] == mine and session.save().startswith("Saved 1 caption")
         assert path.read_text(encoding="utf-8") == mine + "\n"
     assert not session.conflicts and not render(session, "")["conflict_row"].visible
 
@@ -320,7 +318,7 @@ def test_discarding_unsaved_edits_needs_the_action_twice(session: DatasetSession
     def do() -> str:
         return session.revert() if act == "revert" else session.load(str(other))
 
-    remove_tag(session, key(0), 0, "tinychar")
+    session.remove_tag(key(0), 0, "tinychar")
     with pytest.raises(ConfirmationNeeded, match="1 unsaved caption would be lost"):
         do()
     session.select(key(1))  # any other action cancels the confirmation
@@ -334,10 +332,10 @@ def test_discarding_unsaved_edits_needs_the_action_twice(session: DatasetSession
 
 
 def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
-    remove_tag(session, key(0), 0, "tinychar")
+    session.remove_tag(key(0), 0, "tinychar")
     with pytest.raises(DatasetUIError, match="save or revert the 1 unsaved caption first"):
         session.rename_repeats(SUBSET, 5)
-    save(session)
+    session.save()
     with pytest.raises(DatasetUIError, match="whole number of at least 1"):
         session.rename_repeats(SUBSET, 2.5)
     assert render(session, "", ["subset", "repeats"]) == {"subset": Choices((SUBSET,), SUBSET), "repeats": 3}
@@ -348,14 +346,14 @@ def test_rename_repeats_needs_saved_captions(session: DatasetSession) -> None:
 
 
 def test_consolidation_flow(session: DatasetSession) -> None:
-    assert propose(session, "tinychar", 0.9) == "No physical-feature tag is in that share of the filtered captions."
-    assert propose(session, "tinychar", 0.3).endswith("feature tags proposed: untick any to keep, then apply.")
+    assert session.propose("tinychar", 0.9) == "No physical-feature tag is in that share of the filtered captions."
+    assert session.propose("tinychar", 0.3).endswith("feature tags proposed: untick any to keep, then apply.")
     proposals = list(session.proposals.values())
     assert {p.tag for p in proposals} >= {"long hair", "black eyes"}
     labels = render(session, "")["proposals"].choices
     kept = [label for label in labels if not label.startswith("black eyes")]
     original = dict(session.texts)
-    consolidate(session, "tinychar", kept)
+    session.consolidate("tinychar", kept)
     for k, text in session.texts.items():
         tags = split_tags(text)
         assert tags[0] == "tinychar" and "black eyes" in tags or "black eyes" not in split_tags(original[k])
@@ -363,7 +361,7 @@ def test_consolidation_flow(session: DatasetSession) -> None:
     session.undo()
     assert session.texts == original
     with pytest.raises(DatasetUIError, match="press Propose"):
-        consolidate(session, "tinychar", [])
+        session.consolidate("tinychar", [])
 
 
 # --- tagging ------------------------------------------------------------------------------------------------
@@ -392,7 +390,7 @@ def test_tagging_writes_captions_and_is_one_undo_step(tmp_path: Path, roots: Pat
     session.load(str(roots / "char"))
     before = disk(session)
     options = tagger_options(session, {"existing": "overwrite", "max_tags": 5.0, "trigger": "mytrigger"})
-    remove_tag(session, key(0), 0, "tinychar")
+    session.remove_tag(key(0), 0, "tinychar")
     with pytest.raises(DatasetUIError, match="save or revert the 1 unsaved caption"):
         start_tagging(session, context, "tiny", options)
     session.undo()
@@ -413,7 +411,7 @@ def test_tagging_writes_captions_and_is_one_undo_step(tmp_path: Path, roots: Pat
     assert session.texts == {k: v.rstrip("\n") for k, v in expected.items()} and session.unsaved_keys() == []
     assert session.history.undo_description == "tag with tiny"
     session.undo()
-    save(session)
+    session.save()
     assert disk(session) == before
 
 
@@ -433,16 +431,16 @@ def test_cancel_stops_tagging_and_edits_wait_for_it(tmp_path: Path, roots: Path)
     with dataset_tagging._loaded_lock:  # the job waits for its model until we have cancelled it
         job = dataset_tagging.start_tagging(session, context, "tiny", options)
         with pytest.raises(DatasetUIError, match="the tagger is writing"):
-            remove_tag(session, key(0), 0, "tinychar")
+            session.remove_tag(key(0), 0, "tinychar")
         with pytest.raises(DatasetUIError, match="the tagger is writing"):
-            save(session)
+            session.save()
         assert dataset_tagging.cancel_tagging(session).startswith("Cancelling")
     snapshot = job.wait(60)
     assert snapshot.state == "cancelled"
     message = dataset_tagging.finish_tagging(session, snapshot)
     assert message.startswith("Tagging cancelled after 0 of 6 images; the 0 caption(s) written so far are kept")
     assert disk(session) == before and not session.tagging
-    remove_tag(session, key(0), 0, "tinychar")
+    session.remove_tag(key(0), 0, "tinychar")
 
 
 # --- wiring -------------------------------------------------------------------------------------------------
@@ -465,11 +463,11 @@ def test_the_wiring_sends_only_the_parts_that_changed(session: DatasetSession) -
     assert selected["message"] == noop and selected["chips"] != noop  # navigating keeps the last message
     assert selected["image"] == gr.update(value=key(1))  # the same choices are not sent again
     wiring.run(session, DatasetSession.select, ["image"], [key(0)])
-    typed = wiring.run(session, add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
+    typed = wiring.run(session, DatasetSession.add_tags, ["caption_key", "add_tag"], [key(0), "new one"])
     assert dict(zip(PARTS, typed[1:]))["add_tag"] == ""  # the typed text is cleared once used
     failed = wiring.run(session, DatasetSession.load, ["path"], ["/"])
     assert dict(zip(PARTS, failed[1:]))["message"].startswith("**Error:** /: outside the allowed folders")
-    proposed = wiring.run(session, propose, ["trigger", "min_share"], ["tinychar", 0.3])
+    proposed = wiring.run(session, DatasetSession.propose, ["trigger", "min_share"], ["tinychar", 0.3])
     ticks = dict(zip(PARTS, proposed[1:]))["proposals"]
     assert ticks["value"] == ticks["choices"] and isinstance(ticks["value"], list) and ticks["value"]  # all ticked
     asked = wiring.run(session, DatasetSession.revert, [], [])

@@ -12,11 +12,10 @@ import pytest
 from PIL import Image
 
 from lib_lora.dataset import caption_batch
+from lib_lora.dataset.editing import FREQUENCY_ROWS, PAGE_SIZE, DatasetSession, DatasetUIError
 from lib_lora.dataset.tags import AddTags, RemoveTags, RenameTag, tag_frequency
 from lib_lora.ui.dataset import thumbs as dataset_thumbs
-from lib_lora.ui.dataset.saving import cancel_save, finish_save, reload_conflicts, save, start_save
-from lib_lora.ui.dataset.session import PAGE_SIZE, DatasetSession, DatasetUIError
-from lib_lora.ui.dataset.views import FREQUENCY_ROWS, frequency_html, gallery_html, render
+from lib_lora.ui.dataset.views import frequency_html, gallery_html, render
 
 pytestmark = pytest.mark.hostcompat
 
@@ -68,9 +67,9 @@ def test_what_the_session_keeps_up_to_date_matches_a_recount(session: DatasetSes
     check(session)
     first = session.unsaved_keys()[0]
     session.item(first).caption_path.write_text("changed elsewhere\n")
-    assert "1 caption changed on disk" in save(session)
+    assert "1 caption changed on disk" in session.save()
     check(session)
-    reload_conflicts(session)
+    session.reload_conflicts()
     check(session)
     session.undo()
     check(session)
@@ -79,7 +78,7 @@ def test_what_the_session_keeps_up_to_date_matches_a_recount(session: DatasetSes
 
 def test_the_save_is_a_job_with_progress_that_refuses_edits_until_done(session: DatasetSession) -> None:
     session.batch(AddTags(("trigger",), "front"))
-    message, job = start_save(session)
+    message, job = session.start_save()
     assert message == "Saving 120 captions…" and job is not None
     with pytest.raises(DatasetUIError, match="being saved"):
         session.batch(RemoveTags(("trigger",)))
@@ -87,10 +86,10 @@ def test_the_save_is_a_job_with_progress_that_refuses_edits_until_done(session: 
     assert snapshot.state == "done" and snapshot.done == snapshot.total == 120
     with pytest.raises(DatasetUIError, match="being saved"):
         session.undo()  # until the result is taken in
-    assert finish_save(session, snapshot).startswith("Saved 120 captions; the previous versions are in")
+    assert session.finish_save(snapshot).startswith("Saved 120 captions; the previous versions are in")
     assert session.unsaved_keys() == [] and not session.saving
     assert all(p.caption_path.read_text().startswith("trigger, ") for p in session.require_loaded().items)
-    assert start_save(session) == ("Nothing to save.", None)
+    assert session.start_save() == ("Nothing to save.", None)
 
 
 def test_a_cancelled_save_says_how_many_were_saved_and_keeps_the_rest_unsaved(
@@ -107,18 +106,18 @@ def test_a_cancelled_save_says_how_many_were_saved_and_keeps_the_rest_unsaved(
         return real_write_staging(path, data, mode)
 
     monkeypatch.setattr(caption_batch, "write_staging", write_staging)
-    _, job = start_save(session)
+    _, job = session.start_save()
     while len(written) < 30:
         threading.Event().wait(0.01)
-    assert cancel_save(session) == "Cancelling the save after the files under way…"
+    assert session.cancel_save() == "Cancelling the save after the files under way…"
     gate.set()
-    message = finish_save(session, job.wait(60))
+    message = session.finish_save(job.wait(60))
     saved = sum(item.caption_path.read_text().startswith("trigger, ") for item in session.require_loaded().items)
     assert 30 <= saved < 120
     assert message.startswith(f"Saved {saved} captions") and f"cancelled: {120 - saved} captions not saved" in message
     assert len(session.unsaved_keys()) == 120 - saved
-    assert save(session).startswith(f"Saved {120 - saved} captions")
-    assert session.unsaved_keys() == [] and cancel_save(session) == "No save is running."
+    assert session.save().startswith(f"Saved {120 - saved} captions")
+    assert session.unsaved_keys() == [] and session.cancel_save() == "No save is running."
 
 
 def test_the_frequency_table_is_paged_and_searchable(session: DatasetSession) -> None:

@@ -1,9 +1,10 @@
 """Event wiring the tabs share: handlers return `{name: value}`, errors become one message in the tab's status.
 
 `wire(listener, fn, inputs, outputs, tab=...)` connects a handler returning (or yielding) `{output name: value}`
-to the components in `outputs` (which must include "status"). A `LoraStudioError` is shown as it is; anything
-else is a bug: logged with its traceback and shown as "Unexpected error". This is the UI's one edge where
-errors are reported.
+to the components in `outputs` (which must include "status"). A `LoraStudioError` is shown as it is (an action
+to confirm by doing it again as a warning); anything else is a bug: logged with its traceback and shown as
+"Unexpected error". `error_markdown` is the UI's one edge where errors are reported: the Dataset tab, whose
+events send its parts as a list (ui/dataset/wiring.py), words its errors with it too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import gradio as gr
 
+from ..dataset.editing.errors import ConfirmationNeeded
 from ..errors import LoraStudioError
 from .model_panel import escape_markdown
 
@@ -24,6 +26,8 @@ _log = logging.getLogger("lora_studio")
 
 def error_markdown(error: BaseException, *, tab: str) -> str:
     """The status line for `error` raised by a `tab` handler (unexpected ones are logged with their traceback)."""
+    if isinstance(error, ConfirmationNeeded):
+        return f"⚠️ {error}"
     if isinstance(error, LoraStudioError):
         return f"**Error:** {escape_markdown(str(error))}"
     _log.exception("LoRA Studio %s: unexpected error", tab)

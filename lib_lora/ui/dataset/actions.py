@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ...dataset.editing import DatasetSession, DatasetUIError
 from ...dataset.tags import (
     AddTags,
     Deduplicate,
@@ -23,8 +24,6 @@ from ...dataset.tags import (
     split_tags,
     tag_frequency,
 )
-from .edits import move_tag, remove_tag
-from .session import DatasetSession, DatasetUIError
 
 ACTION_OPS = ("select", "remove", "left", "right", "move", "include", "exclude")
 ADD_POSITIONS = ("back", "front", "at position")
@@ -53,10 +52,10 @@ def run_action(session: DatasetSession, raw: str | None) -> str | None:
         return session.add_to_filter(_text(action, "tag"), exclude=op == "exclude")
     key, index, tag = _text(action, "key"), action.get("index"), _text(action, "tag")
     if op == "remove":
-        return remove_tag(session, key, index, tag)
+        return session.remove_tag(key, index, tag)
     if op == "move":
-        return move_tag(session, key, index, tag, to=action.get("to"))
-    return move_tag(session, key, index, tag, step=-1 if op == "left" else 1)
+        return session.move_tag(key, index, tag, to=action.get("to"))
+    return session.move_tag(key, index, tag, step=-1 if op == "left" else 1)
 
 
 def _text(action: Mapping[str, Any], name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from ...dataset.editing import DatasetSession
 from ...jobs import Job
 from ..context import StudioContext
 from ..jobs_ui import follow
@@ -22,11 +23,8 @@ from .actions import (
     run_action,
     sort_edit,
 )
-from .edits import add_tags, consolidate, propose, set_caption
 from .folders import dataset_folder_choices
-from .loading import require_shown
-from .saving import cancel_save, follow_save, overwrite_conflicts, reload_conflicts, start_save
-from .session import DatasetSession
+from .saving import follow_save
 from .tagging import (
     OPTION_NAMES,
     cancel_tagging,
@@ -37,7 +35,6 @@ from .tagging import (
     tagger_vocabulary,
     unload_tagger,
 )
-from .views import frequency_pages
 from .wiring import DatasetWiring
 
 TAGGER_INPUTS = ("general_threshold", "character_threshold", "general_mcut", "character_mcut", "include_rating",
@@ -50,20 +47,27 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     """Bind every event of the tab built by tab.build_dataset_tab."""
     assert len(TAGGER_INPUTS) == len(OPTION_NAMES)
     wiring = DatasetWiring(context, ui, state)
-    bind = wiring.bind
+    _wire_lists(wiring, tab)
+    _wire_folder(wiring)
+    _wire_browsing(wiring)
+    _wire_edits(wiring)
+    _wire_tagger(wiring)
 
-    def list_folders() -> Any:
-        return gr.update(choices=dataset_folder_choices(context.data_roots()))
 
-    def list_models() -> Any:
-        return gr.update(choices=tagger_choices(context.tagger_dir()))
-
+def _wire_lists(wiring: DatasetWiring, tab: gr.Tab) -> None:
+    """The folder and tagger model lists, refreshed when shown or asked; a folder chosen fills the Folder box."""
+    ui, context = wiring.components, wiring.context
     for listener in (ui["folders_refresh"].click, ui["folders"].focus, tab.select):
-        listener(list_folders, inputs=None, outputs=[ui["folders"]], show_progress="hidden", api_name=False)
+        wiring.bind_choices(listener, lambda: dataset_folder_choices(context.data_roots()), "folders")
     for listener in (ui["model_refresh"].click, ui["model"].focus):
-        listener(list_models, inputs=None, outputs=[ui["model"]], show_progress="hidden", api_name=False)
+        wiring.bind_choices(listener, lambda: tagger_choices(context.tagger_dir()), "model")
     ui["folders"].input(lambda choice: choice or "", inputs=[ui["folders"]], outputs=[ui["path"]],
                         show_progress="hidden", api_name=False)
+
+
+def _wire_folder(wiring: DatasetWiring) -> None:
+    """Loading, saving, reverting, undo and the subfolders' repeats."""
+    ui, bind, context = wiring.components, wiring.bind, wiring.context
 
     def vocabulary(session: DatasetSession, model: str | None, underscores: bool) -> None:
         session.set_vocabulary(tagger_vocabulary(model, context.tagger_dir(), underscores))
@@ -74,22 +78,24 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
         vocabulary(session, model, underscores)
         return message
 
-    def choose_model(session: DatasetSession, model: str | None, underscores: bool) -> None:
-        vocabulary(session, model, underscores)
-
     load_inputs = ("path", "caption_ext", "recursive", "model", "underscores_to_spaces")
     bind(ui["load"].click, load, load_inputs)
     bind(ui["path"].submit, load, load_inputs)
-    bind(ui["model"].input, choose_model, ("model", "underscores_to_spaces"))
-    wiring.bind_job(ui["save"].click, start_save, follow_save, (), progress_parts=("status",))
-    bind(ui["save_cancel"].click, cancel_save, queue=False)
+    bind(ui["model"].input, vocabulary, ("model", "underscores_to_spaces"))
+    wiring.bind_job(ui["save"].click, DatasetSession.start_save, follow_save, (), progress_parts=("status",))
+    bind(ui["save_cancel"].click, DatasetSession.cancel_save, queue=False)
     bind(ui["revert"].click, DatasetSession.revert)
     bind(ui["undo"].click, DatasetSession.undo)
     bind(ui["redo"].click, DatasetSession.redo)
-    bind(ui["overwrite"].click, overwrite_conflicts)
-    bind(ui["reload_conflicts"].click, reload_conflicts)
+    bind(ui["overwrite"].click, DatasetSession.overwrite_conflicts)
+    bind(ui["reload_conflicts"].click, DatasetSession.reload_conflicts)
     bind(ui["subset"].input, DatasetSession.choose_subset, ("subset",))
     bind(ui["rename"].click, DatasetSession.rename_repeats, ("subset", "repeats"))
+
+
+def _wire_browsing(wiring: DatasetWiring) -> None:
+    """The filter, the gallery's pages and selection, the page's JSON actions and the tag table."""
+    ui, bind = wiring.components, wiring.bind
 
     def set_filter(session: DatasetSession, include: str, include_mode: str, exclude: str,
                    exclude_mode: str) -> str:
@@ -110,23 +116,18 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["image_prev"].click, lambda session: session.step_selection(-1))
     bind(ui["image_next"].click, lambda session: session.step_selection(1))
     bind(ui["action"].input, run_action, ("action",))
+    bind(ui["frequency_search"].input, DatasetSession.search_tags, ("frequency_search",))
+    bind(ui["frequency_prev"].click, lambda session: session.turn_tag_page(-1))
+    bind(ui["frequency_next"].click, lambda session: session.turn_tag_page(1))
 
-    bind(ui["add"].click, add_tags, ("caption_key", "add_tag"))
-    bind(ui["add_tag"].submit, add_tags, ("caption_key", "add_tag"))
-    bind(ui["caption_apply"].click, set_caption, ("caption_key", "caption"))
-    bind(ui["caption"].blur, set_caption, ("caption_key", "caption"))
 
-    def search(session: DatasetSession, text: str) -> None:
-        session.frequency_search, session.frequency_page = text or "", 0
-
-    def turn_tags(step: int) -> Any:
-        def turn(session: DatasetSession) -> None:
-            session.frequency_page = min(max(session.frequency_page + step, 0), frequency_pages(session) - 1)
-        return turn
-
-    bind(ui["frequency_search"].input, search, ("frequency_search",))
-    bind(ui["frequency_prev"].click, turn_tags(-1))
-    bind(ui["frequency_next"].click, turn_tags(1))
+def _wire_edits(wiring: DatasetWiring) -> None:
+    """The editor's edits of one caption, the batch edits of the filtered captions and consolidation."""
+    ui, bind = wiring.components, wiring.bind
+    bind(ui["add"].click, DatasetSession.add_tags, ("caption_key", "add_tag"))
+    bind(ui["add_tag"].submit, DatasetSession.add_tags, ("caption_key", "add_tag"))
+    bind(ui["caption_apply"].click, DatasetSession.set_caption, ("caption_key", "caption"))
+    bind(ui["caption"].blur, DatasetSession.set_caption, ("caption_key", "caption"))
 
     def batch(make: Any) -> Any:
         return lambda session, *values: session.batch(make(*values))
@@ -140,12 +141,16 @@ def wire_dataset_tab(context: StudioContext, ui: dict[str, Any], state: gr.State
     bind(ui["batch_dedupe"].click, batch(dedupe_edit))
     bind(ui["batch_sort"].click, lambda session, order, keep, reverse: session.batch(
         sort_edit(order, keep, reverse, session.texts)), ("batch_sort_order", "batch_keep", "batch_reverse"))
+    bind(ui["propose"].click, DatasetSession.propose, ("trigger", "min_share"))
+    bind(ui["consolidate"].click, DatasetSession.consolidate, ("trigger", "proposals"))
 
-    bind(ui["propose"].click, propose, ("trigger", "min_share"))
-    bind(ui["consolidate"].click, consolidate, ("trigger", "proposals"))
+
+def _wire_tagger(wiring: DatasetWiring) -> None:
+    """The tagger panel: a tagging job on the loaded dataset, followed to its end; cancel; free the model."""
+    ui, bind, context = wiring.components, wiring.bind, wiring.context
 
     def start(session: DatasetSession, path: str | None, model: str | None, *values: Any) -> tuple[str, Job[Any]]:
-        require_shown(session, path)  # the folder the page shows, not one loaded before
+        session.require_shown(path)  # the folder the page shows, not one loaded before
         options = tagger_options(session, dict(zip(OPTION_NAMES, values)))
         job = start_tagging(session, context, model, options)
         return f"Tagging with **{model}**…", job

@@ -1,10 +1,10 @@
 """The Dataset tab: load a folder, tag it with a WD14 tagger, edit the tags (chips, batch edits), save safely.
 
-Layout only; the state is a DatasetSession per page (dataset_session), what is shown is rendered by
-dataset_views and the events are bound by dataset_wiring. javascript/lora_studio_dataset.js turns clicks on
-our HTML (gallery, chips, frequency table) into JSON actions in the hidden `lora_studio_dataset_chip_action`
-box and adds shortcuts (Ctrl+S, Ctrl+Z, Ctrl+Shift+Z / Ctrl+Y) and the unsaved-changes warning on leaving;
-without it, the dropdowns, text fields and buttons do the same work.
+Layout only; the state is a DatasetSession per page (lib_lora.dataset.editing, no gradio), what is shown is
+rendered by views.py and the events are bound by events.py through wiring.py. javascript/lora_studio_dataset.js
+turns clicks on our HTML (gallery, chips, frequency table) into JSON actions in the hidden
+`lora_studio_dataset_chip_action` box and adds shortcuts (Ctrl+S, Ctrl+Z, Ctrl+Shift+Z / Ctrl+Y) and the
+unsaved-changes warning on leaving; without it, the dropdowns, text fields and buttons do the same work.
 """
 
 from __future__ import annotations

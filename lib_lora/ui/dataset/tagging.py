@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ...dataset.editing import DatasetSession, DatasetUIError, code
 from ...dataset.tagging.models import MODEL_FILE, REGISTRY, TAGS_FILE, TaggerFiles, known_model, resolve_model
 from ...dataset.tagging.run import TagReport, prepare_tagging
 from ...dataset.tagging.tagger import RATING, RUN_HELP, Tagger, TaggerOptions, TagLabels
@@ -25,7 +26,6 @@ from ...errors import LoraStudioError
 from ...jobs import Job, JobControl, JobSnapshot
 from ..context import StudioContext
 from ..model_panel import escape_markdown
-from .session import DatasetSession, DatasetUIError, code
 
 OPTION_NAMES = (
     "general_threshold", "character_threshold", "general_mcut", "character_mcut", "include_rating", "max_tags",

@@ -1,6 +1,6 @@
 """What the Dataset tab shows, rendered from a DatasetSession as plain values: HTML, Markdown, choices.
 
-`render(session, message)` returns {part name: value}; dataset_wiring turns the parts into gradio updates and
+`render(session, message)` returns {part name: value}; wiring.py turns the parts into gradio updates and
 sends only those that changed. The HTML is ours (gallery, chips, frequency table, status bar): every element
 the page's JavaScript acts on carries `data-lora-studio-op` plus the key / index / tag it acts on, and every
 text is escaped.
@@ -15,17 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ...dataset.editing import FREQUENCY_ROWS, PAGE_SIZE, DatasetSession, code
 from ...dataset.folder import ROOT_SUBSET
 from ...jobs import JobSnapshot
 from ...wording import plural
 from ..model_panel import escape_markdown
-from .session import PAGE_SIZE, DatasetSession, code
 from .thumbs import PREVIEW_SIDE, image_uri
 
 TAG_LIST_ID = "lora_studio_dataset_tag_list"
 """The <datalist> of tag suggestions; the page's script points our tag inputs at it."""
-FREQUENCY_ROWS = 100
-"""Rows of the tag frequency table per page (a dataset of 50,000 images has thousands of tags)."""
 OP = "data-lora-studio-op"
 
 
@@ -172,25 +170,12 @@ def preview_html(session: DatasetSession) -> str:
     return f'<figure class="lora-studio-preview">{picture}<figcaption>{" · ".join(notes)}</figcaption></figure>'
 
 
-def frequency_rows(session: DatasetSession, search: str = "") -> list[tuple[str, int]]:
-    """(tag, count in the filter) of the filtered images, most frequent first, those matching every word searched."""
-    words = (search or "").casefold().split()
-    rows = session.filtered_tag_counts()
-    return [(tag, count) for tag, count in rows if all(word in tag.casefold() for word in words)] if words else rows
-
-
-def frequency_pages(session: DatasetSession) -> int:
-    return max(1, -(-len(frequency_rows(session, session.frequency_search)) // FREQUENCY_ROWS))
-
-
 def frequency_html(session: DatasetSession, search: str = "") -> str:
     """One page of the tags of the filtered images by count (and over all images), those matching `search`; a
     tag's button adds it to the filter."""
     if session.dataset is None:
         return ""
-    rows = frequency_rows(session, search)
-    pages = max(1, -(-len(rows) // FREQUENCY_ROWS))
-    page = session.frequency_page = min(max(session.frequency_page, 0), pages - 1)
+    rows, page, pages = session.tag_table_page(search)
     shown = rows[page * FREQUENCY_ROWS:(page + 1) * FREQUENCY_ROWS]
     overall = session.texts.index.count
     body = "".join(

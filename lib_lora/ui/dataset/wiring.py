@@ -1,10 +1,10 @@
 """Events of the Dataset tab: each runs one session action under the session's lock and sends the parts that changed.
 
 Every handler takes the page's `gr.State` (a DatasetSession, made on first use) and returns it plus one value
-per part of dataset_views.PARTS. A part whose rendering equals what the page already shows is sent as a no-op
+per part of views.PARTS. A part whose rendering equals what the page already shows is sent as a no-op
 update, so a chip click re-sends the chips, not the gallery; for the text fields the user types in, the value
-received with the event counts as what the page shows. Errors of the core (LoraStudioError) become the
-tab's message; anything else is a bug and reaches gradio.
+received with the event counts as what the page shows. Every error becomes the tab's message, worded by the UI's
+one edge (ui/wiring.py's `error_markdown`): a LoraStudioError as it is, anything else as an unexpected error.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import gradio as gr
 
-from ...errors import LoraStudioError
+from ...dataset.editing import DatasetSession
 from ..context import StudioContext
-from ..model_panel import escape_markdown
-from .session import ConfirmationNeeded, DatasetSession
+from ..wiring import error_markdown
 from .views import PARTS, Choices, Visible, render
 
 Action = Callable[..., "str | None"]
@@ -43,10 +42,9 @@ def listen(listener: Callable[..., Any], fn: Callable[..., Any], **options: Any)
     return listener(fn, **{name: value for name, value in options.items() if name in accepted})
 
 
-def error_message(error: LoraStudioError) -> str:
-    if isinstance(error, ConfirmationNeeded):
-        return f"⚠️ {error}"
-    return f"**Error:** {escape_markdown(str(error))}"
+def error_message(error: BaseException) -> str:
+    """The tab's message for an error an event raised (logged with its traceback when unexpected)."""
+    return error_markdown(error, tab="Dataset")
 
 
 def _listed(value: Any) -> Any:
@@ -105,17 +103,33 @@ class DatasetWiring:
                     session.sent[name] = value if isinstance(value, str) else ""
             try:
                 message = action(session, *values)
-            except LoraStudioError as error:
+            except Exception as error:  # the edge: every failure is a message in the page
                 message = error_message(error)
             return self.updates(session, message)
+
+    def failed(self, session: DatasetSession, error: BaseException) -> list[Any]:
+        """The outputs when showing the page failed: the error as the message, every other part left as it is."""
+        text = error_message(error)
+        session.sent["message"] = text
+        return [session, *(text if name == "message" else gr.update() for name in PARTS)]
+
+    def guarded(self, session: DatasetSession, make: Callable[[], list[Any]]) -> list[Any]:
+        """`make()`, or `failed` when it raises: no event of the tab lets an error reach gradio."""
+        try:
+            return make()
+        except Exception as error:  # the edge: every failure is a message in the page
+            with session.lock:
+                return self.failed(session, error)
 
     def bind(self, listener: Callable[..., Any], action: Action, inputs: Sequence[str] = (), **options: Any) -> None:
         """On `listener` (e.g. `button.click`), run `action(session, *values of inputs)`."""
         names = list(inputs)
 
         def handle(state: Any, *values: Any) -> list[Any]:
-            return self.run(self.session(state), action, names, values)
+            session = self.session(state)
+            return self.guarded(session, lambda: self.run(session, action, names, values))
 
+        handle.__name__ = f"dataset_{getattr(action, '__name__', 'action')}"  # as ui/wiring names them
         listen(listener, handle, inputs=[self.state, *(self.components[name] for name in names)],
                outputs=self.outputs, **{**EVENT, **options})
 
@@ -132,17 +146,43 @@ class DatasetWiring:
             with session.lock:
                 try:
                     message, job = start(session, *values)
-                except LoraStudioError as error:
-                    outputs, job = self.updates(session, error_message(error)), None
-                else:
-                    outputs = self.updates(session, message)
+                except Exception as error:  # the edge: every failure is a message in the page
+                    message, job = error_message(error), None
+                outputs = self.guarded(session, lambda: self.updates(session, message))
             yield outputs
             if job is None:
                 return
-            for message, finished in follow(session, job):
+            try:
+                for message, finished in follow(session, job):
+                    with session.lock:
+                        outputs = self.updates(session, message, None if finished else (*progress_parts, "message"))
+                    yield outputs
+            except Exception as error:  # the edge: every failure is a message in the page
                 with session.lock:
-                    outputs = self.updates(session, message, None if finished else (*progress_parts, "message"))
+                    outputs = self.failed(session, error)
                 yield outputs
 
+        handle.__name__ = f"dataset_{start.__name__}"
         listen(listener, handle, inputs=[self.state, *(self.components[name] for name in names)],
                outputs=self.outputs, **{**EVENT, "trigger_mode": "once"})
+
+    def bind_choices(self, listener: Callable[..., Any], choices: Callable[[], list[str]], part: str) -> None:
+        """On `listener`, give the dropdown `part` (not one of PARTS) the choices `choices()` lists; an error
+        becomes the tab's message instead. The session is read, never sent: a list refreshed while a first Load
+        makes the session must not put back the empty state it was given."""
+        component = self.components[part]
+        message = self.components["message"]
+
+        def handle(state: Any) -> list[Any]:
+            try:
+                return [gr.update(choices=choices()), gr.update()]
+            except Exception as error:  # the edge: every failure is a message in the page
+                text = error_message(error)
+                if isinstance(state, DatasetSession):
+                    with state.lock:
+                        state.sent["message"] = text
+                return [gr.update(), text]
+
+        handle.__name__ = f"dataset_list_{part}"
+        listen(listener, handle, inputs=[self.state], outputs=[component, message], show_progress="hidden",
+               api_name=False)

@@ -1,4 +1,4 @@
-"""The captions the Dataset tab edits, with what is derived from them kept up to date instead of recomputed.
+"""The captions a dataset session edits, with what is derived from them kept up to date instead of recomputed.
 
 `CaptionState` holds the texts being edited (an IndexedCaptions: each caption's tags and the tag counts), the
 captions as on disk (`loaded`, the baseline), the filter, and what is derived from them: the filtered keys and
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ...dataset.captions import Caption
-from ...dataset.gc_pause import paused_gc
-from ...dataset.tag_index import IndexedCaptions
-from ...dataset.tags import TagEdit, TagFilter, join_tags
+from ..caption_format import Caption
+from ..gc_pause import paused_gc
+from ..tag_index import IndexedCaptions
+from ..tags import TagEdit, TagFilter, join_tags
 
 
 class Baseline(dict):  # type: ignore[type-arg]  # dict[str, Caption | None]
