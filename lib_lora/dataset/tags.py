@@ -390,11 +390,3 @@ def apply_edit(captions: Mapping[Key, str], edit: TagEdit, keys: Iterable[Key] |
             changed[key] = join_tags(new_tags)
     return changed
 
-
-def __getattr__(name: str) -> object:
-    """EditHistory lives in history.py (it builds on apply_edit) and is importable from here too."""
-    if name in ("EditHistory", "EditBatch"):
-        from . import history
-
-        return getattr(history, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from ..atomic import write_atomically
 from ..backups import back_up, backup_stamp
 from ..errors import LoraStudioError
 from ..networks.files import save_lora_file
-from ..networks.metadata import LoraMetadata
+from ..networks.metadata import LoraMetadata, TrainingRecord, run_file_metadata
 from .errors import TrainingError
 
 if TYPE_CHECKING:
@@ -65,7 +65,9 @@ class RunFacts:
     total_epochs: int
     optimizer: str
     data_metadata: dict[str, str] = field(default_factory=dict)
+    """The data source's own keys, rendered by networks.metadata (DatasetRecord, and a mode's ModeRecord)."""
     network_metadata: dict[str, str] = field(default_factory=dict)
+    """The trained network's own keys, rendered by networks.metadata (NetworkRecord, and a mode's ModeRecord)."""
     activation_text: str | None = None
     validation_loss: float | None = None
     """The latest validation loss (validation_run.py sets it before each save), and where it was measured."""
@@ -76,10 +78,11 @@ class RunFacts:
 
 def build_metadata(config: TrainConfig, facts: RunFacts, *, step: int, epoch: int,
                    finished: bool) -> dict[str, str]:
-    """The ss_* and modelspec.* strings of a save at `step`/`epoch` (sd-scripts' names and encodings)."""
+    """The ss_* and modelspec.* strings of a save at `step`/`epoch` (sd-scripts' names and encodings), with the data
+    source's and the network's own keys (`run_file_metadata`)."""
     run, data, opt = config.run, config.data, config.optimizer
     try:
-        base = LoraMetadata(
+        record = LoraMetadata(
             arch=facts.arch,
             network_dim=config.network.network_dim,
             network_alpha=float(config.network.network_alpha),
@@ -116,33 +119,35 @@ def build_metadata(config: TrainConfig, facts: RunFacts, *, step: int, epoch: in
             validation_step=facts.validation_step,
             validation_seed=facts.validation_seed if facts.validation_loss is not None else None,
             validation_timesteps=facts.validation_timesteps if facts.validation_loss is not None else None,
+            training=training_record(config),
         )
+        return run_file_metadata(record, dataset=facts.data_metadata, network=facts.network_metadata)
     except ValueError as error:
         raise TrainingError(f"cannot write the metadata: {error}") from error
-    out = base.to_metadata()
-    out.update(facts.data_metadata)
-    out.update(facts.network_metadata)
-    out.update({
-        "ss_full_fp16": str(run.full_fp16),
-        "ss_max_grad_norm": str(opt.max_grad_norm),
-        "ss_lr_scheduler_num_cycles": str(opt.lr_scheduler_num_cycles),
-        "ss_lr_scheduler_power": str(opt.lr_scheduler_power),
-        "ss_multires_noise_iterations": str(run.multires_noise_iterations),
-        "ss_multires_noise_discount": str(run.multires_noise_discount),
-        "ss_adaptive_noise_scale": str(run.adaptive_noise_scale),
-        "ss_noise_offset_random_strength": str(run.noise_offset_random_strength),
-        "ss_loss_type": run.loss_type,
-        "ss_huber_schedule": run.huber_schedule,
-        "ss_huber_c": str(run.huber_c),
-        "ss_scale_weight_norms": str(config.network.scale_weight_norms),
-        "ss_total_batch_size": str(data.train_batch_size * run.gradient_accumulation_steps),
-        "ss_cache_text_encoder_outputs": str(run.cache_text_encoder_outputs),
-        "ss_network_train_unet_only": str(config.network.network_train_unet_only),
-        "ss_network_train_text_encoder_only": str(config.network.network_train_text_encoder_only),
-    })
-    low, high = run.timestep_range
-    out["modelspec.timestep_range"] = f"{low},{high}"
-    return {key: value for key, value in out.items() if value != "None"}
+
+
+def training_record(config: TrainConfig) -> TrainingRecord:
+    """The run's sd-scripts keys that LoraMetadata's own fields do not cover, as its config holds them."""
+    run, opt, network = config.run, config.optimizer, config.network
+    return TrainingRecord(
+        full_fp16=run.full_fp16,
+        max_grad_norm=opt.max_grad_norm,
+        lr_scheduler_num_cycles=opt.lr_scheduler_num_cycles,
+        lr_scheduler_power=opt.lr_scheduler_power,
+        multires_noise_iterations=run.multires_noise_iterations,
+        multires_noise_discount=run.multires_noise_discount,
+        adaptive_noise_scale=run.adaptive_noise_scale,
+        noise_offset_random_strength=run.noise_offset_random_strength,
+        loss_type=run.loss_type,
+        huber_schedule=run.huber_schedule,
+        huber_c=run.huber_c,
+        scale_weight_norms=network.scale_weight_norms,
+        total_batch_size=config.data.train_batch_size * run.gradient_accumulation_steps,
+        cache_text_encoder_outputs=run.cache_text_encoder_outputs,
+        network_train_unet_only=network.network_train_unet_only,
+        network_train_text_encoder_only=network.network_train_text_encoder_only,
+        timestep_range=tuple(run.timestep_range),
+    )
 
 
 def _warmup_steps(value: float, total: int) -> int:

@@ -7,7 +7,7 @@ merge_methods.py  MergeOptions and the rules combining one module's ΔWs (weight
 blockweight.py `block_weight_lora_file`: a LoRA with its block weights baked in (exact at 1.0)
 checkpoint.py  original-format checkpoints: key mapping through keys.py, `bake_into_checkpoint`
 extract.py     `extract_lora`: a LoRA from the difference of two checkpoints
-common.py      rank rules, SVD factors, output checks, derived metadata, NetworkToolError
+deltas.py      rank rules, SVD factors, output checks, NetworkToolError; a tool's file metadata (from ../metadata/)
 
 Core errors are typed (NetworkToolError, LoraFormatError) and never printed here; the command line
 (`python -m lib_lora lora …`, lib_lora/cli/lora.py) reports them. No diffusers import: this runs inside A1111.
@@ -15,6 +15,7 @@ Core errors are typed (NetworkToolError, LoraFormatError) and never printed here
 
 from __future__ import annotations
 
+from ..metadata import MERGE_KEY, OPERATION_KEY
 from .blockweight import BlockWeightReport, block_weight_lora_file, block_weighted_state
 from .checkpoint import (
     BakedLora,
@@ -25,10 +26,10 @@ from .checkpoint import (
     checkpoint_index,
     load_checkpoint,
 )
-from .deltas import OPERATION_KEY, LowRank, NetworkToolError, RankRule, check_output_path, low_rank
+from .deltas import LowRank, NetworkToolError, RankRule, check_output_path, low_rank
 from .extract import ExtractedModule, ExtractReport, extract_lora, extract_lora_file
 from .info import ModuleInfo, NetworkInfo, infer_arch_from_keys, network_info, unmatched_keys
-from .merge import MERGE_KEY, MergeResult, MergeSummary, merge_lora_files, merge_modules, merge_networks
+from .merge import MergeResult, MergeSummary, merge_lora_files, merge_modules, merge_networks
 from .merge_methods import MERGE_METHODS, MergeOptions
 from .resize import ModuleResize, ResizeReport, flatten, resize_lora_file, resize_network
 

@@ -18,7 +18,6 @@ file-only change reproduces.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from ..formats.base import NetworkModule
 from ..loaded import LoraNetwork, load_network
 from .deltas import NetworkToolError, check_output_path, derived_metadata
 from .info import arch_of
-from .merge import MERGE_KEY, Modules
+from .merge import Modules
 
 _SIGN_FACTORS: dict[str, tuple[str, ...]] = {
     "lora": ("lora_up.weight", "lora_B.weight"),
@@ -162,13 +161,13 @@ def block_weight_lora_file(
               for key, m in ranked] or [1.0]
     label = spec or "block weights"
     note = f"{label} at strength {strength:g} baked in by LoRA Studio from {Path(path).name}"
-    metadata = derived_metadata(network.metadata, arch=arch, ranks=ranks, alphas=alphas, note=note,
-                                output_name=Path(out).stem)
-    metadata[MERGE_KEY] = json.dumps({
+    record = {
         "method": "blocks", "blocks": spec, "strength": float(strength),
         "weights": {block: float(w) for block, w in weights.items()},
         "sources": [{"name": Path(path).name, "sshs_model_hash": network.identity, "weight": float(strength)}],
-    })
+    }
+    metadata = derived_metadata(network.metadata, arch=arch, ranks=ranks, alphas=alphas, note=note,
+                                output_name=Path(out).stem, merge=record)
     with replacing(out):
         save_lora_file(out, state, metadata)
     scaled = sum(1 for m in multipliers.values() if m not in (0, 1))

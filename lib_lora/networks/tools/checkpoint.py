@@ -11,7 +11,6 @@ checkpoint's own (shared, not copied), so writing a target writes the checkpoint
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,8 @@ from ..files import load_lora_file, save_safetensors_file
 from ..formats.base import NetworkModule
 from ..keys import Target, TargetIndex, build_target_index_for
 from ..loaded import as_applied, load_network
-from .deltas import OPERATION_KEY, NetworkToolError, check_output_path
+from ..metadata import baked_checkpoint_metadata, baked_history
+from .deltas import NetworkToolError, check_output_path
 
 MAX_CHECKPOINT_BYTES = 64 * 1024**3
 UNET_PREFIX = "model.diffusion_model."
@@ -37,8 +37,6 @@ TEXT_ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
 }
 """Where each family's text encoders live in an original-format checkpoint, in kohya order (te1, te2)."""
-BAKED_KEY = "lora_studio_baked"
-"""Checkpoint metadata: JSON list of the LoRAs baked in ({"name", "ratio", "sshs_model_hash"}), oldest first."""
 
 
 @dataclass(frozen=True)
@@ -219,20 +217,12 @@ def bake_into_checkpoint(
                                    f"{checkpoint.arch} checkpoint {checkpoint.path.name} (a LoRA for another "
                                    "model family?)")
         baked.append(BakedLora(path, float(ratio), len(network.modules) - len(missing), tuple(missing)))
-    history = _baked_history(checkpoint.metadata)
+    history = baked_history(checkpoint.metadata)
     history += [{"name": p.name, "ratio": float(r), "sshs_model_hash": n.identity}
                 for n, p, (_, r) in zip(networks, paths, loras)]
     names = ", ".join(f"{p.name} × {r:g}" for p, (_, r) in zip(paths, loras))
-    metadata = {**checkpoint.metadata, BAKED_KEY: json.dumps(history),
-                OPERATION_KEY: f"LoRAs baked in by LoRA Studio: {names}"}
+    metadata = baked_checkpoint_metadata(checkpoint.metadata, history, f"LoRAs baked in by LoRA Studio: {names}")
     with replacing(out):
         save_safetensors_file(out, checkpoint.tensors, metadata)
     return BakeReport(checkpoint.arch, tuple(baked), changed)
 
-
-def _baked_history(metadata: Mapping[str, str]) -> list[dict[str, object]]:
-    try:
-        history = json.loads(metadata.get(BAKED_KEY, "[]"))
-    except ValueError:
-        return []
-    return history if isinstance(history, list) else []

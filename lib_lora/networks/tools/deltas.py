@@ -17,12 +17,10 @@ from ...errors import LoraStudioError
 from ...file_names import check_output_files, check_writable_folder
 from ..files import SAFETENSORS_SUFFIXES
 from ..formats.base import NetworkModule
-from ..metadata import LoraMetadata
+from ..metadata import DYNAMIC, derived_file_metadata
 
 MIN_SINGULAR_VALUE = 1e-6
 """As sd-scripts: a ΔW whose largest singular value is at most this counts as zero and gets rank 1."""
-OPERATION_KEY = "lora_studio_operation"
-"""Metadata key naming what a tool did to make the file (also prepended to ss_training_comment, as sd-scripts)."""
 RULES = ("rank", "sv_ratio", "sv_fro", "sv_cumulative")
 
 
@@ -223,29 +221,17 @@ def derived_metadata(
     note: str,
     plain_lora: bool = False,
     output_name: str = "",
+    sd_model_name: str | None = None,
+    merge: Mapping[str, object] | None = None,
+    merged_from: Sequence[str] | None = None,
 ) -> dict[str, str]:
-    """Metadata for a file a tool made from `source`'s: its ss_*/modelspec values where they still hold, the new
-    dim/alpha ("Dynamic" when modules differ, as sd-scripts), `note` in OPERATION_KEY and ss_training_comment.
-
-    `plain_lora`: the modules became kohya LoRA (from LoHa/LoKr/full), so ss_network_module is reset to
-    networks.lora and ss_network_args (which described the old type) dropped. Stale sshs_* hashes are dropped
-    (the writer computes new ones). Without `source` metadata, LoraMetadata supplies the base set when the arch
-    is known.
-    """
+    """Metadata for a file a tool made from `source`'s (`derived_file_metadata`): the new dim and alpha are the
+    modules' own, or "Dynamic" when they differ (as sd-scripts); NetworkToolError when there are no modules."""
     rank_set, alpha_set = sorted(set(ranks)), sorted(set(alphas))
     if not rank_set or not alpha_set:
         raise NetworkToolError("the result holds no modules; nothing to write")
-    base: dict[str, str] = {}
-    if arch is not None:
-        base = LoraMetadata(arch=arch, network_dim=max(rank_set), network_alpha=max(max(alpha_set), 0.0),
-                            output_name=output_name).to_metadata()
-    out = {**base, **{key: value for key, value in source.items() if not key.startswith("sshs_")}}
-    out["ss_network_dim"] = str(rank_set[0]) if len(rank_set) == 1 else "Dynamic"
-    out["ss_network_alpha"] = str(float(alpha_set[0])) if len(alpha_set) == 1 else "Dynamic"
-    if plain_lora:
-        out["ss_network_module"] = "networks.lora"
-        out.pop("ss_network_args", None)
-    comment = source.get("ss_training_comment", "")
-    out["ss_training_comment"] = f"{note}; {comment}" if comment and comment != "None" else note
-    out[OPERATION_KEY] = note
-    return out
+    return derived_file_metadata(
+        source, arch=arch, dim=int(rank_set[0]) if len(rank_set) == 1 else DYNAMIC,
+        alpha=float(alpha_set[0]) if len(alpha_set) == 1 else DYNAMIC, base_dim=max(rank_set),
+        base_alpha=max(max(alpha_set), 0.0), note=note, plain_lora=plain_lora, output_name=output_name,
+        sd_model_name=sd_model_name, merge=merge, merged_from=merged_from)

@@ -112,8 +112,8 @@ def extract_lora_file(
     conv = f", conv rank {conv_rank}" if conv_rank is not None else ""
     note = (f"extracted by LoRA Studio at rank {rank}{conv} from {Path(tuned_path).name} minus "
             f"{Path(base_path).name}")
-    metadata = derived_metadata({"ss_sd_model_name": Path(base_path).name}, arch=report.arch, ranks=ranks,
-                                alphas=[float(r) for r in ranks], note=note, output_name=out.stem)
+    metadata = derived_metadata({}, arch=report.arch, ranks=ranks, alphas=[float(r) for r in ranks], note=note,
+                                output_name=out.stem, sd_model_name=Path(base_path).name)
     with replacing(out):
         save_lora_file(out, state, metadata)
     return report

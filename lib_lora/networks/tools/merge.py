@@ -11,7 +11,6 @@ two ways (diffusers vs LDM) stays two modules, which loaders sum anyway.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..formats.lora import MID, LoraModule
 from ..loaded import LoraNetwork, load_network
+from ..metadata import family_keys
 from .deltas import (
     NetworkToolError,
     RankRule,
@@ -43,9 +43,6 @@ from .merge_methods import MergeOptions, combine, module_generator
 from .resize import flatten
 
 Modules = Mapping[str, NetworkModule]
-MERGE_KEY = "lora_studio_merge"
-"""Metadata of a merged file: JSON {"method", "density", "seed", "rank", "sources": [{"name", "sshs_model_hash",
-"weight"}]}, what it was made from (the ss_* keys come from LoraMetadata through `derived_metadata`)."""
 
 
 @dataclass(frozen=True)
@@ -206,16 +203,15 @@ def merge_lora_files(
     ranks = tuple(int(t.shape[0]) for k, t in result.state.items() if k.endswith(".lora_down.weight"))
     parts = ", ".join(f"{Path(p).name} × {r:g}" for p, r in zip(paths, ratios))
     arch = next((a for a in (arch_of(n.modules, n.metadata) for n in networks) if a), None)
-    source = {k: v for k, v in networks[0].metadata.items() if k in ("ss_base_model_version", "ss_v2")}
-    metadata = derived_metadata(source, arch=arch, ranks=ranks, alphas=[float(r) for r in ranks],
-                                note=f"merged by LoRA Studio ({options.describe()}) from {parts}", plain_lora=True,
-                                output_name=out.stem)
-    metadata["modelspec.merged_from"] = ", ".join(Path(p).stem for p in paths)
-    metadata[MERGE_KEY] = json.dumps({
+    record = {
         "method": options.method, "density": options.density, "seed": options.seed, "rank": options.rank,
         "sources": [{"name": Path(p).name, "sshs_model_hash": n.identity, "weight": float(r)}
                     for p, n, r in zip(paths, networks, ratios)],
-    })
+    }
+    metadata = derived_metadata(family_keys(networks[0].metadata), arch=arch, ranks=ranks,
+                                alphas=[float(r) for r in ranks],
+                                note=f"merged by LoRA Studio ({options.describe()}) from {parts}", plain_lora=True,
+                                output_name=out.stem, merge=record, merged_from=[Path(p).stem for p in paths])
     with replacing(out):
         save_lora_file(out, result.state, metadata)
     errors = tuple(result.errors[k] for k in result.errors)

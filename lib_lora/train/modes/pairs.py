@@ -9,7 +9,6 @@ the direct pass (both).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 
 from ...dataset.errors import ImageReadError
 from ...dataset.images import IMAGE_SUFFIXES, open_image
+from ...networks.metadata import DatasetRecord, ModeRecord
 from ..augment import image_to_pixels
 from ..buckets import crop_offset, plan_in_buckets, resize_and_crop
 from ..errors import ConfigError, TrainingError
@@ -142,9 +142,9 @@ class PairData:
 
     def metadata(self) -> dict[str, str]:
         names = [{"original": p.original.name, "target": p.target.name} for p in self.pairs]
-        return {"ss_num_train_images": str(len(self.pairs) * (2 if self.side == "both" else 1)),
-                "ss_num_batches_per_epoch": str(len(self)), "lora_studio_training_mode": "difference",
-                "lora_studio_difference_pairs": json.dumps(names, ensure_ascii=False)}
+        counts = DatasetRecord(num_train_images=len(self.pairs) * (2 if self.side == "both" else 1),
+                               num_batches_per_epoch=len(self))
+        return {**counts.to_metadata(), **ModeRecord("difference", difference_pairs=names).to_metadata()}
 
 
 def _encode(host: Host, pixels: torch.Tensor, *, seed: int) -> torch.Tensor:

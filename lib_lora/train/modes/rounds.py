@@ -22,6 +22,7 @@ from ...networks.attach import WeightMerger
 from ...networks.formats.base import NetworkModule
 from ...networks.keys import build_target_index
 from ...networks.loaded import as_applied, network_from_state_dict
+from ...networks.metadata import ModeRecord, with_network_shape
 from ...networks.tools.merge import merge_modules
 from ...networks.tools.merge_methods import MergeOptions
 from ..outputs import RunOutputs
@@ -101,10 +102,9 @@ class RoundsMode(TrainingMode):
         error = overall_error(cut.state, cut.errors)
         result.notes.append(f"saved one LoRA of rank {rank}, the SVD of the total change of {len(merged)} round(s): "
                             f"relative error {error:.2e} (the share of the change's Frobenius norm the cut lost)")
-        network_metadata = {**last.facts.network_metadata, "ss_network_dim": str(rank),
-                            "ss_network_alpha": str(float(rank)), "lora_studio_training_mode": "rounds",
-                            "lora_studio_rounds": ";".join(config.mode.rounds),
-                            "lora_studio_rounds_error": f"{error:.6g}"}
+        mode = ModeRecord("rounds", rounds=list(config.mode.rounds), rounds_error=error)
+        network_metadata = {**with_network_shape(last.facts.network_metadata, rank, float(rank)),
+                            **mode.to_metadata()}
         steps = result.steps
         prompts = load_sample_prompts(config.run.sample_prompts) if config.run.sample_prompts else []
         final = replace(last, network=ExtractedNetwork(cut.state, network_metadata), validation=None, prompts=prompts,

@@ -10,7 +10,6 @@ multiplier −1, so the LoRA is a symmetric slider. An epoch is one batch per pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...hosts.base import Conditioning
+from ...networks.metadata import DatasetRecord, ModeRecord
 from .. import noise
 from ..errors import ConfigError, TrainingError
 from .base import TrainingMode
@@ -67,9 +67,9 @@ class SliderData:
         return iter(self._batches)
 
     def metadata(self) -> dict[str, str]:
-        return {"ss_num_train_images": "0", "ss_num_batches_per_epoch": str(len(self)),
-                "lora_studio_training_mode": "slider",
-                "lora_studio_slider_prompts": json.dumps([s.as_dict() for s in self.sets], ensure_ascii=False)}
+        counts = DatasetRecord(num_train_images=0, num_batches_per_epoch=len(self))
+        mode = ModeRecord("slider", slider_prompts=[s.as_dict() for s in self.sets])
+        return {**counts.to_metadata(), **mode.to_metadata()}
 
 
 @contextmanager

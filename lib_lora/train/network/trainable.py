@@ -10,7 +10,6 @@ tensors that `lib_lora.networks` (and A1111, diffusers, ComfyUI) read back to th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from ...blocks.presets import PresetBook
 from ...errors import LoraFormatError
 from ...networks.formats import group_by_module, parse_modules
 from ...networks.keys import TargetIndex, build_target_index
+from ...networks.metadata import DYNAMIC, NetworkRecord
 from ..errors import ConfigError, TrainingError
 from ..fused_attention import fused_hook, split_fused
 from .blocks import sdscripts_blocks
@@ -210,17 +210,12 @@ class TrainableNetwork(nn.Module):
             raise
 
     def metadata(self) -> dict[str, str]:
-        """sd-scripts' network keys: ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args."""
+        """sd-scripts' network keys (ss_network_module, _dim, _alpha, _args); dim and alpha are "Dynamic" when the
+        modules' ranks come from the weights file."""
         config = self.config
         dynamic = config.dim_from_weights
-        out = {
-            "ss_network_module": config.network_module,
-            "ss_network_dim": "Dynamic" if dynamic else str(config.network_dim),
-            "ss_network_alpha": "Dynamic" if dynamic else str(float(config.network_alpha)),
-        }
-        if config.network_args:
-            out["ss_network_args"] = json.dumps(config.network_args)
-        return out
+        return NetworkRecord(config.network_module, DYNAMIC if dynamic else config.network_dim,
+                             DYNAMIC if dynamic else config.network_alpha, dict(config.network_args)).to_metadata()
 
     @torch.no_grad()
     def apply_max_norm(self, max_norm: float) -> tuple[int, float]:

@@ -1,4 +1,5 @@
-"""LoRA file metadata: the ss_* + modelspec.* strings sd-scripts writes, parsing them back, and family detection.
+"""The LoRA file's own metadata: `LoraMetadata` (the ss_* + modelspec.* strings sd-scripts writes) and
+`NetworkRecord` (the ss_network_* keys, which trained networks and the network tools write through it too).
 
 Every value in a safetensors header is a string: numbers as `str()`, booleans as "True"/"False", dicts as JSON
 (as sd-scripts encodes them). Fields left unset are omitted rather than written as "None".
@@ -11,21 +12,32 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import NoReturn
+from typing import Literal
 
-from ..arch import ARCHS
+from ...arch import ARCHS
+from .checks import (
+    check_choice,
+    check_dataset_dirs,
+    check_int,
+    check_network_args,
+    check_tag_frequency,
+    checked_float,
+    checked_resolution,
+    invalid,
+    is_int,
+)
+from .run import TrainingRecord
 
 MODELSPEC_VERSION = "1.0.0"
 MODELSPEC_IMPL_SGM = "https://github.com/Stability-AI/generative-models"
 MODELSPEC_IMPL_DIFFUSERS = "diffusers"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 PREDICTION_TYPES = ("epsilon", "v")
+DYNAMIC = "Dynamic"
+"""ss_network_dim / ss_network_alpha of a file whose modules differ in rank or alpha (as sd-scripts writes it)."""
 
 # scalar field -> ss_* key; a field left at None is not written
 _SS_SCALARS: dict[str, str] = {
-    "network_module": "ss_network_module",
-    "network_dim": "ss_network_dim",
-    "network_alpha": "ss_network_alpha",
     "network_dropout": "ss_network_dropout",
     "sd_model_name": "ss_sd_model_name",
     "steps": "ss_steps",
@@ -143,31 +155,34 @@ class LoraMetadata:
     validation_step: int | None = None  # the step it was measured at
     validation_seed: int | None = None  # the seed of its fixed noise and timesteps
     validation_timesteps: int | None = None  # timesteps per image
+    training: TrainingRecord | None = None  # the rest of what a training run records (train/saving.py)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            _invalid("arch", f"one of {sorted(ARCHS)}", self.arch)
-        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
-        _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+            invalid("arch", f"one of {sorted(ARCHS)}", self.arch)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
-            _check_int(name, getattr(self, name), minimum=1 if name in _POSITIVE_INTS else 0)
+            check_int(name, getattr(self, name), minimum=1 if name in _POSITIVE_INTS else 0)
         for name in _NON_NEGATIVE_FLOATS + _FRACTIONS:
-            object.__setattr__(self, name, _checked_float(name, getattr(self, name), fraction=name in _FRACTIONS))
+            object.__setattr__(self, name, checked_float(name, getattr(self, name), fraction=name in _FRACTIONS))
         for name in _BOOLS:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
-                _invalid(name, "True, False or None", getattr(self, name))
+                invalid(name, "True, False or None", getattr(self, name))
         for name in _STRINGS:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                _invalid(name, "a string", getattr(self, name))
+                invalid(name, "a string", getattr(self, name))
         if not self.network_module:
-            _invalid("network_module", "a non-empty module path", self.network_module)
-        object.__setattr__(self, "resolution", _checked_resolution(self.resolution))
-        _check_network_args(self.network_args)
-        _check_dataset_dirs(self.dataset_dirs)
-        _check_tag_frequency(self.tag_frequency)
+            invalid("network_module", "a non-empty module path", self.network_module)
+        if self.training is not None and not isinstance(self.training, TrainingRecord):
+            invalid("training", "a TrainingRecord or None", self.training)
+        object.__setattr__(self, "resolution", checked_resolution(self.resolution))
+        check_network_args(self.network_args)
+        check_dataset_dirs(self.dataset_dirs)
+        check_tag_frequency(self.tag_frequency)
         started, finished = self.training_started_at, self.training_finished_at
         if started is not None and finished is not None and finished < started:
-            _invalid("training_finished_at", f"not before training_started_at ({started})", finished)
+            invalid("training_finished_at", f"not before training_started_at ({started})", finished)
 
     def to_metadata(self) -> dict[str, str]:
         """The ss_* and modelspec.* strings to store in the file's `__metadata__`."""
@@ -176,14 +191,14 @@ class LoraMetadata:
             "ss_base_model_version": arch.ss_base_model_version,
             "ss_v2": str(self.arch == "sd2"),
         }
+        out.update(NetworkRecord(self.network_module, self.network_dim, self.network_alpha,
+                                 self.network_args).to_metadata())
         for name, key in _SS_SCALARS.items():
             value = getattr(self, name)
             if value is not None:
                 out[key] = str(value)
         if self.output_name:
             out["ss_output_name"] = self.output_name
-        if self.network_args:
-            out["ss_network_args"] = json.dumps(self.network_args)
         width, height = self.resolution or (arch.default_resolution, arch.default_resolution)
         out["ss_resolution"] = str((width, height))
         if self.dataset_dirs:
@@ -192,6 +207,8 @@ class LoraMetadata:
         if self.tag_frequency:
             out["ss_tag_frequency"] = json.dumps(self.tag_frequency)
         out.update(self._modelspec(f"{width}x{height}"))
+        if self.training is not None:
+            out.update(self.training.to_metadata())
         return out
 
     def _modelspec(self, resolution: str) -> dict[str, str]:
@@ -216,117 +233,39 @@ class LoraMetadata:
         return spec
 
 
-def parse_metadata(metadata: Mapping[str, str]) -> dict[str, object]:
-    """Decode values that are JSON objects or arrays (as A1111 does for "{…}"); leave every other value as is."""
-    parsed: dict[str, object] = {}
-    for key, value in metadata.items():
-        parsed[key] = value
-        if isinstance(value, str) and value[:1] in ("{", "["):
-            try:
-                parsed[key] = json.loads(value)
-            except (ValueError, RecursionError):
-                pass
-    return parsed
+@dataclass(frozen=True)
+class NetworkRecord:
+    """The ss_network_* keys: the module path, dim and alpha (DYNAMIC when they differ by module), network_args."""
+
+    module: str
+    dim: int | Literal["Dynamic"]
+    alpha: float | Literal["Dynamic"]  # any finite value: a file's own alpha may be negative
+    args: dict[str, str | int | float | bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.module, str) and self.module):
+            invalid("network_module", "a non-empty module path", self.module)
+        if self.dim != DYNAMIC and not (is_int(self.dim) and self.dim >= 1):
+            invalid("network_dim", f"an integer >= 1 or {DYNAMIC!r}", self.dim)
+        plain = isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+        if self.alpha != DYNAMIC and not (plain and math.isfinite(self.alpha)):
+            invalid("network_alpha", f"a finite number or {DYNAMIC!r}", self.alpha)
+        check_network_args(self.args)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The keys as sd-scripts writes them: the alpha as a float, network_args as JSON (left out when empty)."""
+        out = {
+            "ss_network_module": self.module,
+            "ss_network_dim": str(self.dim),
+            "ss_network_alpha": DYNAMIC if self.alpha == DYNAMIC else str(float(self.alpha)),
+        }
+        if self.args:
+            out["ss_network_args"] = json.dumps(self.args)
+        return out
 
 
-_MODELSPEC_ARCHS = (
-    ("stable-diffusion-xl-v1-base", "sdxl"),
-    ("stable-diffusion-v2", "sd2"),
-    ("stable-diffusion-v1", "sd1"),
-)
-
-
-def arch_from_metadata(metadata: Mapping[str, object]) -> str | None:
-    """sd1/sd2/sdxl from ss_base_model_version, modelspec.architecture or ss_v2 (in that order); None if unknown.
-
-    Like A1111 (sdxl_* prefix, ss_v2 "True") and Forge (modelspec.architecture), but an unrecognised family name
-    (flux, sd3, …) gives None instead of A1111's fallback to SD1.
-    """
-    version = str(metadata.get("ss_base_model_version") or "")
-    if version:
-        if version.startswith("sdxl_"):
-            return "sdxl"
-        if version.startswith("sd_v2"):
-            return "sd2"
-        if version.startswith("sd_v1"):
-            return "sd1"
-        return None
-    architecture = str(metadata.get("modelspec.architecture") or "")
-    if architecture:
-        base = architecture.split("/", 1)[0]
-        return next((name for prefix, name in _MODELSPEC_ARCHS if base.startswith(prefix)), None)
-    v2 = str(metadata.get("ss_v2", "")).strip().lower()
-    if v2 in ("true", "false"):
-        return "sd2" if v2 == "true" else "sd1"
-    return None
-
-
-# --- validation helpers -----------------------------------------------------------------------------------------
-
-
-def _invalid(name: str, expected: str, value: object) -> NoReturn:
-    raise ValueError(f"`{name}` must be {expected}, got {value!r}")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _invalid(name, f"one of {list(choices)}", value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if value is not None and not (_is_int(value) and value >= minimum):
-        _invalid(name, f"an integer >= {minimum} or None", value)
-
-
-def _checked_float(name: str, value: object, *, fraction: bool) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        _invalid(name, "a finite number >= 0 or None", value)
-    if fraction and value > 1:
-        _invalid(name, "between 0 and 1", value)
-    return float(value)
-
-
-def _checked_resolution(value: object) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
-        _invalid("resolution", "(width, height) as two positive integers, or None", value)
-    return (value[0], value[1])
-
-
-def _check_network_args(value: object) -> None:
-    def plain(item: object) -> bool:
-        return isinstance(item, (str, int, bool)) or (isinstance(item, float) and math.isfinite(item))
-
-    if not isinstance(value, dict) or not all(isinstance(k, str) and plain(v) for k, v in value.items()):
-        _invalid("network_args", "a dict of name -> str/int/finite float/bool", value)
-
-
-def _check_dataset_dirs(value: object) -> None:
-    expected = 'a dict of folder -> {"n_repeats": int >= 1, "img_count": int >= 0}'
-    if not isinstance(value, dict):
-        _invalid("dataset_dirs", expected, value)
-    for folder, entry in value.items():
-        ok = isinstance(folder, str) and isinstance(entry, dict) and set(entry) == {"n_repeats", "img_count"}
-        if not (ok and _is_int(entry["n_repeats"]) and entry["n_repeats"] >= 1 and _is_int(entry["img_count"])):
-            _invalid(f"dataset_dirs[{folder!r}]", expected, entry)
-        if entry["img_count"] < 0:
-            _invalid(f"dataset_dirs[{folder!r}]", expected, entry)
-
-
-def _check_tag_frequency(value: object) -> None:
-    expected = "a dict of folder -> {tag: count >= 0}"
-    if not isinstance(value, dict):
-        _invalid("tag_frequency", expected, value)
-    for folder, counts in value.items():
-        if not (isinstance(folder, str) and isinstance(counts, dict)):
-            _invalid(f"tag_frequency[{folder!r}]", expected, counts)
-        for tag, count in counts.items():
-            if not (isinstance(tag, str) and _is_int(count) and count >= 0):
-                _invalid(f"tag_frequency[{folder!r}][{tag!r}]", "a count >= 0", count)
+def with_network_shape(metadata: Mapping[str, str], dim: int | Literal["Dynamic"],
+                       alpha: float | Literal["Dynamic"]) -> dict[str, str]:
+    """`metadata` with ss_network_dim and ss_network_alpha set to `dim` and `alpha` (its other keys kept)."""
+    shape = NetworkRecord("networks.lora", dim, alpha).to_metadata()
+    return {**metadata, **{key: shape[key] for key in ("ss_network_dim", "ss_network_alpha")}}
