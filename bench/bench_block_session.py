@@ -35,8 +35,8 @@ from lib_lora.hosts.base import GenerationRequest  # noqa: E402
 from lib_lora.hosts.diffusers import DiffusersHost  # noqa: E402
 from lib_lora.networks.files import save_lora_file  # noqa: E402
 from lib_lora.networks.keys import build_target_index  # noqa: E402
-from lib_lora.tiny.full import build_full_text_encoders, build_full_unet  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
+from lib_lora.tiny.full_size import build_full_text_encoders, build_full_unet  # noqa: E402
 
 
 def timed(run) -> float:

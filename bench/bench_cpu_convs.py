@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_lora.tiny.full import build_full_unet  # noqa: E402
+from lib_lora.tiny.full_size import build_full_unet  # noqa: E402
 from lib_lora.train.cpu_convs import SMALL_MAP_PIXELS  # noqa: E402
 
 Shape = tuple[int, int, int, int, int, int, int]  # in, out, kernel, stride, padding, height, width

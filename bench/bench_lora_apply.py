@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_lora.networks.attach import WeightMerger  # noqa: E402
 from lib_lora.networks.keys import build_target_index_for  # noqa: E402
 from lib_lora.networks.loaded import as_applied, network_from_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
 from lib_lora.tiny.clip import build_tiny_text_encoder  # noqa: E402
-from lib_lora.tiny.full import build_full_unet  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.tiny.full_size import build_full_unet  # noqa: E402
 
 
 def timed(run) -> float:

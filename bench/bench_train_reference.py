@@ -51,7 +51,7 @@ RANK = 16
 LR = 1e-4
 MAX_GRAD_NORM = 1.0  # ours' default, and diffusers' script's
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-"""kohya's default UNet targets (lib_lora/tiny/loras.py kohya_default_targets) spelled as peft module suffixes."""
+"""kohya's default UNet targets (networks/random_files.py kohya_default_targets) spelled as peft module suffixes."""
 
 
 def rss_kib() -> int:

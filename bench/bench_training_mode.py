@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lib_lora.hosts.snapshot import freeze_for_training, preserved_state  # noqa: E402
-from lib_lora.tiny.full import build_full_text_encoders, build_full_unet, parameter_count  # noqa: E402
+from lib_lora.tiny.full_size import build_full_text_encoders, build_full_unet, parameter_count  # noqa: E402
 
 
 def best_of(repeats: int, run) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .atomic import write_atomically
 from .errors import LoraStudioError
@@ -17,16 +17,25 @@ from .errors import LoraStudioError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .hosts.base import GenerationRequest
-
 PARAMETERS_KEY = "parameters"
+
+
+class SamplingSettings(Protocol):
+    """What an infotext records of a generation (a host's `GenerationRequest` has these; pnginfo sits below hosts)."""
+
+    steps: int
+    cfg_scale: float
+    seed: int
+    width: int
+    height: int
+    negative_prompt: str
 
 
 class ImageWriteError(LoraStudioError):
     """An image could not be written (folder not writable, disk full)."""
 
 
-def parameters_text(prompt: str, request: GenerationRequest, *, model: str,
+def parameters_text(prompt: str, request: SamplingSettings, *, model: str,
                     extra_fields: Mapping[str, str] | None = None) -> str:
     """A1111's infotext for one image: `prompt`, `Negative prompt: …`, then `Steps: …, CFG scale: …, …`.
 

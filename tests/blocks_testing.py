@@ -14,7 +14,7 @@ from typing import Any
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index
 from lib_lora.networks.metadata import LoraMetadata
-from lib_lora.tiny.loras import random_lora_state_dict
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.unet_blocks import block_of_key
 
 FAST = {"steps": 2, "width": 64, "height": 64, "cfg_scale": 1.0}

@@ -16,8 +16,8 @@ pytest.importorskip("diffusers")
 
 from lib_lora.arch import SD1, SDXL  # noqa: E402
 from lib_lora.networks.keys import build_target_index_for  # noqa: E402
-from lib_lora.tiny.full import build_full_text_encoders, build_full_unet  # noqa: E402
-from lib_lora.tiny.loras import kohya_default_targets  # noqa: E402
+from lib_lora.networks.random_files import kohya_default_targets  # noqa: E402
+from lib_lora.tiny.full_size import build_full_text_encoders, build_full_unet  # noqa: E402
 from lib_lora.unet_blocks import BASE, UNBLOCKED_PARTS, block_of_key  # noqa: E402
 
 LBW_17 = {"BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00",

@@ -17,12 +17,12 @@ from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import read_header, save_lora_file
 from lib_lora.networks.loaded import as_applied, load_network, network_from_state_dict
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import MERGE_KEY, NetworkToolError, block_weight_lora_file, block_weighted_state
 from lib_lora.networks.tools.checkpoint import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
-from lib_lora.tiny.loras import random_lora_state_dict
 from lib_lora.tiny.openclip import build_tiny_openclip_text_model
 from lib_lora.unet_blocks import BASE
 

@@ -15,9 +15,9 @@ from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.loaded import as_applied, load_network
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools.checkpoint import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
-from lib_lora.tiny.loras import random_lora_state_dict
 from lib_lora.ui import StudioContext
 from lib_lora.ui.blocks.editor import BlockEditor
 from lib_lora.ui.blocks.save import BlockSaver, output_name

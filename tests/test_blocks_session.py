@@ -21,7 +21,7 @@ from lib_lora.hosts.base import GenerationRequest  # noqa: E402
 from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402
 from lib_lora.networks.files import save_lora_file  # noqa: E402
 from lib_lora.networks.keys import build_target_index  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
 
 REQUEST = GenerationRequest(prompt="", steps=4, width=64, height=64, seed=3, cfg_scale=5.0)
 PROBE = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"  # a UNet weight every LoRA here changes

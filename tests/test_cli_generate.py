@@ -18,7 +18,7 @@ from lib_lora.cli.main import main  # noqa: E402
 from lib_lora.hosts.diffusers import load_diffusers_host  # noqa: E402
 from lib_lora.networks.files import save_lora_file  # noqa: E402
 from lib_lora.networks.keys import build_target_index  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ("--steps", "3", "--width", "64", "--height", "64", "--seed", "7")

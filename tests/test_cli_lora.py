@@ -17,9 +17,9 @@ from lib_lora.cli.main import main
 from lib_lora.networks.files import read_header, save_lora_file, save_safetensors_file
 from lib_lora.networks.loaded import load_network
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
-from lib_lora.tiny.loras import random_lora_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,10 +24,10 @@ import pytest
 
 from lib_lora.cli.main import main
 from lib_lora.networks.files import save_lora_file
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import checkpoint_index
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.images import generate_dataset
-from lib_lora.tiny.loras import random_lora_state_dict
 
 LONG = "L" * 252
 HOSTILE = "hostile-dir"

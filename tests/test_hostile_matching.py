@@ -49,7 +49,7 @@ from lib_lora.hosts.a1111 import A1111Host  # noqa: E402
 from lib_lora.jobs import GpuGate  # noqa: E402
 from lib_lora.networks.keys import TargetIndex, build_target_index  # noqa: E402
 from lib_lora.networks.matching import MATCHED_FIELD, LoraMatchError, module_names  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
 from lib_lora.webui.blockweight.prompts import REFUSED_FIELD  # noqa: E402
 from lib_lora.webui.blockweight.script import CONTROLLER, BlockWeightController  # noqa: E402
 

@@ -55,7 +55,7 @@ def test_the_layouts_names_match_the_real_ldm_sd15_unet_and_hf_clip():
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lib_lora.tiny.full import CLIP_L_CONFIG
+    from lib_lora.tiny.full_size import CLIP_L_CONFIG
     from lib_lora.tiny.ldm_models import SD15_LDM_UNET_CONFIG, quiet_ldm_construction
 
     with torch.device("meta"), quiet_ldm_construction():
@@ -71,7 +71,7 @@ def test_the_layouts_names_match_the_real_ldm_sd15_unet_and_hf_clip():
 @pytest.mark.parametrize("arch", ["sd1", "sdxl"])
 def test_comfy_maps_every_diffusers_unet_layer_to_its_ldm_weight(arch):
     pytest.importorskip("diffusers")
-    from lib_lora.tiny.full import build_full_unet
+    from lib_lora.tiny.full_size import build_full_unet
 
     unet = build_full_unet(arch, device="meta")
     modules = {name for name, _ in unet.named_modules()}

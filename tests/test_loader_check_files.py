@@ -21,7 +21,7 @@ from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index
 from lib_lora.networks.loaders import CARD_KEY, check_file, check_tensors
 from lib_lora.networks.loaders.report import NOT_LOADED, UNKNOWN_MODULE, UNKNOWN_SUFFIX
-from lib_lora.tiny.loras import kohya_default_targets, random_lora_state_dict
+from lib_lora.networks.random_files import kohya_default_targets, random_lora_state_dict
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")

@@ -17,6 +17,7 @@ from lib_lora.networks.files import read_header, save_lora_file
 from lib_lora.networks.formats import parse_modules
 from lib_lora.networks.loaded import load_network
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import (
     MERGE_KEY,
     MergeOptions,
@@ -36,7 +37,6 @@ from lib_lora.networks.tools.merge_methods import (
     weighted_sum,
 )
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
-from lib_lora.tiny.loras import random_lora_state_dict
 
 pytestmark = pytest.mark.hostcompat
 

@@ -28,6 +28,7 @@ from lib_lora.networks.metadata import (
     TrainingRecord,
     run_file_metadata,
 )
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import (
     bake_into_checkpoint,
     block_weight_lora_file,
@@ -37,7 +38,6 @@ from lib_lora.networks.tools import (
     resize_lora_file,
 )
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
-from lib_lora.tiny.loras import random_lora_state_dict
 from lib_lora.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

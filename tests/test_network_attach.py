@@ -12,9 +12,9 @@ from lib_lora.errors import LoraFormatError, LoraShapeError
 from lib_lora.networks.attach import AppliedLora, WeightMerger, hooked
 from lib_lora.networks.keys import TargetIndex, build_target_index_for
 from lib_lora.networks.loaded import as_applied, network_from_state_dict
+from lib_lora.networks.random_files import KINDS, random_lora_state_dict
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
-from lib_lora.tiny.loras import KINDS, random_lora_state_dict
 
 pytestmark = pytest.mark.hostcompat
 

@@ -17,9 +17,9 @@ from lib_lora.networks.attach import WeightMerger
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.keys import build_target_index, build_target_index_for
 from lib_lora.networks.loaded import as_applied, load_network
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
-from lib_lora.tiny.loras import random_lora_state_dict
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")

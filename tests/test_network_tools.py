@@ -20,6 +20,7 @@ from lib_lora.networks.formats import parse_modules
 from lib_lora.networks.keys import build_target_index_for
 from lib_lora.networks.loaded import as_applied, load_network, network_from_state_dict
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.networks.random_files import random_lora_state_dict
 from lib_lora.networks.tools import (
     OPERATION_KEY,
     NetworkToolError,
@@ -41,7 +42,6 @@ from lib_lora.networks.tools.deltas import module_delta
 from lib_lora.tiny.checkpoint import tiny_sd1_checkpoint_state_dict
 from lib_lora.tiny.clip import build_tiny_text_encoder
 from lib_lora.tiny.ldm_models import build_tiny_ldm_unet
-from lib_lora.tiny.loras import random_lora_state_dict
 from lib_lora.tiny.openclip import build_tiny_openclip_text_model
 
 pytestmark = pytest.mark.hostcompat

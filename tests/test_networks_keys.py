@@ -482,7 +482,7 @@ FULL_COUNTS = {"sd1": (391, 282, 192, (72,)), "sdxl": (1050, 794, 722, (72, 192)
 
 
 def _full_index(arch: str, layout: str = "diffusers") -> TargetIndex:
-    from lib_lora.tiny.full import build_full_text_encoders, build_full_unet
+    from lib_lora.tiny.full_size import build_full_text_encoders, build_full_unet
 
     if layout == "diffusers":
         pytest.importorskip("diffusers")

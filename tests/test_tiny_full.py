@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_lora.errors import ModelLoadError
-from lib_lora.tiny.full import build_fast, build_full_text_encoders, build_full_unet, parameter_count
+from lib_lora.tiny.full_size import build_fast, build_full_text_encoders, build_full_unet, parameter_count
 
 pytest.importorskip("diffusers")
 

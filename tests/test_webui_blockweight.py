@@ -46,7 +46,7 @@ from lib_lora.hosts.gate import (
     WEBUI_GPU,  # noqa: E402
 )
 from lib_lora.networks.keys import Target, TargetIndex, build_target_index  # noqa: E402
-from lib_lora.tiny.loras import random_lora_state_dict  # noqa: E402
+from lib_lora.networks.random_files import random_lora_state_dict  # noqa: E402
 from lib_lora.unet_blocks import BASE, UNBLOCKED_PARTS, is_weighted_block  # noqa: E402
 from lib_lora.webui.blockweight.networks import ModuleMultiplier, TaggedMultiplier  # noqa: E402
 from lib_lora.webui.blockweight.prompts import parse_block_weights_value, rewrite_prompt, rewrite_prompts

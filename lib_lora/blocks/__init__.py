@@ -1,1 +1,1 @@
-"""Block weights: block ids of modules (mapping.py), presets, and the prompt syntax."""
+"""Block weights: presets, the prompt syntax, sessions and grids (block ids of modules live in unet_blocks.py)."""

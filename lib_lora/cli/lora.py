@@ -171,7 +171,7 @@ def _blockweight(args: argparse.Namespace, out: TextIO) -> None:
     from ..blocks.presets import PresetBook
     from ..networks.loaded import load_network
     from ..networks.tools import NetworkToolError, block_weight_lora_file
-    from ..networks.tools.info import arch_of
+    from ..networks.families import arch_of
 
     network = load_network(args.file)
     arch = args.arch or arch_of(network.modules, network.metadata)

@@ -166,8 +166,8 @@ def count_match(name: str, modules: Iterable[str], matched: Iterable[str], model
 
 
 def guess_family(modules: Mapping[str, object], metadata: Mapping[str, object]) -> str | None:
-    """sd1, sd2 or sdxl as the metadata names it, else as the module names suggest (`tools.info.arch_of`)."""
-    from .tools.info import arch_of
+    """sd1, sd2 or sdxl as the metadata names it, else as the module names suggest (`families.arch_of`)."""
+    from .families import arch_of
 
     return arch_of(modules, metadata)  # type: ignore[arg-type]
 

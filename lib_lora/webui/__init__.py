@@ -1,4 +1,4 @@
-"""Adapters that need the WebUI: the only part of lib_lora besides hosts/a1111.py that imports `modules.*`.
+"""Adapters that need the WebUI; with the WebUI hosts (hosts/a1111*, forge*, webui_*) the only code that reaches it.
 
 Every `modules` import happens inside a function, so importing this package does nothing to the WebUI.
 """

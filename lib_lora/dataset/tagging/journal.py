@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 from ...atomic import write_atomically
 from ..errors import DatasetError
-from .captions import TaggerOptions
 from .models import TaggerFiles
+from .selection import TaggerOptions
 
 __all__ = [
     "JOURNAL_DIR_NAME",

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..preprocess import prepare_image
-from .captions import (
+from .models import (
+    MAX_FIXED_BATCH,
+    MAX_INPUT_SIDE,
+    MAX_MODEL_BYTES,
+    MAX_TAGS_BYTES,
+    TaggerFiles,
+    TaggerModelError,
+    check_file_size,
+)
+from .selection import (
     CHARACTER,
     EXISTING_POLICIES,
     GENERAL,
@@ -32,15 +41,6 @@ from .captions import (
     mcut_threshold,
     merge_caption,
     tags_from_scores,
-)
-from .models import (
-    MAX_FIXED_BATCH,
-    MAX_INPUT_SIDE,
-    MAX_MODEL_BYTES,
-    MAX_TAGS_BYTES,
-    TaggerFiles,
-    TaggerModelError,
-    check_file_size,
 )
 
 if TYPE_CHECKING:

@@ -103,8 +103,8 @@ def check_file(path: str | os.PathLike[str], arch: str | None = None,
 
     Raises LoraFormatError for a file that cannot be read; a file no parser takes (foreign keys) is still checked.
     """
+    from ..families import arch_of
     from ..loaded import network_from_state_dict
-    from ..tools.info import arch_of
 
     loaded = load_lora_file(path)
     if arch is None:

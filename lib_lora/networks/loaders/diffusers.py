@@ -47,7 +47,7 @@ def _candidates(arch: str) -> tuple[tuple[dict[str, Any], list[Any]], ...]:
 
     from ...tiny.clip import tiny_clip_config
     from ...tiny.diffusers_models import TINY_SD1_UNET, TINY_SDXL_UNET
-    from ...tiny.full import CLIP_BIGG_CONFIG, CLIP_L_CONFIG, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
+    from ...tiny.full_size import CLIP_BIGG_CONFIG, CLIP_L_CONFIG, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
 
     if arch == "sd1":
         return ((SD15_UNET_CONFIG, [CLIPTextConfig(**CLIP_L_CONFIG)]), (TINY_SD1_UNET, [tiny_clip_config()]))

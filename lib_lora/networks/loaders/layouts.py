@@ -4,7 +4,7 @@ The tables of the other programs' loaders need the module names of the model the
 project's own model code, built on the meta device (no memory, no weights): the UNet at the family's real depth,
 in LDM layout (`lib_lora.tiny.ldm_models`, real ldm code, what A1111, Forge and ComfyUI run) where ldm is
 installed, else in diffusers layout (the real config) with its LDM names from `keys`; HF CLIP text encoders at the
-real layer counts (`lib_lora.tiny.full`), and for A1111's SDXL second encoder the open_clip layout
+real layer counts (`lib_lora.tiny.full_size`), and for A1111's SDXL second encoder the open_clip layout
 (`lib_lora.tiny.openclip`). `keys.build_target_index_for` then names every layer the kohya ways, so a loader
 table only adds how its host spells a module. Names do not depend on widths. ldm and diffusers import lazily.
 """
@@ -75,7 +75,7 @@ SOURCES = ("ldm", "diffusers")
 def _unet(arch: str, source: str) -> nn.Module:
     """The family's UNet at its real depth (built under the caller's meta device): LDM layout from the tiny ldm
     builders at real transformer depths and tiny widths, or diffusers layout from the full-size config."""
-    from ...tiny.full import SD15_UNET_CONFIG, SDXL_UNET_CONFIG
+    from ...tiny.full_size import SD15_UNET_CONFIG, SDXL_UNET_CONFIG
 
     config = SD15_UNET_CONFIG if arch == "sd1" else SDXL_UNET_CONFIG
     if source == "diffusers":
@@ -99,7 +99,7 @@ def _text_encoders(arch: str, openclip_te2: bool) -> list[nn.Module]:
     """HF CLIP-L (and bigG, or its open_clip form) with the real layer counts (under the caller's meta device)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from ...tiny.full import CLIP_BIGG_CONFIG, CLIP_L_CONFIG
+    from ...tiny.full_size import CLIP_BIGG_CONFIG, CLIP_L_CONFIG
     from ...tiny.openclip import TinyOpenCLIPTextModel
 
     encoders: list[nn.Module] = [CLIPTextModel(CLIPTextConfig(**CLIP_L_CONFIG))]

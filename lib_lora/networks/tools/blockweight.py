@@ -29,11 +29,11 @@ from torch import Tensor
 from ...arch import Arch, get_arch
 from ...backups import replacing
 from ...unet_blocks import BASE, block_of_key
+from ..families import arch_of
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..loaded import LoraNetwork, load_network
 from .deltas import NetworkToolError, check_output_path, derived_metadata
-from .info import arch_of
 from .merge import Modules
 
 _SIGN_FACTORS: dict[str, tuple[str, ...]] = {

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ...backups import replacing
+from ..families import arch_of
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..formats.lora import MID, LoraModule
@@ -38,7 +39,6 @@ from .deltas import (
     module_delta,
     natural_shape,
 )
-from .info import arch_of
 from .merge_methods import MergeOptions, combine, module_generator
 from .resize import flatten
 

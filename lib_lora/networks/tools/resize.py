@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ...backups import replacing
+from ..families import arch_of
 from ..files import save_lora_file
 from ..formats.base import NetworkModule
 from ..loaded import load_network
@@ -34,7 +35,6 @@ from .deltas import (
     module_delta,
     storage_dtype,
 )
-from .info import arch_of
 
 
 @dataclass(frozen=True)

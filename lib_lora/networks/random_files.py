@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
-from ..networks.keys import Target, TargetIndex
 from ..unet_blocks import is_weighted_block
+from .keys import Target, TargetIndex
 
 KINDS = ("lora", "locon", "loha", "lokr", "full", "dora")
 
