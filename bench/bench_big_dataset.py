@@ -17,6 +17,7 @@ work (the issue's, on this 2-core machine, quiet).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import shutil
@@ -33,13 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib_lora.atomic import sync_directory  # noqa: E402
 from lib_lora.dataset.backups import BackupFolders  # noqa: E402
 from lib_lora.dataset.captions import BatchSaveResult, CaptionChange, SaveFailure, _save, _timestamp  # noqa: E402
+from lib_lora.dataset.editing import DatasetSession  # noqa: E402
 from lib_lora.dataset.errors import CaptionConflictError, CaptionWriteError  # noqa: E402
-from lib_lora.dataset.gc_pause import paused_gc  # noqa: E402
+from lib_lora.dataset.gc_pause import collection_pending, paused_gc  # noqa: E402
 from lib_lora.dataset.tags import AddTags, RemoveTags  # noqa: E402
 from lib_lora.file_names import FolderLimits  # noqa: E402
 from lib_lora.ui.context import StudioContext  # noqa: E402
-from lib_lora.ui.dataset.saving import _finish, _plan_unsaved, save  # noqa: E402
-from lib_lora.ui.dataset.session import DatasetSession  # noqa: E402
 
 BEFORE = {"load": 19.6, "counts": 2.4, "filter": 1.8, "clear": 2.0, "batch remove": 2.0, "save": 95.6}
 """Seconds measured on the 44,417-image set before this work (the issue's table, machine quiet)."""
@@ -116,16 +116,37 @@ def bench_saves(session: DatasetSession, rounds: int) -> None:
             session.batch(AddTags((f"bench {name} {round_}",), "front"))
             load = os.getloadavg()[0]
             if name == "save":
-                seconds, message = timed(lambda: save(session))
+                seconds, message = timed(lambda: session.save())
             else:
-                plan = _plan_unsaved(session)
+                plan = session._plan_unsaved()
                 assert plan is not None
-                seconds, message = timed(lambda plan=plan: _finish(session, plan, reference_save(plan[1], root)))
+                seconds, message = timed(lambda plan=plan: session._finish(plan, reference_save(plan[1], root)))
             times[name].append(seconds)
             print(f"    {name:<14} round {round_ + 1}: {seconds:6.2f} s (load avg {load:.1f} before, "
                   f"{os.getloadavg()[0]:.1f} after) {message[:40]}")
     after, before = statistics.median(times["save"]), statistics.median(times["save (before)"])
     row("save", after, f"(median of {rounds}; the save before this change: {before:.2f} s, {before / after:.2f}x)")
+
+
+def settle(limit: float = 5.0) -> tuple[float, float]:
+    """Wait, as a user looks at the answer of a load, until its objects were collected in the background
+    (gc_pause.collect_after_pause); (seconds waited, seconds the collections took)."""
+    spent = [0.0, 0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            spent[1] = time.perf_counter()
+        else:
+            spent[0] += time.perf_counter() - spent[1]
+
+    gc.callbacks.append(callback)
+    start = time.perf_counter()
+    try:
+        while collection_pending() and time.perf_counter() - start < limit:
+            time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(callback)
+    return time.perf_counter() - start, spent[0]
 
 
 def bench_actions(folder: Path, *, saving: bool, rounds: int = 3) -> None:
@@ -135,6 +156,9 @@ def bench_actions(folder: Path, *, saving: bool, rounds: int = 3) -> None:
     session.load(str(folder))
     print(f"{folder}: {message} (median of {rounds})")
     row("load", seconds)
+    waited, collected = settle()
+    print(f"  {'':<18} the collection after the load ran in the background: {collected:.3f} s, "
+          f"{waited:.3f} s after the load")
     seconds, counts = timed(session.tag_counts)
     row("counts", seconds, f"({len(counts)} tags)")
     common, middle = counts[0][0], counts[len(counts) // 20][0]
@@ -185,7 +209,7 @@ def bench_clicks(folder: Path) -> None:
     click("batch Remove", lambda s: s.batch(remove_edit(tags[0][0])))
     click("Undo", DatasetSession.undo)
     click("Undo", DatasetSession.undo)
-    click("Save (nothing to save)", save)
+    click("Save (nothing to save)", DatasetSession.save)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,8 +99,7 @@ def run_browser(url: str, name: str, total: int, rounds: int) -> Clicks:
     """Each action of the tab `rounds` times (save once), in one page."""
     from playwright.sync_api import sync_playwright
 
-    from lib_lora.ui.dataset.session import PAGE_SIZE
-    from lib_lora.ui.dataset.views import FREQUENCY_ROWS
+    from lib_lora.dataset.editing import FREQUENCY_ROWS, PAGE_SIZE
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -210,10 +209,10 @@ def _save(clicks: Clicks, total: int) -> None:
 
 def server_side(folder: Path, rounds: int) -> dict[str, tuple[float, int]]:
     """The same clicks through the tab's event code in this process: (median seconds, bytes sent) by action."""
+    from lib_lora.dataset.editing import DatasetSession
     from lib_lora.dataset.tags import AddTags, RemoveTags
     from lib_lora.ui.context import StudioContext
     from lib_lora.ui.dataset.actions import run_action
-    from lib_lora.ui.dataset.session import DatasetSession
     from lib_lora.ui.dataset.views import PARTS
     from lib_lora.ui.dataset.wiring import DatasetWiring
 

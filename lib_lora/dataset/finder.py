@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .captions import BACKUP_DIR_NAME
-from .folder import parse_repeats_folder
 from .images import IMAGE_SUFFIXES
+from .listing import parse_repeats_folder
 
 __all__ = ["MAX_DEPTH", "MAX_FOUND", "MAX_VISITED", "DatasetFolder", "find_dataset_folders"]
 

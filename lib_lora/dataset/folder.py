@@ -12,54 +12,29 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
-from itertools import chain
 from pathlib import Path
 
 from ..atomic import rename_noreplace
-from .captions import BACKUP_DIR_NAME, Caption, read_caption
-from .errors import CaptionReadError, DatasetError, ImageReadError
-from .gc_pause import paused_gc
-from .images import IMAGE_SUFFIXES, check_image_signature, image_size
+from .captions import Caption
+from .errors import DatasetError
+from .gc_pause import collect_after_pause, paused_gc
+from .images import IMAGE_SUFFIXES
+from .listing import FolderImages, list_images
+from .listing import parse_repeats_folder as parse_repeats_folder
+from .problems import DatasetProblem as DatasetProblem
+from .problems import ProblemKind as ProblemKind
+from .reading.pairs import SIGNATURE as SIGNATURE  # where it is defined; importers use it from here
+from .reading.pairs import read_pairs
 from .roots import AllowedRoots
 
 ROOT_SUBSET = "."
 """The `subset` of items directly in the dataset root."""
 
-SIGNATURE = "signature"
-"""`check_images` value: each image's first bytes are checked (a known image signature, not empty), no header
-parsed; what the Dataset tab uses to list 50,000 images in seconds. Damage beyond that is found when decoded."""
-
-_READ_THREADS = 8
-_READ_CHUNK = 256
-
-_REPEATS_FOLDER = re.compile(r"^(\d+)_(.+)$")
+_COLLECT_FROM = 2000
+"""A scan of this many items asks for its objects to be collected in the background after it (gc_pause)."""
 _CAPTION_EXT = re.compile(r"^\.[^./\\\x00-\x1f\s]+$")
-
-
-class ProblemKind(str, Enum):
-    SAME_STEM = "same_stem"
-    UNREADABLE_IMAGE = "unreadable_image"
-    UNREADABLE_CAPTION = "unreadable_caption"
-    ORPHAN_CAPTION = "orphan_caption"
-    UNREADABLE_FOLDER = "unreadable_folder"
-    SYMLINKED_FOLDER = "symlinked_folder"
-    LINK_OUTSIDE = "link_outside"
-
-
-@dataclass(frozen=True)
-class DatasetProblem:
-    """Something in the folder that was left out of the items, with the files concerned and why."""
-
-    kind: ProblemKind
-    paths: tuple[Path, ...]
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.paths[0]}: {self.message}" if self.paths else self.message
 
 
 @dataclass(frozen=True)
@@ -161,14 +136,6 @@ class Dataset:
         return self.linked is None or (bool(self.linked) and item.image in self.linked)  # no Path hashed when none
 
 
-def parse_repeats_folder(name: str) -> tuple[int | None, str]:
-    """(repeats, name) for a `<repeats>_<name>` folder name such as "10_mychar"; (None, name) otherwise."""
-    match = _REPEATS_FOLDER.match(name)
-    if match is None:
-        return None, name
-    return int(match.group(1)), match.group(2)
-
-
 def validate_caption_ext(caption_ext: str) -> str:
     """`caption_ext` if it is a usable caption extension (".txt", ".caption", ...); DatasetError otherwise."""
     if not isinstance(caption_ext, str) or not _CAPTION_EXT.match(caption_ext):
@@ -189,7 +156,7 @@ def scan_dataset(
     With check_images each image's header is read (cheap: no pixels decoded), so empty files, non-images and
     oversized images show up as problems here rather than later; truncated pixel data is found only when the
     image is decoded (images.open_image). With check_images=SIGNATURE only each file's first bytes are checked.
-    Captions are read (and images checked) in threads.
+    Captions are read (and images checked) in this process, for a large folder mostly by a helper process.
     """
     root = Path(root)
     validate_caption_ext(caption_ext)
@@ -197,15 +164,36 @@ def scan_dataset(
         raise DatasetError("not a folder" if root.exists() else "no such folder", path=root)
     root = root.resolve()
     problems: list[DatasetProblem] = []
-    found: list[_Found] = []
     with paused_gc():  # 50,000 images allocate enough for the collector to walk the growing lists many times
-        for folder, files, names, links in _walk(root, recursive, problems):
-            found.extend(_scan_folder(root, folder, files, names, links, caption_ext, problems))
-        items, linked = _read_all(found, check_images, problems)
+        folders = list(list_images(root, caption_ext, recursive, problems))
+        reads = read_pairs([pair for folder in folders for pair in folder.pairs], check_images)
+        items, linked = _items(folders, reads, problems)
+        if len(items) >= _COLLECT_FROM:
+            collect_after_pause()
     return Dataset(
         root=root, caption_ext=caption_ext, items=items, problems=problems, recursive=recursive,
         check_images=check_images, linked=frozenset(linked),
     )
+
+
+def _items(folders: list[FolderImages], reads: list[Caption | DatasetProblem | None],
+           problems: list[DatasetProblem]) -> tuple[list[DatasetItem], set[Path]]:
+    """The items of the listed `folders` given each pair's read (in pair order), the problems of the reads appended
+    to `problems`, and the images whose image or caption file is a link."""
+    items: list[DatasetItem] = []
+    linked: set[Path] = set()
+    position = 0
+    for folder in folders:
+        subset, repeats, name = folder.subset, folder.repeats, folder.name
+        for (image, caption_path, _, link), read in zip(folder.pairs, reads[position:position + len(folder.pairs)]):
+            if isinstance(read, DatasetProblem):
+                problems.append(read)
+                continue
+            items.append(DatasetItem(image, caption_path, read, subset, repeats, name))
+            if link:
+                linked.add(image)
+        position += len(folder.pairs)
+    return items, linked
 
 
 def leave_out_links(
@@ -266,158 +254,3 @@ def rename_subset_repeats(dataset: Dataset, subset: str, repeats: int) -> Datase
     return scan_dataset(
         dataset.root, caption_ext=dataset.caption_ext, recursive=dataset.recursive, check_images=dataset.check_images
     )
-
-
-_NUMBERS = re.compile(r"(\d+)")
-
-
-def _natural_key(name: str) -> list[object]:
-    """Sort key putting "img2" before "img10" (numbers compared as numbers, text case-insensitively)."""
-    # split() with a group alternates text and digits (odd parts are the numbers), so equal positions hold the same
-    # kind: (value, part) pairs flattened compare as the (kind, value, part) tuples would, built without a loop
-    parts = _NUMBERS.split(name)
-    values: list[object] = list(parts)
-    values[0::2] = map(str.casefold, parts[0::2])
-    values[1::2] = map(int, parts[1::2])
-    return list(chain.from_iterable(zip(values, parts)))
-
-
-def _child(folder: Path) -> Callable[[str], Path]:
-    """folder / name, made fast: pathlib's own child constructor where this Python has it (parsing 100,000 file
-    names through Path() costs seconds on Python 3.11), else the public joinpath."""
-    make = getattr(folder, "_make_child_relpath", None)
-    return make if callable(make) else folder.joinpath
-
-
-def _walk(
-    folder: Path, recursive: bool, problems: list[DatasetProblem]
-) -> Iterator[tuple[Path, list[str], set[str], set[str]]]:
-    """(folder, the names of its visible regular files, the names of all its entries, the names that are links)
-    for folder and, if recursive, its visible subfolders in natural order, depth first."""
-    try:
-        with os.scandir(folder) as listing:
-            entries = list(listing)
-    except OSError as error:
-        problems.append(
-            DatasetProblem(ProblemKind.UNREADABLE_FOLDER, (folder,), f"cannot list the folder: {error.strerror}")
-        )
-        return
-    files: list[str] = []
-    subfolders: list[str] = []
-    names = {entry.name for entry in entries}
-    links: set[str] = set()
-    child = _child(folder)
-    for entry in entries:
-        if entry.name.startswith(".") or entry.name == BACKUP_DIR_NAME:
-            continue
-        try:
-            if entry.is_symlink():
-                links.add(entry.name)
-                if entry.is_dir():
-                    problems.append(DatasetProblem(
-                        ProblemKind.SYMLINKED_FOLDER, (child(entry.name),), "symlinked folder not followed",
-                    ))
-                    continue
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append(entry.name)
-            elif entry.is_file():
-                files.append(entry.name)
-        except OSError:
-            continue
-    yield folder, files, names, links
-    if recursive:
-        for name in sorted(subfolders, key=_natural_key):
-            yield from _walk(child(name), recursive, problems)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """os.path.splitext for a file name that does not start with a dot (the walk skips those), at half its cost."""
-    stem, dot, suffix = name.rpartition(".")
-    return (stem, dot + suffix) if stem else (name, "")
-
-
-@dataclass(frozen=True)
-class _Found:
-    """An image found by the walk, before its caption is read: where it goes in the Dataset."""
-
-    image: Path
-    caption_path: Path
-    caption_listed: bool
-    subset: str
-    repeats: int | None
-    name: str
-    linked: bool
-
-
-def _scan_folder(
-    root: Path, folder: Path, files: list[str], names: set[str], links: set[str], caption_ext: str,
-    problems: list[DatasetProblem],
-) -> list[_Found]:
-    subset = folder.relative_to(root).as_posix()  # "." for the root
-    repeats, name = parse_repeats_folder(folder.name)
-    child = _child(folder)
-    by_stem: dict[str, list[str]] = {}
-    images = [(_split_name(file), file) for file in files]
-    for (stem, _), file in sorted(((parts, file) for parts, file in images if parts[1].lower() in IMAGE_SUFFIXES),
-                                  key=lambda pair: _natural_key(pair[1])):
-        by_stem.setdefault(stem, []).append(file)
-    found = []
-    for stem, images in by_stem.items():
-        caption_name = f"{stem}{caption_ext}"
-        caption_path = child(caption_name)
-        if len(images) > 1:
-            listed = ", ".join(images)
-            problems.append(DatasetProblem(
-                ProblemKind.SAME_STEM, (*map(child, images), caption_path),
-                f"{listed} would share the caption {caption_name}; rename all but one to use them",
-            ))
-            continue
-        image = images[0]
-        found.append(_Found(child(image), caption_path, caption_name in names, subset, repeats, name,
-                            image in links or caption_name in links))
-    orphans = [file for file in files if file.endswith(caption_ext) and file[: -len(caption_ext)] not in by_stem]
-    for file in sorted(orphans, key=_natural_key):
-        problems.append(DatasetProblem(ProblemKind.ORPHAN_CAPTION, (child(file),), "caption without an image"))
-    return found
-
-
-def _read_found(found: _Found, check_images: bool | str) -> tuple[DatasetItem | None, DatasetProblem | None]:
-    """The item for `found` (its caption read, its image checked), or the problem that leaves it out."""
-    image = found.image
-    if check_images:
-        try:
-            (check_image_signature if check_images == SIGNATURE else image_size)(image)
-        except ImageReadError as error:
-            return None, DatasetProblem(ProblemKind.UNREADABLE_IMAGE, (image,), error.reason)
-    try:
-        caption = read_caption(found.caption_path) if found.caption_listed else None
-    except CaptionReadError as error:
-        return None, DatasetProblem(ProblemKind.UNREADABLE_CAPTION, (found.caption_path, image), error.reason)
-    return DatasetItem(image=image, caption_path=found.caption_path, caption=caption, subset=found.subset,
-                       repeats=found.repeats, name=found.name), None
-
-
-def _read_all(found: list[_Found], check_images: bool | str,
-              problems: list[DatasetProblem]) -> tuple[list[DatasetItem], set[Path]]:
-    """The items of `found` in order, captions read and images checked in threads (the reads wait on the disk,
-    not on Python), and the images whose image or caption file is a link."""
-    def chunk(part: list[_Found]) -> list[tuple[DatasetItem | None, DatasetProblem | None]]:
-        return [_read_found(one, check_images) for one in part]
-
-    parts = [found[start:start + _READ_CHUNK] for start in range(0, len(found), _READ_CHUNK)]
-    if len(parts) > 1:
-        with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="lora-studio-scan") as pool:
-            results = list(pool.map(chunk, parts))
-    else:
-        results = [chunk(part) for part in parts]
-    items: list[DatasetItem] = []
-    linked: set[Path] = set()
-    for part, part_results in zip(parts, results):
-        for one, (item, problem) in zip(part, part_results):
-            if problem is not None:
-                problems.append(problem)
-            elif item is not None:
-                items.append(item)
-                if one.linked:
-                    linked.add(item.image)
-    return items, linked
