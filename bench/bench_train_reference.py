@@ -92,9 +92,9 @@ def dataset(root: Path, count: int):
 @contextmanager
 def timed_prepare(seconds: list[float]):
     """Time TrainData.prepare (latent / text caching) inside the run; the original method is restored on exit."""
-    from lib_lora.train import loop
+    from lib_lora.train.data import TrainData
 
-    original = loop.TrainData.prepare
+    original = TrainData.prepare
 
     def prepare(self, control=None):
         start = time.perf_counter()
@@ -103,11 +103,11 @@ def timed_prepare(seconds: list[float]):
         finally:
             seconds.append(time.perf_counter() - start)
 
-    loop.TrainData.prepare = prepare
+    TrainData.prepare = prepare
     try:
         yield
     finally:
-        loop.TrainData.prepare = original
+        TrainData.prepare = original
 
 
 def our_config(root: Path, data, steps: int):

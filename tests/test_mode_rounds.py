@@ -30,8 +30,9 @@ pytest.importorskip("diffusers")
 NOTE_ROUNDS = ["learning_rate=1e-4,epochs=6,merge=0.7", "learning_rate=5e-5,epochs=4,merge=0.9",
                "learning_rate=2.5e-5,epochs=4,merge=0.9"]
 """The first three rounds of the practitioner's note (the later ones halve the learning rate again)."""
-TOLERANCE = 1e-5
-"""Largest difference allowed between the merged model's UNet output and base + the saved LoRA, at full rank."""
+TOLERANCE = 5e-5
+"""Largest difference allowed between the merged model's UNet output and base + the saved LoRA, at full rank: float32
+round-off of three merges, seen from 9e-7 to 1.1e-5 with each run's own data; the rounds change the output by ~1e-2."""
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,14 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..errors import LoraStudioError
 from ..file_names import check_output_files, check_writable_folder
+from .options import (
+    ERRORS_EPILOG,
+    add_force_option,
+    add_image_options,
+    add_lora_dir_option,
+    add_presets_file_option,
+    image_settings,
+)
 
 if TYPE_CHECKING:
     from ..blocks.apply import LoraLibrary
@@ -23,7 +31,6 @@ if TYPE_CHECKING:
     from ..blocks.session import LoraSession
 
 BLOCKS_COMMANDS = ("presets", "analyze", "grid")
-ERRORS_EPILOG = "A bad input prints one line `lora-studio: error: …` and exits with 2."
 
 
 class BlocksCommandError(LoraStudioError):
@@ -61,23 +68,15 @@ def _add_presets_parser(tools: argparse._SubParsersAction) -> None:
     presets.add_argument("--format", type=int, metavar="N",
                          help="vector length: 17 or 26 for sd1/sd2, 12 or 20 for sdxl (default: 17 / 12)")
     presets.add_argument("--json", action="store_true", help="print one JSON object {NAME: [values…]}")
-    presets.add_argument("--file", metavar="USER_PRESETS",
-                         help="an LBW-style preset file (NAME:v1,...,vN lines); its presets override built-ins")
+    add_presets_file_option(presets, "--file", "USER_PRESETS")
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
-                        help="a folder searched recursively for LoRA files (repeatable)")
+    add_lora_dir_option(parser)
     parser.add_argument("--prompt", default="", help="the base prompt (the LoRA tag is added to it)")
-    parser.add_argument("--negative", default="", help="the negative prompt")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
-    parser.add_argument("--width", type=int, default=512, help="width, a multiple of 8 (default: 512)")
-    parser.add_argument("--height", type=int, default=512, help="height, a multiple of 8 (default: 512)")
-    parser.add_argument("--presets", metavar="FILE",
-                        help="an LBW-style preset file (NAME:v1,...,vN lines); its presets override built-ins")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_image_options(parser)
+    add_presets_file_option(parser)
+    add_force_option(parser)
 
 
 def _add_analyze_parser(tools: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -208,9 +207,8 @@ def _analyze(args: argparse.Namespace, out: TextIO) -> None:
     from ..blocks.analyze import AnalyzeSpec, analyze_blocks
     from ..jobs import Job
 
-    spec = AnalyzeSpec(lora=args.lora, weight=args.weight, prompt=args.prompt, negative_prompt=args.negative,
-                       seed=args.seed, steps=args.steps, cfg_scale=args.cfg, width=args.width, height=args.height,
-                       threshold=args.threshold, length=args.format)
+    spec = AnalyzeSpec(lora=args.lora, weight=args.weight, prompt=args.prompt, threshold=args.threshold,
+                       length=args.format, **image_settings(args))
     _check_out(args.out, args.force)
     library = _library(args.lora_dir, [args.lora])
     session = _session(args, library, _preset_book(args.presets))
@@ -240,9 +238,8 @@ def _grid(args: argparse.Namespace, out: TextIO) -> None:
 
     random_seed = draw_seed() if args.random_seed is None else args.random_seed
     spec = GridSpec(prompt=args.prompt, x=Axis.parse(args.x), y=Axis.parse(args.y) if args.y else None,
-                    lora=args.lora, strength=args.strength, preset=args.preset, seed=args.seed,
-                    negative_prompt=args.negative, steps=args.steps, cfg_scale=args.cfg, width=args.width,
-                    height=args.height, random_seed=random_seed)
+                    lora=args.lora, strength=args.strength, preset=args.preset, random_seed=random_seed,
+                    **image_settings(args))
     book = _preset_book(args.presets)
     plan = None if spec.needs_family else plan_grid(spec)  # a block axis reads the weights in the model's format
     _check_out(args.out, args.force)

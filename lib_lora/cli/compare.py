@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ..errors import LoraStudioError
 from ..train.compare.words import COMPARE_HELP, DEFAULT_STRENGTHS, parse_strengths, strengths_text
+from .options import ERRORS_EPILOG, add_force_option
 
 if TYPE_CHECKING:
     from ..train.compare import CompareFile, CompareResult
@@ -33,7 +34,7 @@ def add_compare_parser(commands: argparse._SubParsersAction, *, parents: Sequenc
         description="Render each LoRA file at each strength and prompt at fixed seeds, score them by validation "
         "loss and similarity to the training images, rank the blocks of the best, and recommend one file and "
         "strength with the reason.",
-        epilog="A bad input prints one line `lora-studio: error: …` and exits with 2.",
+        epilog=ERRORS_EPILOG,
     )
     parser.add_argument("files", type=Path, nargs="+", help=COMPARE_HELP["files"])
     parser.add_argument("--data", type=Path, required=True, help=COMPARE_HELP["data"])
@@ -50,7 +51,7 @@ def add_compare_parser(commands: argparse._SubParsersAction, *, parents: Sequenc
     parser.add_argument("--caption-extension", default=".txt", help="caption file extension (default: .txt)")
     parser.add_argument("--analyze", choices=("best", "all", "none"), default="best", help=COMPARE_HELP["analyze"])
     parser.add_argument("--out", type=Path, default=None, help="write the grid to this PNG")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_force_option(parser)
     parser.add_argument("--keep", action="store_true", help=COMPARE_HELP["keep"])
     parser.add_argument("--keep-file", type=Path, default=None, help="with --keep: keep this file instead of the "
                         "recommended one")

@@ -15,6 +15,14 @@ from ..backups import replacing
 from ..errors import LoraStudioError
 from ..file_names import check_output_files, check_writable_folder
 from ..pnginfo import save_png
+from .options import (
+    ERRORS_EPILOG,
+    add_force_option,
+    add_image_options,
+    add_lora_dir_option,
+    add_presets_file_option,
+    image_settings,
+)
 
 
 class GenerateError(LoraStudioError):
@@ -29,21 +37,14 @@ def add_generate_parser(commands: argparse._SubParsersAction, *, parents: Sequen
         help="generate one image with the prompt's <lora:…> tags (block presets too) applied",
         description="Generate one image. <lora:name:te:unet:PRESET> tags are taken out of the prompt, their "
         "files found by name in --lora-dir, merged for this image only, and recorded in the PNG's parameters.",
-        epilog="A bad input prints one line `lora-studio: error: …` and exits with 2.",
+        epilog=ERRORS_EPILOG,
     )
     parser.add_argument("--prompt", required=True, help="the prompt, with <lora:…> tags")
-    parser.add_argument("--negative", default="", help="the negative prompt")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
-    parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default: 7)")
-    parser.add_argument("--width", type=int, default=512, help="width, a multiple of 8 (default: 512)")
-    parser.add_argument("--height", type=int, default=512, help="height, a multiple of 8 (default: 512)")
-    parser.add_argument("--lora-dir", action="append", default=[], metavar="DIR",
-                        help="a folder searched recursively for LoRA files (repeatable)")
-    parser.add_argument("--presets", metavar="FILE",
-                        help="an LBW-style preset file (NAME:v1,...,vN lines); its presets override built-ins")
+    add_image_options(parser)
+    add_lora_dir_option(parser)
+    add_presets_file_option(parser)
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    add_force_option(parser)
 
 
 def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
@@ -71,8 +72,7 @@ def run_generate_command(args: argparse.Namespace, out: TextIO) -> None:
     if args.presets:
         presets = presets.merge(PresetBook.from_file(args.presets))
     try:
-        request = GenerationRequest(prompt=args.prompt, negative_prompt=args.negative, steps=args.steps,
-                                    cfg_scale=args.cfg, width=args.width, height=args.height, seed=args.seed)
+        request = GenerationRequest(prompt=args.prompt, **image_settings(args))
     except ValueError as error:
         raise GenerateError(str(error)) from error
 

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+from .options import ERRORS_EPILOG, add_presets_file_option
+
 LORA_COMMANDS = ("info", "resize", "merge", "blockweight", "bake", "extract")
 MERGE_METHOD_CHOICES = ("concat", "svd", "dare", "ties")
 _RULE_FLAGS = (("rank", "--rank"), ("sv_ratio", "--sv-ratio"), ("sv_fro", "--sv-fro"),
@@ -26,11 +28,16 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
         description="LoRA file tools: describe a file, resize it by SVD, merge several, bake block weights into "
         "one, bake LoRAs into a checkpoint, or extract one from two checkpoints. Outputs are .safetensors with "
         "ss_* metadata.",
-        epilog="A bad input prints one line `lora-studio: error: …` and exits with 2.",
+        epilog=ERRORS_EPILOG,
     )
     tools = lora.add_subparsers(title="lora commands", dest="lora_command", metavar="{" + ",".join(LORA_COMMANDS) + "}")
     tools.required = True
+    for add_tool in (_add_info_parser, _add_resize_parser, _add_merge_parser, _add_blockweight_parser,
+                     _add_bake_parser, _add_extract_parser):
+        add_tool(tools)
 
+
+def _add_info_parser(tools: argparse._SubParsersAction) -> None:
     info = tools.add_parser("info", help="describe a LoRA file: format, family, modules per block, ranks, tags",
                             description="Describe a LoRA file without loading a model.")
     info.add_argument("file", type=Path, help="the LoRA file (.safetensors, or a weights-only .pt/.ckpt)")
@@ -42,6 +49,8 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     info.add_argument("--arch", choices=("sd1", "sdxl"),
                       help="with --loaders: check for this family instead of the file's own")
 
+
+def _add_resize_parser(tools: argparse._SubParsersAction) -> None:
     resize = tools.add_parser("resize", help="resize a LoRA (any format) to a lower rank by SVD",
                               description="Re-factorise every module by SVD at a fixed or per-module rank "
                               "(sd-scripts' resize_lora rules); LoHa/LoKr/full become LoRA; the alpha/rank ratio "
@@ -56,6 +65,8 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
                        help="the smallest rank whose singular values sum to the fraction C of all")
     _output_options(resize, required=False, default_help="FILE's name with the rule added")
 
+
+def _add_merge_parser(tools: argparse._SubParsersAction) -> None:
     merge = tools.add_parser("merge", help="merge several LoRAs into one: concat, svd, dare or ties",
                              description="Merge LoRAs. concat stacks the factors (exact; plain LoRA/LoCon only). "
                              "svd sums the full deltas and re-factors them. dare drops a random fraction of each "
@@ -74,6 +85,8 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("--seed", type=int, default=0, help="dare: the seed of the random drops (default: 0)")
     _output_options(merge, required=True)
 
+
+def _add_blockweight_parser(tools: argparse._SubParsersAction) -> None:
     blockweight = tools.add_parser(
         "blockweight", help="save a LoRA with block weights baked in (the file at 1 = the original with them)",
         description="Write a copy of a LoRA whose modules are scaled by their block's weight (and --strength): "
@@ -85,10 +98,11 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     blockweight.add_argument("--strength", type=float, default=1.0, help="the LoRA's strength (default: 1)")
     blockweight.add_argument("--arch", choices=("sd1", "sd2", "sdxl"),
                              help="the model family of the weights (default: the file's)")
-    blockweight.add_argument("--presets", metavar="FILE",
-                             help="an LBW-style preset file (NAME:v1,...,vN lines); its presets override built-ins")
+    add_presets_file_option(blockweight)
     _output_options(blockweight, required=True)
 
+
+def _add_bake_parser(tools: argparse._SubParsersAction) -> None:
     bake = tools.add_parser("bake", help="merge LoRAs into the weights of a single-file checkpoint",
                             description="Write a copy of an original-format SD1/SD2/SDXL .safetensors checkpoint "
                             "with the LoRAs merged into its UNet and text-encoder weights.")
@@ -97,6 +111,8 @@ def add_lora_parser(commands: argparse._SubParsersAction) -> None:
     bake.add_argument("--ratios", type=float, nargs="+", metavar="R", help="one weight per LoRA (default: all 1)")
     _output_options(bake, required=True)
 
+
+def _add_extract_parser(tools: argparse._SubParsersAction) -> None:
     extract = tools.add_parser("extract", help="extract a LoRA from the difference of two checkpoints",
                                description="Make a LoRA approximating TUNED minus BASE by SVD of every UNet and "
                                "text-encoder linear/conv weight that differs.")
@@ -169,9 +185,9 @@ def _merge(args: argparse.Namespace, out: TextIO) -> None:
 
 def _blockweight(args: argparse.Namespace, out: TextIO) -> None:
     from ..blocks.presets import PresetBook
+    from ..networks.families import arch_of
     from ..networks.loaded import load_network
     from ..networks.tools import NetworkToolError, block_weight_lora_file
-    from ..networks.families import arch_of
 
     network = load_network(args.file)
     arch = args.arch or arch_of(network.modules, network.metadata)

@@ -12,7 +12,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from ..dataset.tagging.models import TaggerFiles
+    from ..dataset.tagging.tagger import TaggerOptions
 
 
 def add_tag_parser(commands: argparse._SubParsersAction, *, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
@@ -82,18 +86,11 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
 
     from ..dataset.errors import DatasetError
     from ..dataset.folder import leave_out_links, scan_dataset
-    from ..dataset.tagging.models import resolve_model
     from ..dataset.tagging.run import WORKED, prepare_tagging
     from ..dataset.tagging.shards import Shard
-    from ..dataset.tagging.tagger import Tagger, TaggerOptions
+    from ..dataset.tagging.tagger import Tagger
 
-    options = TaggerOptions(
-        general_threshold=args.general_threshold, character_threshold=args.character_threshold,
-        general_mcut=args.general_mcut, character_mcut=args.character_mcut, include_rating=args.include_rating,
-        max_tags=args.max_tags, exclude=args.exclude, underscores_to_spaces=args.underscores_to_spaces,
-        escape_brackets=args.escape_brackets, trigger=args.trigger, existing=args.existing,
-        caption_ext=args.caption_ext, recursive=args.recursive, batch_size=args.batch_size,
-    )
+    options = _tagger_options(args)
     shard = Shard.from_environment()
     main = shard.is_main
     label = f" [{shard.describe()}]" if shard.active else ""
@@ -101,19 +98,7 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
     if not dataset.items:
         hint = "" if options.recursive else " (images in subfolders are tagged with --recursive)"
         raise DatasetError(f"no images to tag{hint}", path=args.folder)
-    bars: dict[str, tqdm] = {}
-
-    def download_progress(message: str, done: int, total: int | None) -> None:
-        bar = bars.get(message)
-        if bar is None:
-            bar = bars[message] = tqdm(total=total, desc=message, unit="B", unit_scale=True, file=sys.stderr,
-                                       disable=not main)
-        bar.update(done - bar.n)
-
-    files = resolve_model(args.model, models_dir=args.models_dir, cache_dir=args.cache_dir,
-                          download=not args.no_download, progress=download_progress)
-    for bar in bars.values():
-        bar.close()
+    files = _model_files(args, show_progress=main)
     tagger = Tagger.load(files, providers=args.provider, device_id=shard.local_rank if shard.active else None)
     if main:
         print(f"tag: model {files.describe()}, running on {tagger.provider_in_use}", file=out, flush=True)
@@ -136,3 +121,38 @@ def run_tag_command(args: argparse.Namespace, out: TextIO) -> None:
         print(f"tag: process {rank + 1} of {shard.world_size} did not finish: run the same command again to "
               "tag the rest of its share", file=out)
     print(f"tag: {report.summary()}", file=out, flush=True)
+
+
+def _tagger_options(args: argparse.Namespace) -> TaggerOptions:
+    """The tagging options of the parsed command line (checked by TaggerOptions)."""
+    from ..dataset.tagging.tagger import TaggerOptions
+
+    return TaggerOptions(
+        general_threshold=args.general_threshold, character_threshold=args.character_threshold,
+        general_mcut=args.general_mcut, character_mcut=args.character_mcut, include_rating=args.include_rating,
+        max_tags=args.max_tags, exclude=args.exclude, underscores_to_spaces=args.underscores_to_spaces,
+        escape_brackets=args.escape_brackets, trigger=args.trigger, existing=args.existing,
+        caption_ext=args.caption_ext, recursive=args.recursive, batch_size=args.batch_size,
+    )
+
+
+def _model_files(args: argparse.Namespace, *, show_progress: bool) -> TaggerFiles:
+    """The --model's files, downloaded when missing (unless --no-download) with a progress bar per file."""
+    from tqdm import tqdm
+
+    from ..dataset.tagging.models import resolve_model
+
+    bars: dict[str, tqdm] = {}
+
+    def download_progress(message: str, done: int, total: int | None) -> None:
+        bar = bars.get(message)
+        if bar is None:
+            bar = bars[message] = tqdm(total=total, desc=message, unit="B", unit_scale=True, file=sys.stderr,
+                                       disable=not show_progress)
+        bar.update(done - bar.n)
+
+    files = resolve_model(args.model, models_dir=args.models_dir, cache_dir=args.cache_dir,
+                          download=not args.no_download, progress=download_progress)
+    for bar in bars.values():
+        bar.close()
+    return files

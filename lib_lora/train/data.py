@@ -4,12 +4,12 @@
 or disk keyed by image content, crop, flip and VAE) and text-encoder outputs when asked; it only encodes under
 `torch.no_grad()`, so it runs inside or outside `host.training_mode()`. `batches(epoch)` then yields this rank's
 batches: every epoch each bucket's uses are shuffled and cut into batches of `train_batch_size`, and the batch
-order is shuffled, all from (seed, epoch), so every rank sees the same epoch and takes every world_size-th batch.
+order is shuffled, all from (seed, epoch), so every rank sees the same epoch and takes every world_size-th batch
+(epoch_order.py).
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ import torch
 
 from ..dataset.images import open_image
 from ..hosts.base import Conditioning
+from ..networks.metadata import DatasetRecord
 from .augment import color_aug, flip_pixels, image_to_pixels
 from .buckets import Bucketing, BucketPlan, crop_offset, resize_and_crop
 from .caption_rules import CaptionRules, caption_for_host, process_caption
@@ -27,6 +28,7 @@ from .data_config import DataConfig
 from .data_metadata import bucket_info, folder_counts, tag_frequencies
 from .data_prep import PrepReporter, bucket_batches, fill_cache, verify_cached
 from .data_scan import ImageItem, balance_reg_repeats, scan_images
+from .epoch_order import batches_per_rank, epoch_batches, rank_batches
 from .errors import ConfigError, TrainingError
 from .latent_cache import (
     LatentCache,
@@ -267,39 +269,19 @@ class TrainData:
         if not self._prepared:
             raise TrainingError("TrainData.prepare() must run before the batches are read")
 
-    def _all_batches(self, epoch: int) -> list[list[int]]:
-        """Every batch of the epoch (image indices), the same on every rank."""
-        rng = random.Random(derived_seed(self.seed, "epoch", epoch))
-        by_bucket: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(self._images):
-            by_bucket.setdefault(image.plan.bucket, []).extend([index] * image.uses)
-        size = self.config.train_batch_size
-        batches = []
-        for bucket in sorted(by_bucket):
-            members = by_bucket[bucket]
-            rng.shuffle(members)
-            batches.extend(members[start:start + size] for start in range(0, len(members), size))
-        rng.shuffle(batches)
-        return batches
+    def _uses(self) -> list[tuple[tuple[int, int], int]]:
+        """Each image's (bucket, uses in an epoch), in image order (epoch_order.py draws the batches from it)."""
+        return [(image.plan.bucket, image.uses) for image in self._images]
 
     def _rank_batches(self, epoch: int) -> list[tuple[int, list[int]]]:
-        """This rank's (batch number, image indices); the epoch is padded with its first batches so that every
-        rank gets as many (DDP steps in lockstep), as accelerate's even_batches does."""
-        batches = self._all_batches(epoch)
-        count = len(batches)
-        padded = -(-count // self.world_size) * self.world_size
-        numbered = [(number % count, batches[number % count]) for number in range(padded)]
-        return numbered[self.rank::self.world_size]
+        """This rank's (batch number, image indices) of `epoch`."""
+        batches = epoch_batches(self._uses(), seed=self.seed, epoch=epoch, batch_size=self.config.train_batch_size)
+        return rank_batches(batches, rank=self.rank, world_size=self.world_size)
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
         self._require_prepared()
-        size = self.config.train_batch_size
-        counts: dict[tuple[int, int], int] = {}
-        for image in self._images:
-            counts[image.plan.bucket] = counts.get(image.plan.bucket, 0) + image.uses
-        total = sum(-(-count // size) for count in counts.values())
-        return -(-total // self.world_size)
+        return batches_per_rank(self._uses(), batch_size=self.config.train_batch_size, world_size=self.world_size)
 
     def batches(self, epoch: int, *, start: int = 0) -> Iterator[TrainBatch]:
         """This rank's batches of `epoch` (counted from 0); the same (seed, epoch) gives the same batches.
@@ -380,30 +362,19 @@ class TrainData:
         return sum(image.item.repeats for image in self._images if image.item.is_reg)
 
     def metadata(self) -> dict[str, str]:
-        """sd-scripts' ss_* dataset fields, every value a string (dicts as JSON); ss_resolution is the trainer's."""
+        """sd-scripts' ss_* dataset fields (networks.metadata.DatasetRecord); ss_resolution is the trainer's."""
         self._require_prepared()
         config = self.config
-        return {
-            "ss_num_train_images": str(self.num_train_images),
-            "ss_num_reg_images": str(self.num_reg_images),
-            "ss_num_batches_per_epoch": str(len(self)),
-            "ss_batch_size_per_device": str(config.train_batch_size),
-            "ss_dataset_dirs": json.dumps(folder_counts(self._images, reg=False)),
-            "ss_reg_dataset_dirs": json.dumps(folder_counts(self._images, reg=True)),
-            "ss_tag_frequency": json.dumps(tag_frequencies(self._images)),
-            "ss_bucket_info": json.dumps(bucket_info(self._images)),
-            "ss_enable_bucket": str(config.enable_bucket),
-            "ss_bucket_no_upscale": str(config.bucket_no_upscale),
-            "ss_min_bucket_reso": str(config.min_bucket_reso),
-            "ss_max_bucket_reso": str(config.max_bucket_reso),
-            "ss_shuffle_caption": str(config.shuffle_caption),
-            "ss_keep_tokens": str(config.keep_tokens),
-            "ss_caption_dropout_rate": str(config.caption_dropout_rate),
-            "ss_caption_dropout_every_n_epochs": str(config.caption_dropout_every_n_epochs),
-            "ss_caption_tag_dropout_rate": str(config.caption_tag_dropout_rate),
-            "ss_prior_loss_weight": str(config.prior_loss_weight),
-            "ss_flip_aug": str(config.flip_aug),
-            "ss_color_aug": str(config.color_aug),
-            "ss_random_crop": str(config.random_crop),
-            "ss_cache_latents": str(config.cache_latents),
-        }
+        return DatasetRecord(
+            num_train_images=self.num_train_images, num_reg_images=self.num_reg_images,
+            num_batches_per_epoch=len(self), batch_size=config.train_batch_size,
+            dataset_dirs=folder_counts(self._images, reg=False), reg_dataset_dirs=folder_counts(self._images, reg=True),
+            tag_frequency=tag_frequencies(self._images), bucket_info=bucket_info(self._images),
+            enable_bucket=config.enable_bucket, bucket_no_upscale=config.bucket_no_upscale,
+            min_bucket_reso=config.min_bucket_reso, max_bucket_reso=config.max_bucket_reso,
+            shuffle_caption=config.shuffle_caption, keep_tokens=config.keep_tokens,
+            caption_dropout_rate=config.caption_dropout_rate,
+            caption_dropout_every_n_epochs=config.caption_dropout_every_n_epochs,
+            caption_tag_dropout_rate=config.caption_tag_dropout_rate, prior_loss_weight=config.prior_loss_weight,
+            flip_aug=config.flip_aug, color_aug=config.color_aug, random_crop=config.random_crop,
+            cache_latents=config.cache_latents).to_metadata()

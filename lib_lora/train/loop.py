@@ -1,6 +1,6 @@
 """TrainRun: one LoRA training run on the host's loaded model, as named stages, reporting through a JobControl.
 
-Stages: prepare data → build network → build optimizer → train → save. All of it runs inside
+Stages: prepare data → build network → build optimizer (stages.py) → train → save. All of it runs inside
 `host.training_mode()` (base model frozen, restored on exit, also on errors and stops) with the network hooked on
 by `network.attached()`, the GPU gate held, and gradient checkpointing, clip skip and the CPU convolution kernel
 (`cpu_convs`) set for the run only. A stop (JobControl cancel or `request_stop()`) ends the run between steps and,
@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,30 +27,16 @@ from .checkpoints import AutoCheckpoints, CheckpointPolicy
 from .config import TrainConfig
 from .cpu_convs import small_map_convolutions
 from .distributed import Distributed
-from .errors import ConfigError, TrainingError
+from .errors import TrainingError
 from .fp8_storage import fp8_base_stored
 from .modes.registry import DiscardedOutputs, mode_for
-from .network.trainable import TrainableNetwork
-from .optim import build_optimizer, check_optimizer, optimizer_notes
+from .optim import check_optimizer
 from .outputs import PreparedRun, RunOutputs, TrainResult, check_run_outputs
 from .progress import ProgressTracker, TrainProgress
-from .resume_state import TrainPosition, load_state, read_position
-from .runtime import choose_precision, clip_skip_set, gradient_checkpointing, seeded_global_rng
-from .sampling import load_sample_prompts
-from .saving import (
-    RunFacts,
-    default_activation_text,
-    epoch_name,
-    host_model_name,
-    lora_path,
-    rotate_epoch_saves,
-    rotate_step_saves,
-    step_name,
-)
-from .schedule import build_scheduler
-from .step_loss import LossSettings
-from .validation_run import prepare_run_validation
-from .vram import check_fits
+from .resume_state import TrainPosition, read_position
+from .runtime import clip_skip_set, gradient_checkpointing, seeded_global_rng
+from .saving import epoch_name, lora_path, rotate_epoch_saves, rotate_step_saves, step_name
+from .stages import STAGES, enter_stage, prepare_run
 
 if TYPE_CHECKING:
     from ..blocks.presets import PresetBook
@@ -57,8 +44,6 @@ if TYPE_CHECKING:
     from ..jobs import GpuGate
 
 __all__ = ["STAGES", "TrainResult", "TrainRun"]
-
-STAGES = ("prepare data", "build network", "build optimizer", "train", "save")
 
 
 class TrainRun:
@@ -147,7 +132,7 @@ class TrainRun:
     def train_once(self, control: JobControl | None, notes: list[str], *, started: float, seed: int,
                    resume: TrainPosition | None) -> TrainResult:
         """Prepare the stages and train with the network attached (inside the caller's training mode)."""
-        run = self.prepared = self._prepare(control, notes, started, seed=seed, resume=resume)
+        run = self.prepared = prepare_run(self, control, notes, started, seed=seed, resume=resume)
         with run.network.attached():
             return self._train(run, control, notes)
 
@@ -158,90 +143,6 @@ class TrainRun:
         else:
             with self.gpu.hold("training", stop="press Stop in the Train tab to stop it, or wait for it"):
                 yield
-
-    # --- stages: prepare data, build network, build optimizer --------------------------------------------------------
-    def _stage(self, control: JobControl | None, index: int, *, check: bool = True) -> None:
-        if control is not None:
-            if check:
-                control.check()
-            control.progress(message=f"{STAGES[index]} ({index + 1}/{len(STAGES)})", stage=STAGES[index])
-
-    def _prepare(self, control: JobControl | None, notes: list[str], started: float, *, seed: int,
-                 resume: TrainPosition | None) -> PreparedRun:
-        config, host, dist = self.config, self.host, self.dist
-        run_cfg = config.run
-        v_prediction = host.prediction_type == "v_prediction"
-        if run_cfg.v_parameterization and not v_prediction:
-            raise ConfigError("v_parameterization", True, "the loaded model predicts epsilon (noise), not v")
-
-        self._stage(control, 0)
-        check_fits(config, host, presets=self.presets)  # before any image is read: refuse a run that cannot fit
-        data = self.mode.data(self, seed=seed)
-        data.prepare(control)
-        notes.extend(f"left out: {item}" for item in data.ignored)
-        batches_per_epoch = dist.min_int(len(data))
-        if batches_per_epoch < 1:
-            raise TrainingError("the data gives no batch")
-        accumulation = run_cfg.gradient_accumulation_steps
-        updates_per_epoch = math.ceil(batches_per_epoch / accumulation)
-        if run_cfg.max_train_epochs:
-            total_epochs = run_cfg.max_train_epochs
-            total_steps = total_epochs * updates_per_epoch
-        else:
-            total_steps = run_cfg.max_train_steps
-            total_epochs = math.ceil(total_steps / updates_per_epoch)
-
-        self._stage(control, 1)
-        precision = choose_precision(run_cfg.mixed_precision, full_fp16=run_cfg.full_fp16,
-                                     full_bf16=run_cfg.full_bf16, host_dtype=host.dtype, device=host.device)
-        notes.extend(precision.notes)
-        validation = prepare_run_validation(config, host, run_seed=seed, precision=precision, control=control) \
-            if dist.is_main else None
-        network = TrainableNetwork.create(config.network, host, seed=seed, presets=self.presets)
-        if precision.network_dtype is not torch.float32:
-            network.to(precision.network_dtype)
-        network.train()
-
-        self._stage(control, 2)
-        opt = config.optimizer
-        groups = network.param_groups(unet_lr=opt.unet_lr, text_encoder_lr=opt.text_encoder_lr,
-                                      learning_rate=opt.learning_rate)
-        if not groups:
-            raise ConfigError("learning_rate", opt.learning_rate, "every learning rate is 0: nothing would train")
-        notes.extend(optimizer_notes(opt, groups))
-        optimizer = build_optimizer(opt, groups)
-        scheduler = build_scheduler(opt, optimizer, total_steps=total_steps)
-        scaler = torch.amp.GradScaler(host.device.type) if precision.use_grad_scaler else None
-        params = [p for group in groups for p in group["params"]]
-        generator = torch.Generator().manual_seed(seed + 1_000_003 * dist.rank)
-        position = TrainPosition(step=0, epoch=0, batch_in_epoch=0, seed=seed,
-                                 session_id=random.Random(seed ^ int(started)).randrange(2**31), started_at=started,
-                                 world_size=dist.world_size)
-        if resume is not None:
-            if resume.world_size != dist.world_size:
-                raise TrainingError(f"resume: the state was written by {resume.world_size} process(es), "
-                                    f"this run has {dist.world_size}")
-            position = load_state(Path(run_cfg.resume), network=network, optimizer=optimizer, scheduler=scheduler,
-                                  noise_generator=generator, scaler=scaler)
-            if position.batch_in_epoch >= batches_per_epoch:
-                position.epoch, position.batch_in_epoch = position.epoch + 1, 0
-        data_metadata = data.metadata()
-        facts = RunFacts(
-            arch=host.arch.name, prediction_type=host.prediction_type, model_name=host_model_name(host), seed=seed,
-            session_id=position.session_id, started_at=position.started_at, total_steps=total_steps,
-            total_epochs=total_epochs, optimizer=opt.describe(),
-            data_metadata=data_metadata, network_metadata=network.metadata(),
-            activation_text=run_cfg.activation_text or default_activation_text(data_metadata.get("ss_dataset_dirs")),
-        )
-        prompts = load_sample_prompts(run_cfg.sample_prompts) if run_cfg.sample_prompts else []
-        return PreparedRun(data=data, network=network, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    params=params, precision=precision, settings=LossSettings.from_run(run_cfg,
-                                                                                       v_prediction=v_prediction),
-                    alphas_cumprod=host.alphas_cumprod(), generator=generator, position=position,
-                    batches_per_epoch=batches_per_epoch, total_steps=total_steps, total_epochs=total_epochs,
-                    facts=facts, prompts=prompts,
-                    encode_with_grad=network.trains_text_encoder and not run_cfg.cache_text_encoder_outputs,
-                    validation=validation)
 
     def _seed(self, resume: TrainPosition | None, notes: list[str]) -> int:
         configured = self.config.run.seed
@@ -255,8 +156,23 @@ class TrainRun:
 
     # --- stage: train ----------------------------------------------------------------------------------------------
     def _train(self, run: PreparedRun, control: JobControl | None, notes: list[str]) -> TrainResult:
-        self._stage(control, 3)
-        cfg = self.config.run
+        enter_stage(control, 3)
+        loop = self._start_loop(run, notes)
+        position = run.position
+        for epoch in range(position.epoch, run.total_epochs):
+            self._train_epoch(run, control, loop, epoch)
+            if loop.stopped or loop.step >= run.total_steps:
+                break
+            position.epoch, position.batch_in_epoch = epoch + 1, 0
+            loop.result.epochs = epoch + 1
+            self._after_epoch(run, loop, epoch + 1)
+
+        enter_stage(control, 4, check=False)
+        self._finish(run, control, loop, notes)
+        return loop.result
+
+    def _start_loop(self, run: PreparedRun, notes: list[str]) -> _Loop:
+        """The loop's state at the run's position; a fresh run first measures and samples the untrained network."""
         position = run.position
         tracker = ProgressTracker(run.total_steps, run.total_epochs)
         tracker.restore(position.loss_history)
@@ -266,92 +182,128 @@ class TrainRun:
                              loss_history=tracker.losses)
         if run.validation is not None:  # a resumed run's curve and metadata go on from its measurements
             run.validation.restore(position.validation_history, result)
-        last_sample_step = -1
+        loop = _Loop(tracker, result, auto, step=position.step)
         if run.validation is not None and position.step == 0:  # the curve starts at the untrained network's value
             run.validation.measure(run, result, 0)
-        if cfg.sample_at_first and position.step == 0 and run.prompts:
-            self._outputs.samples(run, result, tracker, step=0)
-            last_sample_step = 0
-        accumulation = cfg.gradient_accumulation_steps
-        micro_losses: list[float] = []
-        stopped = False
-        step = position.step
-        for epoch in range(position.epoch, run.total_epochs):
-            skip = position.batch_in_epoch if epoch == position.epoch else 0
-            for index, batch in enumerate(run.data.batches(epoch)):
-                if index < skip:
-                    continue
-                if index >= run.batches_per_epoch or step >= run.total_steps:
-                    break
-                if auto is not None and not micro_losses:  # between steps: the last one's work all done
-                    auto.between_steps(run, tracker, result, step)
-                micro_losses.append(self._backward(run, batch, accumulation))
-                if len(micro_losses) < accumulation and index < run.batches_per_epoch - 1:
-                    continue
-                self._optimizer_step(run)
-                step += 1
-                loss = sum(micro_losses) / len(micro_losses)
-                micro_losses.clear()
-                position.step, position.epoch, position.batch_in_epoch = step, epoch, index + 1
-                result.steps, result.epochs = step, epoch + (1 if index + 1 >= run.batches_per_epoch else 0)
-                progress = tracker.step(step=step, epoch=epoch + 1, loss=loss, lr=_current_lr(run.scheduler),
-                                        memory_bytes=_memory_in_use(self.host.device))
-                self._report(control, progress)
-                if run.validation is not None:
-                    run.validation.after_step(run, result, step)
-                if step < run.total_steps:
-                    if self.dist.any_true(self._stop or (control is not None and control.cancelled)):
-                        stopped = True
-                        break
-                    if cfg.sample_every_n_steps and step % cfg.sample_every_n_steps == 0 and run.prompts:
-                        self._outputs.samples(run, result, tracker, step=step)
-                        last_sample_step = step
-                    save_now = self.dist.any_true(self._save_now)
-                    self._save_now = False
-                    if save_now or (cfg.save_every_n_steps and step % cfg.save_every_n_steps == 0):
-                        self._outputs.save(run, result, tracker, step_name(cfg.output_name, step), step=step,
-                                           epoch=epoch)
-                        if cfg.save_last_n_steps and not save_now and self.dist.is_main:
-                            rotate_step_saves(self.output_dir, cfg.output_name, current_step=step,
-                                              keep_last_n_steps=cfg.save_last_n_steps)
-            if stopped or step >= run.total_steps:
-                break
-            position.epoch, position.batch_in_epoch = epoch + 1, 0
-            result.epochs = epoch + 1
-            if run.validation is not None:
-                run.validation.after_epoch(run, result, epoch + 1, step)
-            if epoch + 1 < run.total_epochs:
-                if cfg.sample_every_n_epochs and (epoch + 1) % cfg.sample_every_n_epochs == 0 and run.prompts:
-                    self._outputs.samples(run, result, tracker, step=step)
-                    last_sample_step = step
-                if cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
-                    self._outputs.save(run, result, tracker, epoch_name(cfg.output_name, epoch + 1), step=step,
-                                       epoch=epoch + 1)
-                    if cfg.save_last_n_epochs and self.dist.is_main:
-                        rotate_epoch_saves(self.output_dir, cfg.output_name, current_epoch=epoch + 1,
-                                           keep_last_n=cfg.save_last_n_epochs, every_n_epochs=cfg.save_every_n_epochs)
+        if self.config.run.sample_at_first and position.step == 0 and run.prompts:
+            self._sample(run, loop)
+        return loop
 
-        self._stage(control, 4, check=False)
+    def _train_epoch(self, run: PreparedRun, control: JobControl | None, loop: _Loop, epoch: int) -> None:
+        """The steps of one epoch (from the resumed batch); a stop sets `loop.stopped` and ends it."""
+        cfg = self.config.run
+        accumulation = cfg.gradient_accumulation_steps
+        skip = run.position.batch_in_epoch if epoch == run.position.epoch else 0
+        for index, batch in enumerate(run.data.batches(epoch)):
+            if index < skip:
+                continue
+            if index >= run.batches_per_epoch or loop.step >= run.total_steps:
+                break
+            if loop.auto is not None and not loop.micro_losses:  # between steps: the last one's work all done
+                loop.auto.between_steps(run, loop.tracker, loop.result, loop.step)
+            loop.micro_losses.append(self._backward(run, batch, accumulation))
+            if len(loop.micro_losses) < accumulation and index < run.batches_per_epoch - 1:
+                continue
+            self._optimizer_step(run)
+            self._log_step(run, control, loop, epoch, index)
+            self._after_step(run, control, loop, epoch)
+            if loop.stopped:
+                return
+
+    def _after_step(self, run: PreparedRun, control: JobControl | None, loop: _Loop, epoch: int) -> None:
+        """After a step: validate when due; unless it was the last step, stop if asked, else sample and save when
+        due (a save asked for with `request_save()` too)."""
+        cfg = self.config.run
+        if run.validation is not None:
+            run.validation.after_step(run, loop.result, loop.step)
+        if loop.step >= run.total_steps:
+            return
+        if self.dist.any_true(self._stop or (control is not None and control.cancelled)):
+            loop.stopped = True
+            return
+        if self._due(cfg.sample_every_n_steps, loop.step) and run.prompts:
+            self._sample(run, loop)
+        save_now = self.dist.any_true(self._save_now)
+        self._save_now = False
+        if save_now or self._due(cfg.save_every_n_steps, loop.step):
+            self._save_step(run, loop, epoch, rotate=not save_now)
+
+    def _after_epoch(self, run: PreparedRun, loop: _Loop, epochs_done: int) -> None:
+        """After an epoch: validate when due; unless it was the last epoch, sample and save when due."""
+        cfg = self.config.run
+        if run.validation is not None:
+            run.validation.after_epoch(run, loop.result, epochs_done, loop.step)
+        if epochs_done >= run.total_epochs:
+            return
+        if self._due(cfg.sample_every_n_epochs, epochs_done) and run.prompts:
+            self._sample(run, loop)
+        if self._due(cfg.save_every_n_epochs, epochs_done):
+            self._save_epoch(run, loop, epochs_done)
+
+    # --- the periodic actions: log, sample, save (validation_run.py decides when it measures) ------------------------
+    @staticmethod
+    def _due(every_n: int | None, count: int) -> bool:
+        """Whether an action done every `every_n` steps or epochs (0 or None: never) is due at `count`."""
+        if not every_n:
+            return False
+        return count % every_n == 0
+
+    def _log_step(self, run: PreparedRun, control: JobControl | None, loop: _Loop, epoch: int, index: int) -> None:
+        """Count the step just taken (its loss the mean over its micro-batches) and report it."""
+        loop.step += 1
+        loss = sum(loop.micro_losses) / len(loop.micro_losses)
+        loop.micro_losses.clear()
+        run.position.step, run.position.epoch, run.position.batch_in_epoch = loop.step, epoch, index + 1
+        loop.result.steps = loop.step
+        loop.result.epochs = epoch + (1 if index + 1 >= run.batches_per_epoch else 0)
+        progress = loop.tracker.step(step=loop.step, epoch=epoch + 1, loss=loss, lr=_current_lr(run.scheduler),
+                                     memory_bytes=_memory_in_use(self.host.device))
+        self._report(control, progress)
+
+    def _sample(self, run: PreparedRun, loop: _Loop) -> None:
+        self._outputs.samples(run, loop.result, loop.tracker, step=loop.step)
+        loop.last_sample_step = loop.step
+
+    def _save_step(self, run: PreparedRun, loop: _Loop, epoch: int, *, rotate: bool) -> None:
+        """A step file (every save_every_n_steps, or asked for); the periodic ones keep save_last_n_steps."""
+        cfg = self.config.run
+        self._outputs.save(run, loop.result, loop.tracker, step_name(cfg.output_name, loop.step), step=loop.step,
+                           epoch=epoch)
+        if rotate and cfg.save_last_n_steps and self.dist.is_main:
+            rotate_step_saves(self.output_dir, cfg.output_name, current_step=loop.step,
+                              keep_last_n_steps=cfg.save_last_n_steps)
+
+    def _save_epoch(self, run: PreparedRun, loop: _Loop, epochs_done: int) -> None:
+        """An epoch file (every save_every_n_epochs), keeping save_last_n_epochs of them."""
+        cfg = self.config.run
+        self._outputs.save(run, loop.result, loop.tracker, epoch_name(cfg.output_name, epochs_done), step=loop.step,
+                           epoch=epochs_done)
+        if cfg.save_last_n_epochs and self.dist.is_main:
+            rotate_epoch_saves(self.output_dir, cfg.output_name, current_epoch=epochs_done,
+                               keep_last_n=cfg.save_last_n_epochs, every_n_epochs=cfg.save_every_n_epochs)
+
+    def _finish(self, run: PreparedRun, control: JobControl | None, loop: _Loop, notes: list[str]) -> None:
+        """Stage 5: the final LoRA (or, after a stop, what was learned), the last sample and the closing report."""
+        cfg, step, result = self.config.run, loop.step, loop.result
         if self.dist.active:
             self.dist.check_in_sync(run.params)
             notes.append(f"the {self.dist.world_size} processes ended with identical weights")
-        if stopped:
+        if loop.stopped:
             result.cancelled = True
-            if auto is not None:
-                auto.at_stop(run, tracker, result, step)
+            if loop.auto is not None:
+                loop.auto.at_stop(run, loop.tracker, result, step)
             if cfg.save_on_cancel and step > 0:
-                result.output = self._outputs.save(run, result, tracker, step_name(cfg.output_name, step),
+                result.output = self._outputs.save(run, result, loop.tracker, step_name(cfg.output_name, step),
                                                    step=step, epoch=result.epochs, card=True)
         else:
-            if run.prompts and last_sample_step != step:
-                self._outputs.samples(run, result, tracker, step=step)
+            if run.prompts and loop.last_sample_step != step:
+                self._outputs.samples(run, result, loop.tracker, step=step)
             with_state = cfg.save_state or cfg.save_state_on_train_end
-            result.output = self._outputs.save(run, result, tracker, cfg.output_name, step=step, epoch=result.epochs,
-                                               card=True, finished=True, with_state=with_state)
+            result.output = self._outputs.save(run, result, loop.tracker, cfg.output_name, step=step,
+                                               epoch=result.epochs, card=True, finished=True, with_state=with_state)
         if control is not None:  # the saves and the last sample come after the last step's report
-            control.progress(message=("stopped at" if stopped else "finished after") + f" step {step}",
-                             saved=tracker.saved, sample=tracker.sample)
-        return result
+            control.progress(message=("stopped at" if loop.stopped else "finished after") + f" step {step}",
+                             saved=loop.tracker.saved, sample=loop.tracker.sample)
 
     def _backward(self, run: PreparedRun, batch: Any, accumulation: int) -> float:
         loss = self.mode.loss(self, run, batch)
@@ -386,6 +338,21 @@ class TrainRun:
                              **progress.as_extra())
         if self.on_step is not None:
             self.on_step(progress)
+
+
+@dataclass
+class _Loop:
+    """The train stage's running state: where it is, what it has reported, and the loss of the step in progress."""
+
+    tracker: ProgressTracker
+    result: TrainResult
+    auto: AutoCheckpoints | None
+    step: int
+    micro_losses: list[float] = field(default_factory=list)
+    """The losses of the micro-batches accumulated into the step in progress."""
+    last_sample_step: int = -1
+    stopped: bool = False
+
 
 def _current_lr(scheduler: Any) -> float | None:
     with contextlib.suppress(AttributeError, IndexError, TypeError):

@@ -54,57 +54,14 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
     picker = LoraPicker(context, editor)
     runs = BlockRuns(context, editor)
     initial = BlockLayout("sd1", 17)
-    ones = [1.0] * initial.length
     c: dict[str, Component] = {}
 
     with gr.Tab("Block Weight", id=TAB_ID, elem_id="lora_studio_blocks_tab") as tab:
         c["status"] = gr.Markdown(STATUS, elem_id="lora_studio_blocks_status", elem_classes=["lora-studio-status"])
         c["arch"] = gr.State(initial.arch)
         with gr.Row(elem_id="lora_studio_blocks_top"):
-            with gr.Column(scale=1, min_width=280):
-                c["search"] = gr.Textbox(label="Search LoRAs", placeholder="part of a name",
-                                         elem_id="lora_studio_blocks_search")
-                with gr.Row(equal_height=True):
-                    c["lora"] = gr.Dropdown(label="LoRA", choices=[], value=None, elem_id="lora_studio_blocks_lora",
-                                            scale=4)
-                    c["refresh"] = gr.Button("Refresh", elem_id="lora_studio_blocks_refresh", size="sm", scale=1,
-                                             min_width=80)
-                c["lora_info"] = gr.Markdown("", elem_id="lora_studio_blocks_lora_info")
-                c["weight"] = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength",
-                                        elem_id="lora_studio_blocks_weight")
-                c["tag"] = gr.Textbox(label="Tag for the prompt", interactive=False, show_copy_button=True,
-                                      elem_id="lora_studio_blocks_tag")
-                with gr.Row(equal_height=True):
-                    c["save_lora_name"] = gr.Textbox(label=SAVE_LORA_LABEL, placeholder="NAME", scale=3,
-                                                     elem_id="lora_studio_blocks_save_lora_name")
-                    c["save_lora_overwrite"] = gr.Checkbox(label="Overwrite", value=False, scale=1,
-                                                           elem_id="lora_studio_blocks_save_lora_overwrite")
-                c["save_lora"] = gr.Button("Save as LoRA…", elem_id="lora_studio_blocks_save_lora")
-            with gr.Column(scale=2, min_width=400):
-                with gr.Row(equal_height=True):
-                    c["preset"] = gr.Dropdown(label="Preset", choices=PresetBook.builtin().names("sd1"),
-                                              value=DEFAULT_PRESET, elem_id="lora_studio_blocks_preset", scale=2)
-                    c["full"] = gr.Checkbox(label="Every block (26 values SD1/SD2, 20 SDXL; LyCORIS/LoCon)",
-                                            value=False, elem_id="lora_studio_blocks_full", scale=2)
-                c["vector"] = gr.Textbox(label=VECTOR_LABEL, value=vector_text(ones),
-                                         elem_id="lora_studio_blocks_vector")
-                c["vector_note"] = gr.Markdown("", elem_id="lora_studio_blocks_vector_note")
-                low, high, step = SLIDER_RANGE
-                for start in range(0, len(SLIDER_KEYS), SLIDERS_PER_ROW):
-                    with gr.Row(elem_classes=["lora-studio-blocks-sliders"]):
-                        for index in range(start, min(start + SLIDERS_PER_ROW, len(SLIDER_KEYS))):
-                            shown = index < initial.length
-                            c[SLIDER_KEYS[index]] = gr.Slider(
-                                low, high, value=1.0 if shown else 0.0, step=step,
-                                label=initial.blocks[index] if shown else f"block {index}", visible=shown,
-                                min_width=100, elem_id=f"lora_studio_blocks_{SLIDER_KEYS[index]}")
-                with gr.Row(equal_height=True):
-                    c["preset_name"] = gr.Textbox(label="Save as preset", placeholder="NAME",
-                                                  elem_id="lora_studio_blocks_preset_name", scale=2)
-                    c["overwrite"] = gr.Checkbox(label="Overwrite", value=False,
-                                                 elem_id="lora_studio_blocks_overwrite", scale=1)
-                    c["save"] = gr.Button("Save preset", elem_id="lora_studio_blocks_save", scale=1)
-                    c["delete"] = gr.Button("Delete preset", elem_id="lora_studio_blocks_delete", scale=1)
+            _build_picker_column(c)
+            _build_editor_column(c, initial)
         _build_settings(c)
         _build_generate(c)
         _build_grid(c)
@@ -117,6 +74,58 @@ def build_blocks_tab(context: StudioContext) -> gr.Tab:
           [c[n] for n in ("lora", "weight", "vector", "preset", "arch", "save_lora_name", "save_lora_overwrite",
                           "search")], _pick(c, "status", "lora"))
     return tab
+
+
+def _build_picker_column(c: dict[str, Component]) -> None:
+    """The left column: find and pick a LoRA, its strength and tag, and save it with its block weights baked in."""
+    with gr.Column(scale=1, min_width=280):
+        c["search"] = gr.Textbox(label="Search LoRAs", placeholder="part of a name",
+                                 elem_id="lora_studio_blocks_search")
+        with gr.Row(equal_height=True):
+            c["lora"] = gr.Dropdown(label="LoRA", choices=[], value=None, elem_id="lora_studio_blocks_lora",
+                                    scale=4)
+            c["refresh"] = gr.Button("Refresh", elem_id="lora_studio_blocks_refresh", size="sm", scale=1,
+                                     min_width=80)
+        c["lora_info"] = gr.Markdown("", elem_id="lora_studio_blocks_lora_info")
+        c["weight"] = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="Strength",
+                                elem_id="lora_studio_blocks_weight")
+        c["tag"] = gr.Textbox(label="Tag for the prompt", interactive=False, show_copy_button=True,
+                              elem_id="lora_studio_blocks_tag")
+        with gr.Row(equal_height=True):
+            c["save_lora_name"] = gr.Textbox(label=SAVE_LORA_LABEL, placeholder="NAME", scale=3,
+                                             elem_id="lora_studio_blocks_save_lora_name")
+            c["save_lora_overwrite"] = gr.Checkbox(label="Overwrite", value=False, scale=1,
+                                                   elem_id="lora_studio_blocks_save_lora_overwrite")
+        c["save_lora"] = gr.Button("Save as LoRA…", elem_id="lora_studio_blocks_save_lora")
+
+
+def _build_editor_column(c: dict[str, Component], initial: BlockLayout) -> None:
+    """The right column: preset, vector box, one slider per block (laid out for `initial`), save/delete preset."""
+    with gr.Column(scale=2, min_width=400):
+        with gr.Row(equal_height=True):
+            c["preset"] = gr.Dropdown(label="Preset", choices=PresetBook.builtin().names("sd1"),
+                                      value=DEFAULT_PRESET, elem_id="lora_studio_blocks_preset", scale=2)
+            c["full"] = gr.Checkbox(label="Every block (26 values SD1/SD2, 20 SDXL; LyCORIS/LoCon)",
+                                    value=False, elem_id="lora_studio_blocks_full", scale=2)
+        c["vector"] = gr.Textbox(label=VECTOR_LABEL, value=vector_text([1.0] * initial.length),
+                                 elem_id="lora_studio_blocks_vector")
+        c["vector_note"] = gr.Markdown("", elem_id="lora_studio_blocks_vector_note")
+        low, high, step = SLIDER_RANGE
+        for start in range(0, len(SLIDER_KEYS), SLIDERS_PER_ROW):
+            with gr.Row(elem_classes=["lora-studio-blocks-sliders"]):
+                for index in range(start, min(start + SLIDERS_PER_ROW, len(SLIDER_KEYS))):
+                    shown = index < initial.length
+                    c[SLIDER_KEYS[index]] = gr.Slider(
+                        low, high, value=1.0 if shown else 0.0, step=step,
+                        label=initial.blocks[index] if shown else f"block {index}", visible=shown,
+                        min_width=100, elem_id=f"lora_studio_blocks_{SLIDER_KEYS[index]}")
+        with gr.Row(equal_height=True):
+            c["preset_name"] = gr.Textbox(label="Save as preset", placeholder="NAME",
+                                          elem_id="lora_studio_blocks_preset_name", scale=2)
+            c["overwrite"] = gr.Checkbox(label="Overwrite", value=False,
+                                         elem_id="lora_studio_blocks_overwrite", scale=1)
+            c["save"] = gr.Button("Save preset", elem_id="lora_studio_blocks_save", scale=1)
+            c["delete"] = gr.Button("Delete preset", elem_id="lora_studio_blocks_delete", scale=1)
 
 
 def _build_settings(c: dict[str, Component]) -> None:

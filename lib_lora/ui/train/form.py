@@ -165,18 +165,22 @@ def from_form(field: FormField, value: Any) -> Any:
         raise ConfigError(key, text, "must be set")
     if field.kind == "text":
         return text
+    return parse_number(key, text, whole=field.kind == "int")
+
+
+def parse_number(key: str, text: str, *, whole: bool) -> int | float:
+    """A field's number: finite; an int when `whole` (else ConfigError) or when typed as one ("16", not "16.0" or
+    "1e3"); a float otherwise. ConfigError naming `key` when the text is not such a number."""
     try:
         number = float(text)
     except ValueError:
-        raise ConfigError(key, text, "expected a whole number" if field.kind == "int" else "expected a number") \
-            from None
+        raise ConfigError(key, text, "expected a whole number" if whole else "expected a number") from None
     if not math.isfinite(number):
         raise ConfigError(key, text, "must be a finite number")
-    if field.kind == "int" or (number.is_integer() and "." not in text and "e" not in text.lower()):
-        if not number.is_integer():
-            raise ConfigError(key, text, "expected a whole number")
-        return int(number)
-    return number
+    if whole and not number.is_integer():
+        raise ConfigError(key, text, "expected a whole number")
+    typed_whole = "." not in text and "e" not in text.lower()
+    return int(number) if number.is_integer() and (whole or typed_whole) else number
 
 
 FIELDS: tuple[FormField, ...] = _build_fields()
