@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lib_lora.networks.metadata import LoraMetadata
+from lib_lora.tiny.images import DETAIL_PATTERN, generate_detail_dataset
 from lib_lora.train import noise
 from lib_lora.train.config import TrainConfig
 from lib_lora.train.data_scan import ImageItem
@@ -139,3 +140,22 @@ def test_the_loss_curve_draws_the_validation_loss_as_a_second_line() -> None:
     assert plain is not None and both is not None
     orange = (234, 88, 12)
     assert orange not in set(plain.getdata()) and orange in set(both.getdata())
+
+
+# --- the images the memorising run uses --------------------------------------------------------------------------
+
+
+def test_images_of_one_kind_share_the_checkerboard_and_differ_in_squares_of_their_own(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    first = generate_detail_dataset(tmp_path / "a", count=3, seed=0)
+    again = generate_detail_dataset(tmp_path / "b", count=3, seed=0)
+    other = generate_detail_dataset(tmp_path / "c", count=1, seed=1)
+    pixels = [np.asarray(Image.open(path)) for path in (*first.images, *other.images)]
+    assert all(np.array_equal(a, np.asarray(Image.open(b))) for a, b in zip(pixels, again.images))
+    assert first.folder.name == "1_zqdetail" and first.captions == ("zqdetail",) * 3
+    board = np.array(DETAIL_PATTERN, dtype=np.uint8)[(np.arange(64)[:, None] // 16 + np.arange(64) // 16) % 2]
+    own = [(image != board).any(axis=2) for image in pixels]
+    assert all(0.15 < mask.mean() < 0.45 for mask in own)  # about 30% of each image is its own
+    assert not any(np.array_equal(a, b) for i, a in enumerate(pixels) for b in pixels[i + 1:])

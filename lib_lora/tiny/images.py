@@ -5,6 +5,9 @@ skin-coloured face, two eye dots, sometimes a star and a smile. The caption name
 ("tinychar, 1girl, solo, red hair, blue eyes, white background, ..."), trigger word first. Image i has size
 sizes[i % len(sizes)]; every third image is a JPEG; image 1 (when count > 1) is an RGBA PNG with a transparent
 background. Same arguments, same pixels and captions.
+
+`generate_detail_dataset` writes images of another kind, for telling learning from memorising: all share a
+checkerboard, and each has squares in colours of its own.
 """
 
 from __future__ import annotations
@@ -131,6 +134,51 @@ def generate_dataset(
         captions=tuple(captions),
         caption_paths=tuple(caption_paths),
     )
+
+
+DETAIL_PATTERN = ((30, 60, 230), (240, 210, 40))
+"""The two colours of the checkerboard every image of `generate_detail_dataset` shares."""
+
+
+def detail_image(seed: str, *, size: int = 64, cell: int = 16, block: int = 8, detail: float = 0.3) -> Image.Image:
+    """A blue/yellow checkerboard of `cell`-pixel squares (the part every image shares) with about `detail` of its
+    `block`-pixel squares painted each in its own random colour (the part only this image has); same seed, same
+    pixels. `block` 8 is one latent pixel of an SD VAE, so the detail survives the 8× downscale."""
+    rng = random.Random(seed)  # str seeds are hashed stably (sha512)
+    image = Image.new("RGB", (size, size), DETAIL_PATTERN[0])
+    draw = ImageDraw.Draw(image)
+    for top in range(0, size, cell):
+        for left in range(0, size, cell):
+            if (top // cell + left // cell) % 2:
+                draw.rectangle((left, top, left + cell - 1, top + cell - 1), fill=DETAIL_PATTERN[1])
+    for top in range(0, size, block):
+        for left in range(0, size, block):
+            if rng.random() < detail:
+                colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+                draw.rectangle((left, top, left + block - 1, top + block - 1), fill=colour)
+    return image
+
+
+def generate_detail_dataset(directory: Path, *, count: int, seed: int = 0, repeats: int = 1, name: str = "zqdetail",
+                            detail: float = 0.3, size: int = 64) -> GeneratedDataset:
+    """Write `count` images of one kind into directory/<repeats>_<name>/, each captioned with `name` alone: what they
+    share is learnable from any of them, what each adds is its own (see `detail_image`). Other seeds give other
+    images of the same kind, e.g. a validation set for a training set."""
+    if count < 1 or repeats < 1 or size < 32 or not 0.0 <= detail <= 1.0:
+        raise ValueError(f"need count >= 1, repeats >= 1, size >= 32 and 0 <= detail <= 1, got {count}, {repeats}, "
+                         f"{size}, {detail}")
+    folder = Path(directory) / f"{repeats}_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images, caption_paths = [], []
+    for index in range(count):
+        path = folder / f"{name}_{index:03d}.png"
+        detail_image(f"detail:{seed}:{index}", size=size, detail=detail).save(path, format="PNG")
+        caption_path = path.with_suffix(".txt")
+        caption_path.write_text(name + "\n", encoding="utf-8")
+        images.append(path)
+        caption_paths.append(caption_path)
+    return GeneratedDataset(root=Path(directory), folder=folder, trigger=name, repeats=repeats, images=tuple(images),
+                            captions=(name,) * count, caption_paths=tuple(caption_paths))
 
 
 def make_corrupt_files(directory: Path) -> list[Path]:
