@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 ECHO_LIMIT = 200
 """The most characters of a user's input an error message repeats; longer input is cut in the middle."""
 
@@ -34,3 +36,17 @@ def echo(value: object, limit: int = ECHO_LIMIT) -> str:
     except ValueError:  # an int past Python's digit limit for str()
         return "a number too long to show"
     return text if len(text) <= limit else f"{shorten(text, limit)} ({len(text)} characters)"
+
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~])")
+
+
+def escape_markdown(text: str) -> str:
+    """`text` with the characters Markdown would interpret backslash-escaped (so paths keep their underscores)."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
+
+
+def code(text: str) -> str:
+    """`text` as a Markdown code span (shown literally, so nothing inside is escaped)."""
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"

@@ -192,6 +192,36 @@ def test_only_the_webui_glue_reaches_the_webui():
     assert webui_reaches() == []
 
 
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def oversized(paths: list[Path] | None = None, root: Path = ROOT) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES, as 'file[:function] lines'."""
+    found = []
+    for path in paths if paths is not None else [*PACKAGE.rglob("*.py"), *ROOT.glob("scripts/*.py")]:
+        text = path.read_text()
+        source = str(path.relative_to(root))
+        if text.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{source} {text.count(chr(10))}")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{source}:{node.name} {length}")
+    return found
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    assert oversized() == []
+
+
+def test_an_oversized_module_or_function_is_found(tmp_path):
+    (tmp_path / "f.py").write_text("def f():\n" + "    x = 1\n" * MAX_FUNCTION_LINES)
+    (tmp_path / "m.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert oversized(sorted(tmp_path.glob("*.py")), root=tmp_path) == ["f.py:f 61", "m.py 401"]
+
+
 def test_the_docs_draw_the_same_floors():
     text = (ROOT / "docs" / "architecture.md").read_text()
     for units in FLOORS:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import gradio as gr
 
 from ..errors import LoraStudioError
+from ..wording import escape_markdown
 from .compat import QUIET_EVENT
 
 if TYPE_CHECKING:
@@ -20,12 +20,6 @@ NO_MODEL_MESSAGE = "**No model is loaded.** Load a checkpoint, then press **Refr
 NOT_LOADED_YET_MESSAGE = "The loaded model is shown when this tab is opened, or press **Refresh**."
 ERROR_PREFIX = "**Model not available:**"
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]<>#|~])")
-
-
-def escape_markdown(text: str) -> str:
-    """`text` with the characters Markdown would interpret backslash-escaped (keeps path underscores)."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 def describe_host(host_provider: HostProvider) -> str:

@@ -18,7 +18,7 @@ import gradio as gr
 
 from ..dataset.editing.errors import ConfirmationNeeded
 from ..errors import LoraStudioError
-from .model_panel import escape_markdown
+from ..wording import escape_markdown
 
 Component = Any
 _log = logging.getLogger("lora_studio")

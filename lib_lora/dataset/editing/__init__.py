@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ...wording import code
 from .browsing import FREQUENCY_ROWS, PAGE_SIZE
 from .errors import ConfirmationNeeded, DatasetUIError
-from .markdown import code
 from .session import DatasetSession
 
 __all__ = ["FREQUENCY_ROWS", "PAGE_SIZE", "ConfirmationNeeded", "DatasetSession", "DatasetUIError", "code"]

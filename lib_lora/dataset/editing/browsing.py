@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ...jobs import Job
-from ...wording import plural
+from ...wording import escape_markdown, plural
 from ..consolidate import ConsolidationProposal
 from ..folder import Dataset, DatasetItem
 from ..gc_pause import paused_gc
 from ..history import EditHistory
 from ..tags import TagEdit, TagFilter, split_tags
 from .errors import ConfirmationNeeded, DatasetUIError
-from .markdown import escape_markdown
 from .state import CaptionState
 
 PAGE_SIZE = 48

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ...wording import plural
+from ...wording import escape_markdown, plural
 from ..caption_format import normalise_text
 from ..consolidate import Consolidate, ConsolidationProposal, propose_consolidation
 from ..tags import AddTags, join_tags, split_tags
 from .errors import DatasetUIError
 from .loading import DatasetLoading
-from .markdown import escape_markdown
 
 
 def proposal_label(proposal: ConsolidationProposal) -> str:

@@ -14,14 +14,13 @@ from typing import Any
 
 from ...errors import LoraStudioError
 from ...jobs import Job
-from ...wording import plural
+from ...wording import code, plural
 from ..folder import SIGNATURE, Dataset, parse_repeats_folder, rename_subset_repeats, scan_dataset
 from ..gc_pause import paused_gc
 from ..roots import AllowedRoots
 from ..tags import TagFilter
 from .browsing import DatasetBrowsing
 from .errors import ConfirmationNeeded, DatasetUIError
-from .markdown import code
 
 
 def within_roots(dataset: Dataset, allowed: AllowedRoots, left_out: list[str]) -> Dataset:

@@ -13,13 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ...jobs import Job, JobControl, JobSnapshot
-from ...wording import plural
+from ...wording import code, plural
 from ..caption_format import read_caption
 from ..captions import BACKUP_DIR_NAME, BatchSaveResult, CaptionChange, save_captions
 from ..errors import CaptionConflictError, DatasetError
 from .errors import DatasetUIError
 from .loading import DatasetLoading
-from .markdown import code
 
 Plan = tuple[dict[Any, str], list[CaptionChange], bool]
 """(key by caption path, the changes, force): a save taken from the session, to run with or without its lock."""

@@ -36,7 +36,7 @@ from ...blocks.recipe import WeightRecipe
 from ...blocks.syntax import parse_prompt
 from ...blocks.userpresets import delete_user_preset, load_presets, save_user_preset
 from ...errors import BlockWeightError
-from ..model_panel import escape_markdown
+from ...wording import escape_markdown
 
 MAX_BLOCKS = max(length for formats in FORMATS.values() for length in formats)
 """Sliders built: the longest format (SD1/SD2's 26); the unused ones are hidden."""

@@ -16,8 +16,8 @@ from ...blocks.presets import FAMILY_TITLES, family_of, full_block_ids
 from ...errors import BlockWeightError
 from ...networks.files import MODEL_HASH_KEY, addnet_hash, short_hash
 from ...networks.tools.info import network_info
+from ...wording import escape_markdown
 from ..context import StudioContext
-from ..model_panel import escape_markdown
 from .editor import DEFAULT_PRESET, BlockEditor, Updates, read_box
 
 TOP_TAGS_SHOWN = 8

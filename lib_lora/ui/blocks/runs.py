@@ -24,9 +24,9 @@ from ...blocks.rendering import render_image
 from ...blocks.session import LoraSession, session_for
 from ...blocks.syntax import format_call
 from ...jobs import Job, JobControl, JobSnapshot
+from ...wording import escape_markdown
 from ..context import StudioContext
 from ..jobs_ui import POLL_SECONDS, follow, progress_line
-from ..model_panel import escape_markdown
 from .editor import BlockEditor, block_spec, code_span, copy_tag, read_box
 from .settings import BlocksUIError, Settings, fitting_settings, model_key, random_seed, whole
 

@@ -18,8 +18,8 @@ from ...blocks.syntax import validate_name
 from ...blocks.vectors import expand_vector
 from ...networks.files import SAFETENSORS_SUFFIXES
 from ...networks.tools import block_weight_lora_file
+from ...wording import escape_markdown
 from ..context import StudioContext
-from ..model_panel import escape_markdown
 from .editor import BlockEditor, block_spec, code_span, copy_tag, read_box
 from .picker import filter_names
 from .settings import BlocksUIError

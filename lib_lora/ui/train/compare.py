@@ -38,8 +38,8 @@ from ...train.compare.files import run_name_of
 from ...train.compare.run import FileRow
 from ...train.compare.spec import ANALYZE_CHOICES
 from ...train.errors import ConfigError
+from ...wording import escape_markdown
 from ..jobs_ui import POLL_SECONDS, follow, progress_line
-from ..model_panel import escape_markdown
 from ..wiring import wire
 from .session import TrainSession, TrainUIError
 

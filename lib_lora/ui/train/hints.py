@@ -28,7 +28,7 @@ from ...train.optim import (
     pip_command,
     split_args,
 )
-from ..model_panel import escape_markdown
+from ...wording import escape_markdown
 from . import form as train_form
 from . import recipes as train_recipes
 

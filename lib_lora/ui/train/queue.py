@@ -22,7 +22,7 @@ from ...train.errors import ConfigError
 from ...train.loop import TrainResult, TrainRun
 from ...train.queue import QueueOutcome, TrainQueue
 from ...train.queue_store import QueuedRun, set_aside
-from ..model_panel import escape_markdown
+from ...wording import escape_markdown
 
 if TYPE_CHECKING:
     from .session import OwnFields, TrainSession

@@ -13,7 +13,7 @@ from ...packages import can_install
 from ...train.config import TrainConfig
 from ...train.optim import missing_package, pip_command
 from ...train.recipes import RECIPES, Recipe
-from ..model_panel import escape_markdown
+from ...wording import escape_markdown
 from . import form as train_form
 
 

@@ -27,10 +27,10 @@ from ...train.loop import TrainRun
 from ...train.outputs import check_run_outputs
 from ...train.saving import lora_path
 from ...train.vram import estimate_vram
+from ...wording import escape_markdown
 from ..context import StudioContext
 from ..dataset.folders import dataset_folder_choices
 from ..jobs_ui import follow
-from ..model_panel import escape_markdown
 from . import form as train_form
 from .view import gib, loss_curve_image, progress_text, result_text
 

@@ -16,8 +16,8 @@ from gradio.context import Context
 
 from ...blocks.presets import PresetBook, family_of
 from ...train.config import TRAIN_HELP
+from ...wording import escape_markdown
 from ..context import StudioContext
-from ..model_panel import escape_markdown
 from ..wiring import wire
 from . import form as train_form
 from . import hints as train_hints

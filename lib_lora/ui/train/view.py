@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ...jobs import JobSnapshot
 from ...train.progress import format_seconds
-from ..model_panel import escape_markdown
+from ...wording import escape_markdown
 
 CURVE_SIZE = (640, 220)
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 56, 12, 12, 24
