@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import rename_noreplace
-from .captions import Caption
+from .caption_format import Caption
 from .errors import DatasetError
 from .gc_pause import collect_after_pause, paused_gc
 from .images import IMAGE_SUFFIXES

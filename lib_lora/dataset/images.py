@@ -112,7 +112,7 @@ def image_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 
-_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\x89PNG\r\n\x1a\n"), (0, b"\xff\xd8\xff"), (0, b"GIF87a"), (0, b"GIF89a"), (0, b"BM"), (8, b"WEBP"),
     (4, b"ftyp"),
 )
@@ -135,7 +135,7 @@ def check_image_signature(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageReadError(f"cannot read the file: {error.strerror or error}", path=path) from error
     if not head:
         raise ImageReadError("empty file (0 bytes)", path=path)
-    if not any(head[offset:offset + len(magic)] == magic for offset, magic in _SIGNATURES):
+    if not any(head[offset:offset + len(magic)] == magic for offset, magic in IMAGE_SIGNATURES):
         image_size(path, max_pixels=max_pixels)
         return
     if head.startswith(b"\x89PNG") and head[12:16] == b"IHDR" and len(head) >= 24:

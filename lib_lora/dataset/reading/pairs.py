@@ -18,10 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..captions import MAX_CAPTION_BYTES, Caption, parse_caption, read_caption
+from ..caption_format import MAX_CAPTION_BYTES, Caption, parse_caption, read_caption
 from ..errors import CaptionReadError, ImageReadError
-from ..images import _SIGNATURES as IMAGE_SIGNATURES  # the one table of signatures, sent to the helper
-from ..images import DEFAULT_MAX_PIXELS, check_image_signature, image_size
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_SIGNATURES, check_image_signature, image_size
 from ..listing import Pair
 from ..problems import DatasetProblem, ProblemKind
 from .helper import ReadHelper
