@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
+from .reading.worker import has_signature, png_header_size  # one reading of an image head, shared with the helper
 
 _CANDIDATE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".avif")
 
@@ -135,11 +136,12 @@ def check_image_signature(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         raise ImageReadError(f"cannot read the file: {error.strerror or error}", path=path) from error
     if not head:
         raise ImageReadError("empty file (0 bytes)", path=path)
-    if not any(head[offset:offset + len(magic)] == magic for offset, magic in IMAGE_SIGNATURES):
+    if not has_signature(head, IMAGE_SIGNATURES):
         image_size(path, max_pixels=max_pixels)
         return
-    if head.startswith(b"\x89PNG") and head[12:16] == b"IHDR" and len(head) >= 24:
-        width, height = struct.unpack(">II", head[16:24])
+    size = png_header_size(head)
+    if size is not None:
+        width, height = size
         if width * height > max_pixels:
             raise ImageReadError(f"{width}x{height} is more than the limit of {max_pixels} pixels", path=path)
 

@@ -77,12 +77,22 @@ def _image_fine(path: str, signatures: tuple[tuple[int, bytes], ...], max_pixels
             os.close(descriptor)
     except OSError:
         return False
-    if not any(head[offset:offset + len(magic)] == magic for offset, magic in signatures):
+    if not has_signature(head, signatures):
         return False
+    size = png_header_size(head)
+    return size is None or size[0] * size[1] <= max_pixels
+
+
+def has_signature(head: bytes, signatures: tuple[tuple[int, bytes], ...]) -> bool:
+    """Whether a file's first bytes carry one of `signatures` ((offset, magic) pairs); the parent's check too."""
+    return any(head[offset:offset + len(magic)] == magic for offset, magic in signatures)
+
+
+def png_header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR within its first 24 bytes, None for anything else; the parent's check too."""
     if head.startswith(b"\x89PNG") and head[12:16] == b"IHDR" and len(head) >= 24:
-        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        return width * height <= max_pixels
-    return True
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
 
 
 def _caption(path: str, limit: int) -> tuple[bytes, int] | None | bool:
