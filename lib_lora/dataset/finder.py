@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .captions import BACKUP_DIR_NAME
+from .backups import BACKUP_DIR_NAME
 from .images import IMAGE_SUFFIXES
 from .listing import parse_repeats_folder
 

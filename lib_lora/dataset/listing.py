@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
-from .captions import BACKUP_DIR_NAME
+from .backups import BACKUP_DIR_NAME
 from .images import IMAGE_SUFFIXES
 from .problems import DatasetProblem, ProblemKind
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from ...jobs import Job, JobControl, JobSnapshot
 from ...wording import code, plural
+from ..backups import BACKUP_DIR_NAME
 from ..caption_format import read_caption
-from ..captions import BACKUP_DIR_NAME, BatchSaveResult, CaptionChange, save_captions
+from ..captions import BatchSaveResult, CaptionChange, save_captions
 from ..errors import CaptionConflictError, DatasetError
 from .errors import DatasetUIError
 from .loading import DatasetLoading
