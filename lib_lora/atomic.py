@@ -1,5 +1,6 @@
 """Atomic file writes and renames: a hidden temp file beside the target, fsynced, then renamed over it; an atomic
-swap of two names and a rename that never replaces, where the platform has them (Linux renameat2)."""
+swap of two names and a rename that never replaces, where the platform has them (Linux renameat2); one sync of a
+whole file system for many files written at once, where it is as safe as an fsync of each (Linux syncfs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import secrets
 import stat
 import sys
@@ -128,15 +130,7 @@ def _renameat2(source: Path, target: Path, flags: int) -> bool:
 @lru_cache(maxsize=1)
 def _renameat2_function() -> Callable[..., int] | None:
     """libc's renameat2 (glibc 2.28+, musl), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
+    return _libc_function("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint])
 
 
 def sync_directory(folder: Path) -> None:
@@ -147,3 +141,71 @@ def sync_directory(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+_WHOLE_SYNC_FILE_SYSTEMS = {0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0xF2F52010: "f2fs",
+                            0x01021994: "tmpfs"}
+"""statfs magic numbers of the local file systems whose syncfs writes every dirty file and flushes the disk's cache,
+as fsync does for one file. Network and FUSE file systems are left out: their syncfs may stop short of the server's
+disk, and some do nothing."""
+
+_SYNCFS_REPORTS_ERRORS_FROM = (5, 8)
+"""Linux before 5.8 returns success from syncfs even when a write failed."""
+
+
+def syncs_whole_file_system(descriptor: int) -> bool:
+    """Whether sync_file_system on `descriptor` makes every file written on its file system durable and reports a
+    failed write, as an fsync of each would: Linux 5.8 or later on a local disk file system (ext4, xfs, btrfs, f2fs).
+    Elsewhere (Windows, macOS, network and FUSE file systems) files are to be fsynced one by one."""
+    if _syncfs_function() is None or _kernel_version() < _SYNCFS_REPORTS_ERRORS_FROM:
+        return False
+    return _file_system_magic(descriptor) in _WHOLE_SYNC_FILE_SYSTEMS
+
+
+def sync_file_system(descriptor: int) -> None:
+    """syncfs: every write on the file system of `descriptor` made durable. OSError when a write there failed since
+    `descriptor` was opened or last synced, so open it before writing the files this sync is to cover."""
+    function = _syncfs_function()
+    if function is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available here")
+    if function(descriptor) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+@lru_cache(maxsize=1)
+def _syncfs_function() -> Callable[[int], int] | None:
+    """libc's syncfs (glibc 2.14+, musl) on Linux, or None."""
+    return _libc_function("syncfs", [ctypes.c_int])
+
+
+@lru_cache(maxsize=1)
+def _kernel_version() -> tuple[int, int]:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release) if hasattr(os, "uname") else None
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def _file_system_magic(descriptor: int) -> int | None:
+    """The f_type of fstatfs(descriptor), or None where it cannot be read safely. struct statfs begins with f_type
+    on every Linux architecture; on a little-endian one its first four bytes hold the magic number whatever the
+    field's width (big-endian ones are not read)."""
+    function = _libc_function("fstatfs", [ctypes.c_int, ctypes.c_void_p])
+    if function is None or sys.byteorder != "little":
+        return None
+    buffer = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on x86_64
+    if function(descriptor, buffer) != 0:
+        return None
+    return int.from_bytes(buffer.raw[:4], "little")
+
+
+def _libc_function(name: str, argtypes: list[type]) -> Callable[..., int] | None:
+    """The C library's function `name` on Linux (errno kept for ctypes.get_errno), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    return function

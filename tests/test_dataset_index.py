@@ -4,8 +4,10 @@ of a scan, and saving many captions in threads (cancel and crash leave every fil
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -154,19 +156,25 @@ def test_many_captions_are_saved_in_threads_with_one_backup_each(tmp_path: Path)
     assert not [p for p in tmp_path.rglob(".*") if p.name != BACKUP_DIR_NAME]  # no staging file left
 
 
-def test_a_caption_goes_in_only_once_its_new_file_is_durable_and_a_chunk_is_fsynced_together(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["fsync each", "syncfs"])
+def test_a_caption_goes_in_only_once_its_new_file_is_durable_and_a_chunk_is_made_durable_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, whole: bool) -> None:
     count = caption_batch.PARALLEL_FROM * 3  # one chunk
     changes = many_files(tmp_path, count)
-    synced: set[int] = set()  # inodes fsynced
+    synced: set[int] = set()  # inodes made durable
     events: list[str] = []
     not_durable: list[str] = []
-    real_fsync, real_exchange = os.fsync, swap_module.exchange
+    real_fsync, real_exchange, real_syncfs = os.fsync, swap_module.exchange, caption_batch.sync_file_system
 
     def fsync(descriptor: int) -> None:
         real_fsync(descriptor)
         synced.add(os.fstat(descriptor).st_ino)
         events.append("fsync")
+
+    def sync_file_system(descriptor: int) -> None:
+        real_syncfs(descriptor)
+        synced.update(os.stat(path).st_ino for path in tmp_path.glob(".*.new"))
+        events.append("syncfs")
 
     def exchange(first: Path, second: Path) -> bool:
         if os.lstat(first).st_ino not in synced:
@@ -176,26 +184,77 @@ def test_a_caption_goes_in_only_once_its_new_file_is_durable_and_a_chunk_is_fsyn
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(swap_module, "exchange", exchange)
+    monkeypatch.setattr(caption_batch, "sync_file_system", sync_file_system)
+    monkeypatch.setattr(caption_batch, "syncs_whole_file_system", lambda descriptor: whole)
     assert save_captions(changes, root=tmp_path).ok
     assert not_durable == [] and events.count("swap") == count
-    assert events[:count] == ["fsync"] * count  # the chunk's fsyncs share journal commits, then the swaps
+    # the chunk's fsyncs share journal commits, or one syncfs serves them all; then the swaps
+    assert events == (["syncfs"] if whole else ["fsync"] * count) + ["swap"] * count + ["fsync"] * 2  # 2 folders
+    assert all(c.path.read_text() == f"new {c.path.stem}\n" for c in changes)
 
 
-@pytest.mark.parametrize("stop", ["cancel", "crash"])
+def test_a_failed_sync_of_the_file_system_falls_back_to_an_fsync_of_each_file_to_say_which_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    count = caption_batch.PARALLEL_FROM * 2
+    changes = many_files(tmp_path, count)
+    real_fsync = os.fsync
+    broken = changes[5].path
+
+    def sync_file_system(descriptor: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def fsync(descriptor: int) -> None:
+        if os.fstat(descriptor).st_ino in broken_staging:
+            raise OSError(errno.EIO, "Input/output error")  # the file whose write failed
+        real_fsync(descriptor)
+
+    real_write_staging = caption_batch.write_staging
+    broken_staging: set[int] = set()
+
+    def write_staging(path: Path, data: bytes, mode: int | None) -> int:
+        descriptor = real_write_staging(path, data, mode)
+        if path.name.startswith(f".{broken.name}."):
+            broken_staging.add(os.fstat(descriptor).st_ino)
+        return descriptor
+
+    monkeypatch.setattr(caption_batch, "syncs_whole_file_system", lambda descriptor: True)
+    monkeypatch.setattr(caption_batch, "sync_file_system", sync_file_system)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(caption_batch, "write_staging", write_staging)
+    result = save_captions(changes, root=tmp_path)
+    assert [failure.path for failure in result.failed] == [broken] and len(result.saved) == count - 1
+    assert "Input/output error" in str(result.failed[0].error)
+    assert broken.read_text() == "old 5\n"
+    assert all(c.path.read_text() == f"new {c.path.stem}\n" for c in changes if c.path != broken)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name != BACKUP_DIR_NAME]
+
+
+@pytest.mark.parametrize("stop", ["cancel", "crash", "Ctrl+C"])
 def test_a_save_stopped_half_way_leaves_every_caption_old_or_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 stop: str) -> None:
+    if stop == "Ctrl+C" and os.name != "posix":
+        pytest.skip("sends SIGINT to its own process")
     count = caption_batch.PARALLEL_FROM * 4
     changes = many_files(tmp_path, count)
     written = Counter()
-    real_write_staging = caption_batch.write_staging
+    real_write_staging, real_batch_init = caption_batch.write_staging, caption_batch._Batch.__init__
+    batches: list[caption_batch._Batch] = []
 
     def write_staging(path: Path, data: bytes, mode: int | None) -> int:
         written["n"] += 1
         if stop == "crash" and written["n"] == count // 2:
             raise KeyboardInterrupt  # dies before this file's staging copy exists
+        if stop == "Ctrl+C" and written["n"] == count // 2:  # the calling thread is interrupted while it waits
+            os.kill(os.getpid(), signal.SIGINT)
+            assert batches[0].stop.wait(10)  # it stops the batch before it raises
         return real_write_staging(path, data, mode)
 
+    def batch_init(self: caption_batch._Batch, *args: object) -> None:
+        real_batch_init(self, *args)
+        batches.append(self)
+
     monkeypatch.setattr(caption_batch, "write_staging", write_staging)
+    monkeypatch.setattr(caption_batch._Batch, "__init__", batch_init)
     outcome = None
     if stop == "cancel":
         outcome = save_captions(changes, root=tmp_path, cancelled=lambda: written["n"] >= count // 2)

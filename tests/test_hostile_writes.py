@@ -11,6 +11,7 @@ import io
 import os
 import random
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -372,3 +373,39 @@ def test_a_new_file_gets_the_usual_mode(tmp_path: Path) -> None:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize(("platform_name", "kernel", "magic", "expected"), [
+    ("linux", (6, 1), 0xEF53, True),  # ext4
+    ("linux", (5, 8), 0x58465342, True),  # xfs
+    ("linux", (5, 4), 0xEF53, False),  # syncfs does not report failed writes before 5.8
+    ("linux", (6, 1), 0x6969, False),  # nfs
+    ("linux", (6, 1), 0x65735546, False),  # fuse
+    ("linux", (6, 1), 0x794C7630, False),  # overlayfs
+    ("linux", (6, 1), None, False),  # fstatfs not readable
+    ("win32", (0, 0), None, False),
+])
+def test_a_whole_file_system_is_synced_only_where_that_is_as_safe_as_an_fsync_of_each_file(
+        monkeypatch: pytest.MonkeyPatch, platform_name: str, kernel: tuple[int, int], magic: int | None,
+        expected: bool) -> None:
+    monkeypatch.setattr(atomic.sys, "platform", platform_name)
+    for cached in (atomic._syncfs_function, atomic._kernel_version):
+        cached.cache_clear()
+    monkeypatch.setattr(atomic, "_kernel_version", lambda: kernel)
+    monkeypatch.setattr(atomic, "_file_system_magic", lambda descriptor: magic)
+    try:
+        assert atomic.syncs_whole_file_system(0) is (expected and os.name == "posix")
+    finally:
+        atomic._syncfs_function.cache_clear()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+def test_a_sync_of_the_file_system_runs_and_its_rule_reads_this_machine(tmp_path: Path) -> None:
+    descriptor = os.open(tmp_path, os.O_RDONLY)
+    try:
+        atomic.sync_file_system(descriptor)
+        assert atomic._file_system_magic(descriptor) is not None
+        with pytest.raises(OSError):
+            atomic.sync_file_system(-1)
+    finally:
+        os.close(descriptor)

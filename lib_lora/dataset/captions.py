@@ -132,8 +132,9 @@ def save_captions(
 
     Every file ends up old or new, never partial, even when an unexpected exception or `cancelled()` stops the
     batch (the files not begun are listed in `skipped`). All backups of one batch share one timestamp. The files
-    are written in chunks by several threads, a chunk's fsyncs issued together, and each folder is synced once at
-    the end; `progress(done, total)` is called as files finish (see caption_batch).
+    are written in chunks, each chunk made durable at once (one sync of the file system where that is as safe,
+    else its fsyncs issued together), and each folder is synced once at the end; `progress(done, total)` is called
+    as files finish (see caption_batch).
     """
     from .caption_batch import save_many  # it builds on _prepare, _put_in_place and _save below
 
