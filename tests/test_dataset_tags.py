@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib_lora.dataset.errors import TagOperationError
-from lib_lora.dataset.history import EditHistory
+from lib_lora.dataset.history import ENTRY_BYTES, EditHistory
 from lib_lora.dataset.tags import (
     KAOMOJI_TAGS,
     AddTags,
@@ -303,3 +303,28 @@ def test_undo_after_apply_is_identity(captions: dict[int, str], steps: list[TagE
     while history.can_redo:
         history.redo(working)
     assert working == states[-1]
+
+
+def test_the_history_lets_its_oldest_steps_go_past_its_size_limit_and_always_keeps_the_newest() -> None:
+    captions = {f"k{n}": "x" * 50 for n in range(10)}
+    # a step of all ten holds 20 texts, 3 characters longer each step: 3,030, 3,090, 3,150, 3,210 bytes
+    assert ENTRY_BYTES == 100
+    history: EditHistory[str] = EditHistory(size_limit=9_500)
+    for tag in "abc":
+        history.apply(captions, AddTags(tag))
+    assert history.depth == 3 and history.let_go == 0
+    history.apply(captions, AddTags("d"))
+    assert history.depth == 3 and history.let_go == 1
+    history.undo(captions)
+    history.undo(captions)
+    history.undo(captions)
+    assert captions["k0"] == "x" * 50 + ", a" and not history.can_undo
+    for tag in "ef":  # the undone steps are freed by the change: they count no more
+        history.apply(captions, AddTags(tag))
+    assert history.depth == 2 and history.let_go == 0
+    tiny: EditHistory[str] = EditHistory(size_limit=1)
+    tiny.apply(captions, AddTags("g"))
+    tiny.apply(captions, AddTags("h"))
+    assert tiny.depth == 1 and tiny.let_go == 1 and tiny.undo(captions)
+    with pytest.raises(ValueError, match="size_limit must be at least 1, got 0"):
+        EditHistory(size_limit=0)

@@ -133,6 +133,14 @@ def test_batch_add_changes_only_the_filtered_captions_and_is_one_undo_step(sessi
     assert session.texts[filtered[0]].startswith("mytrigger, ")
 
 
+def test_a_batch_that_lets_old_undo_steps_go_says_how_far_undo_reaches(session: DatasetSession) -> None:
+    session.history.size_limit = 1  # every step is over the limit: only the newest is kept
+    assert "undo now reaches" not in session.batch(add_edit("first", "front", None))
+    message = session.batch(add_edit("second", "front", None))
+    assert message.endswith("To keep memory bounded, undo now reaches back 1 step.")
+    assert session.undo().startswith("Undid add 'second'") and session.undo() == "Nothing to undo."
+
+
 @pytest.mark.parametrize("include,mode,exclude,expected", [
     ("long hair, smile", "all", "", [0]),
     ("long hair, smile", "any", "", [0, 2, 4, 5]),

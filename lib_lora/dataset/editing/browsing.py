@@ -215,8 +215,11 @@ class DatasetBrowsing(CaptionState):
         if not keys:
             raise DatasetUIError("no image matches the filter; nothing was changed")
         changed = self.apply_edit(edit, chosen)
-        return f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
-               "in the filter changed."
+        message = f"{escape_markdown(edit.description)}: {plural(len(changed), 'caption')} of {len(keys)} " \
+                  "in the filter changed."
+        if self.history.let_go:
+            message += f" To keep memory bounded, undo now reaches back {plural(self.history.depth, 'step')}."
+        return message
 
     def undo(self) -> str:
         self.begin()
