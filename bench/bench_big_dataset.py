@@ -5,8 +5,10 @@ Load button does, then times: tag counts, a filter on one tag, clearing it, remo
 all captions, adding a trigger word to every caption (all captions changed), undo of that, and saving every
 changed caption (backups included), three times, each beside the same save with one fsync per file (as where a
 sync of the whole file system is not used) and the save as it was before the chunked one (one file at a time
-from staging to swap, 16 threads: `reference_save`), the three taking turns. Peak RSS is the process's. Then, on
-the 5,000-image set, each click as the
+from staging to swap, 16 threads: `reference_save`), the three taking turns. Peak RSS is measured in a process of
+its own doing what a user of the tab does (one load, then edits of all captions, each saved); this process's peak,
+after loads in throwaway sessions and nine saves, is printed beside it. Then, on the 5,000-image set, each click
+as the
 browser's event runs it (`DatasetWiring.run`: the action plus rendering the parts that changed), which is what
 a click waits for on the server. Each figure is printed beside its target and the figure measured before this
 work (the issue's, on this 2-core machine, quiet).
@@ -192,7 +194,28 @@ def bench_actions(folder: Path, *, saving: bool, rounds: int = 3) -> None:
     if saving:
         bench_saves(session, rounds)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  {'peak RSS':<18} {peak:8.0f} MiB target ≤ 1024 MiB {'ok' if peak <= 1024 else 'OVER'}")
+    print(f"  {'peak RSS, this':<18} {peak:8.0f} MiB (this process: {rounds + 1} loads in new sessions, "
+          f"{3 * rounds if saving else 0} saves; not the tab's figure)")
+    if saving:
+        user = subprocess.run([sys.executable, __file__, "--session-peak", str(folder), "--rounds", str(rounds)],
+                              check=True, capture_output=True, text=True).stdout.split()[-1]
+        peak = float(user)
+        print(f"  {'peak RSS':<18} {peak:8.0f} MiB target ≤ 1024 MiB {'ok' if peak <= 1024 else 'OVER'} (a process "
+              f"of its own, as the tab: one load, then {rounds} times a batch edit of all captions and a save)")
+
+
+def session_peak(folder: Path, rounds: int) -> float:
+    """The peak RSS (MiB) of what a user of the tab does: load the folder once, look at the tags, filter, then
+    `rounds` times edit every caption and save them all."""
+    session = DatasetSession(lambda: [folder.parent])
+    session.load(str(folder))
+    counts = session.tag_counts()
+    session.set_filter(counts[len(counts) // 20][0], "all", "", "any")
+    session.set_filter("", "all", "", "any")
+    for round_ in range(rounds):
+        session.batch(RemoveTags((counts[round_][0],)))
+        session.save()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_clicks(folder: Path) -> None:
@@ -234,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="skip the save (and the copy it needs)")
     parser.add_argument("--no-clicks", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each action but the save (median)")
+    parser.add_argument("--session-peak", type=Path, help=argparse.SUPPRESS)  # the child measuring the tab's peak
     args = parser.parse_args(argv)
+    if args.session_peak is not None:
+        print(f"{session_peak(args.session_peak, args.rounds):.1f}")
+        return 0
     big = args.big if args.no_save else copy_set(args.big, args.work)
     bench_actions(big, saving=not args.no_save, rounds=args.rounds)
     if not args.no_clicks:
