@@ -4,6 +4,7 @@ its failures), the natural sort's one-number case, and the background collection
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -50,6 +51,9 @@ def hostile_folder(root: Path) -> Path:
     (root / "2_bad" / "huge.png").write_bytes(bytes(huge))
     (root / "2_bad" / "link.png").symlink_to(root / "1_good" / "img1.png")
     (root / "2_bad" / "link.txt").symlink_to(root / "1_good" / "img1.txt")
+    if hasattr(os, "mkfifo"):  # a caption that is a pipe: opening it to read would wait for a writer forever
+        (root / "2_bad" / "pipe.png").write_bytes((root / "1_good" / "img0.png").read_bytes())
+        os.mkfifo(root / "2_bad" / "pipe.txt")
     return root
 
 

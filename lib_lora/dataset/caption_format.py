@@ -132,13 +132,20 @@ def read_caption(path: Path) -> Caption | None:
         raise CaptionReadError(error.reason, path=path) from None
 
 
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+"""Flags to open a file the scan or a save reads: O_NONBLOCK so that a pipe in a file's place does not wait for a
+writer forever (it changes nothing for a plain file); what is not a plain file is then refused."""
+
+
 def read_file_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, os.stat_result]:
     """The file's content and status read from one open file; OSError for a directory or an oversized file
     (and, unless `follow`, for a link)."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
+    flags = READ_FLAGS | (0 if follow else getattr(os, "O_NOFOLLOW", 0))
     descriptor = os.open(path, flags)  # plain descriptor reads: a buffered file object costs more than the read
     try:
         status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) and not stat.S_ISDIR(status.st_mode):  # a folder fails as it reads
+            raise OSError(errno.EINVAL, "it is a pipe, socket or device, not a file")
         if status.st_size > MAX_CAPTION_BYTES:
             raise OSError(errno.EFBIG, f"{status.st_size} bytes is too large for a caption (limit {MAX_CAPTION_BYTES})")
         chunks = [os.read(descriptor, MAX_CAPTION_BYTES + 1)]

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from ..atomic import exchange, hidden_name, rename_noreplace
 from .backups import BackupSlot, describe_os_error
+from .caption_format import READ_FLAGS
 from .errors import CaptionConflictError, CaptionWriteError
 
 Accept = Callable[["bytes | None"], bool]
@@ -181,7 +182,7 @@ def _create(staging: Path, path: Path) -> None:
 def _peek(path: Path, limit: int) -> bytes | None | _Unreadable:
     """The content of the plain file `path` (not following a link), None when absent, _UNREADABLE otherwise."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        descriptor = os.open(path, READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))  # a pipe is refused, not waited on
     except FileNotFoundError:
         return None
     except OSError:

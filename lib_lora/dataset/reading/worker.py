@@ -20,7 +20,7 @@ import os
 import stat
 import sys
 
-_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a pipe: refused, not waited on
 _LENGTH = 8
 CLAIM_BYTES = 16
 
