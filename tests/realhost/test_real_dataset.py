@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -169,5 +170,82 @@ def test_the_train_tab_lists_dataset_folders_not_the_webuis_own(host, host_page)
     page.locator("[data-testid='dropdown-option'][aria-label='datasets/char']").click()
     info = page.locator("#lora_studio_train_dataset_info").first
     expect(info).to_contain_text(f"{SUBSET}: {COUNT} images", timeout=60_000)
+    page.wait_for_timeout(300)
+    assert watch.ours() == [], watch.errors
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process `pid` is `ancestor` or one of its descendants (Linux /proc)."""
+    for _ in range(8):
+        if pid == ancestor:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+        if pid <= 1:
+            return False
+    return False
+
+
+def _watch_for_scan_helpers(host: Any, seen: list[str], stop: threading.Event) -> None:
+    """Note each process the host starts that runs the scan's helper (dataset/reading/worker.py) until `stop`."""
+    while not stop.is_set():
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "reading/worker.py" in command and command not in seen and host.pid is not None \
+                    and _descends_from(int(entry.name), host.pid):
+                seen.append(command)
+        stop.wait(0.003)
+
+
+def test_a_folder_of_thousands_of_images_loads_with_the_scans_helper_process(host, host_page) -> None:  # noqa: ANN001
+    """From CHILD_FROM images the scan shares its reads with a helper process started with the host's own Python
+    (`python -I -S`); inside the WebUI it must start, answer and leave the tab's result as one process reads it."""
+    from playwright.sync_api import expect
+
+    from lib_lora.dataset.reading.pairs import CHILD_FROM
+    from lib_lora.tiny.images import generate_dataset
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("the helper process is looked for in /proc")
+    root = host.workdir / "datasets" / "many"
+    shutil.rmtree(root, ignore_errors=True)
+    generate_dataset(root, count=1, seed=1, repeats=1, name="many")
+    folder = root / "1_many"
+    image = next(folder.glob("*.png")).read_bytes()
+    for stale in folder.iterdir():
+        stale.unlink()
+    count = CHILD_FROM + 100
+    for n in range(count):
+        (folder / f"{n:05d}.png").write_bytes(image)
+        (folder / f"{n:05d}.txt").write_text(f"tag{n % 50}, common\n")
+    (folder / f"{count // 2:05d}.txt").write_bytes(b"\xff\x81\xfd")  # undecodable: the tab reports it
+
+    page, watch = host_page(host)
+    open_studio_tab(page)
+    seen: list[str] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=_watch_for_scan_helpers, args=(host, seen, stop), daemon=True)
+    poller.start()
+    try:
+        field_input(page, "lora_studio_dataset_path").fill(str(root))
+        page.locator("#lora_studio_dataset_load").click()
+        expect(page.locator("#lora_studio_dataset_message").last).to_contain_text(  # gradio 3: two with the id
+            f"{count - 1} images, {count - 1} with captions", timeout=120_000)
+    finally:
+        stop.set()
+        poller.join()
+    assert seen, "the scan did not start its helper process inside the host"
+    assert all(" -I -S " in command for command in seen), seen
+    thumbs = page.locator("#lora_studio_dataset_gallery [data-lora-studio-op='select']")
+    expect(thumbs.first).to_be_visible(timeout=60_000)
+    expect(page.locator("#lora_studio_dataset_problems").last).to_contain_text(f"{count // 2:05d}.txt")
     page.wait_for_timeout(300)
     assert watch.ours() == [], watch.errors
