@@ -111,13 +111,24 @@ def test_a_run_trains_on_a_float8_unet_and_leaves_the_host_bit_identical(tmp_pat
 def test_fp8_base_covers_the_text_encoders_and_fp8_base_unet_does_not(tmp_path, dataset) -> None:
     host = HOSTS["a1111-sd1"]()
     dtypes: dict[str, set[torch.dtype]] = {}
+    recorded: dict[str, tuple[str, str]] = {}
     for option in ("fp8_base", "fp8_base_unet"):
         def on_step(progress, option=option) -> None:
             dtypes[option] = layer_dtypes(host.text_encoders)
 
-        config = tiny_config(dataset, tmp_path, max_train_steps=1, train_batch_size=1, **{option: True})
-        TrainRun(config, host, on_step=on_step).run()
+        config = tiny_config(dataset, tmp_path / option, max_train_steps=1, train_batch_size=1, **{option: True})
+        result = TrainRun(config, host, on_step=on_step).run()
+        metadata = read_metadata(result.output)
+        recorded[option] = (metadata["ss_fp8_base"], metadata["ss_fp8_base_unet"])
     assert dtypes == {"fp8_base": {STORAGE}, "fp8_base_unet": {torch.float32}}
+    assert recorded == {"fp8_base": ("True", "False"), "fp8_base_unet": ("False", "True")}  # as sd-scripts writes
+
+
+def read_metadata(path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as file:
+        return dict(file.metadata())
 
 
 def tiny_unet_and_input() -> tuple[nn.Module, dict]:

@@ -300,7 +300,7 @@ def test_records_refuse_bad_values_naming_the_field(build: Callable[[], object],
 
 def _training() -> TrainingRecord:
     return TrainingRecord(
-        full_fp16=False, max_grad_norm=1.0, lr_scheduler_num_cycles=1, lr_scheduler_power=1.0,
+        full_fp16=False, fp8_base=False, fp8_base_unet=False, max_grad_norm=1.0, lr_scheduler_num_cycles=1, lr_scheduler_power=1.0,
         multires_noise_iterations=None, multires_noise_discount=0.3, adaptive_noise_scale=None,
         noise_offset_random_strength=False, loss_type="l2", huber_schedule="snr", huber_c=0.1, scale_weight_norms=None,
         total_batch_size=2, cache_text_encoder_outputs=False, network_train_unet_only=False,
@@ -328,6 +328,7 @@ RUN_COMMON: dict[str, str] = {
     "modelspec.implementation": "diffusers", "modelspec.prediction_type": "epsilon", "modelspec.resolution": "64x64",
     "modelspec.sai_model_spec": "1.0.0", "modelspec.timestep_range": "0,1000", "modelspec.title": "tinylora",
     "ss_base_model_version": "sd_v1", "ss_batch_size_per_device": "2", "ss_cache_text_encoder_outputs": "False",
+    "ss_fp8_base": "False", "ss_fp8_base_unet": "False",  # added after the capture: sd-scripts writes them too
     "ss_full_fp16": "False", "ss_gradient_accumulation_steps": "1", "ss_gradient_checkpointing": "False",
     "ss_huber_c": "0.1", "ss_huber_schedule": "snr", "ss_learning_rate": "0.001", "ss_loss_type": "l2",
     "ss_lr_scheduler": "constant", "ss_lr_scheduler_num_cycles": "1", "ss_lr_scheduler_power": "1.0",

@@ -131,6 +131,8 @@ def training_record(config: TrainConfig) -> TrainingRecord:
     run, opt, network = config.run, config.optimizer, config.network
     return TrainingRecord(
         full_fp16=run.full_fp16,
+        fp8_base=run.fp8_base,
+        fp8_base_unet=run.fp8_base_unet,
         max_grad_norm=opt.max_grad_norm,
         lr_scheduler_num_cycles=opt.lr_scheduler_num_cycles,
         lr_scheduler_power=opt.lr_scheduler_power,

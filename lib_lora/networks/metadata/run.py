@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from .lora import LoraMetadata
 
 _NUMBER = (int, float)
-_TRAINING_BOOLS = ("full_fp16", "noise_offset_random_strength", "cache_text_encoder_outputs", "network_train_unet_only",
-                   "network_train_text_encoder_only")
+_TRAINING_BOOLS = ("full_fp16", "fp8_base", "fp8_base_unet", "noise_offset_random_strength",
+                   "cache_text_encoder_outputs", "network_train_unet_only", "network_train_text_encoder_only")
 _TRAINING_TEXTS = ("loss_type", "huber_schedule")
 
 
@@ -29,6 +29,8 @@ class TrainingRecord:
     `timestep_range`, which is modelspec.timestep_range ("low,high")."""
 
     full_fp16: bool
+    fp8_base: bool
+    fp8_base_unet: bool
     max_grad_norm: float | None
     lr_scheduler_num_cycles: int | None
     lr_scheduler_power: float | None
