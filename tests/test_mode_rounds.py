@@ -145,3 +145,32 @@ def test_rounds_read_from_toml_tables_and_text_alike():
     with pytest.raises(ConfigError, match="DoRA"):
         TrainConfig.from_dict({"training_mode": "rounds", "rounds": NOTE_ROUNDS[:1],
                                "network_module": "lycoris.kohya", "network_args": ["dora_wd=True"]})
+
+
+def test_with_fp8_base_each_round_trains_on_float8_and_merges_into_the_full_precision_weights(
+        tmp_path, host, monkeypatch):
+    """The base is float8 while a round trains, and back in full precision when the round is merged: a LoRA's small
+    change merged into float8 weights (3 mantissa bits) would mostly round away."""
+    from lib_lora.train.modes import working
+
+    def matrix_dtypes() -> set[torch.dtype]:
+        return {p.dtype for p in host.unet.parameters() if p.dim() >= 2}
+
+    at_merge: list[set[torch.dtype]] = []
+    in_training: list[set[torch.dtype]] = []
+    real_merge = working.WorkingWeights.merge
+
+    def merge(self, network, strength, name) -> None:
+        at_merge.append(matrix_dtypes())
+        real_merge(self, network, strength, name)
+
+    monkeypatch.setattr(working.WorkingWeights, "merge", merge)
+    before = snapshot_host(host)
+    rounds = ["learning_rate=1e-4,epochs=1,merge=0.7", "learning_rate=5e-5,epochs=1,merge=0.9"]
+    config = _config(tmp_path, rounds=rounds, rounds_save_each=False, fp8_base=True)
+    result = TrainRun(config, host, on_step=lambda progress: in_training.append(matrix_dtypes())).run()
+    assert result.output is not None and len(at_merge) == 2 and len(in_training) == 4
+    assert all(torch.float8_e4m3fn in dtypes for dtypes in in_training)
+    assert all(torch.float8_e4m3fn not in dtypes for dtypes in at_merge)
+    assert sum(note.startswith("fp8_base:") for note in result.notes) == 1  # said once, not once a round
+    assert_same_state(before, snapshot_host(host))

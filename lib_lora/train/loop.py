@@ -117,13 +117,9 @@ class TrainRun:
         with self._gpu_held(), self.host.training_mode(), seeded_global_rng(seed):
             with clip_skip_set(self.host, self.config.run.clip_skip) as clip_note, \
                     gradient_checkpointing(self.host.unet, self.config.run.gradient_checkpointing), \
-                    small_map_convolutions(self.host.unet, enabled=self.host.device.type == "cpu"), \
-                    fp8_base_stored(self.host, fp8_base=self.config.run.fp8_base,
-                                    fp8_base_unet=self.config.run.fp8_base_unet) as fp8_report:
+                    small_map_convolutions(self.host.unet, enabled=self.host.device.type == "cpu"):
                 if clip_note:
                     notes.append(clip_note)
-                if fp8_report is not None:
-                    notes.append(fp8_report.note())
                 result = self.mode.execute(self, control, notes, started=started, seed=seed, resume=resume)
         result.seconds = time.time() - started
         self.result = result
@@ -131,10 +127,17 @@ class TrainRun:
 
     def train_once(self, control: JobControl | None, notes: list[str], *, started: float, seed: int,
                    resume: TrainPosition | None) -> TrainResult:
-        """Prepare the stages and train with the network attached (inside the caller's training mode)."""
-        run = self.prepared = prepare_run(self, control, notes, started, seed=seed, resume=resume)
-        with run.network.attached():
-            return self._train(run, control, notes)
+        """Prepare the stages and train with the network attached (inside the caller's training mode).
+
+        The base is stored in float8 (fp8_base) for this pass only: a mode that merges between passes (rounds,
+        difference) merges into the full-precision weights, where a LoRA's small change is not rounded away."""
+        with fp8_base_stored(self.host, fp8_base=self.config.run.fp8_base,
+                             fp8_base_unet=self.config.run.fp8_base_unet) as fp8_report:
+            if fp8_report is not None and fp8_report.note() not in notes:
+                notes.append(fp8_report.note())
+            run = self.prepared = prepare_run(self, control, notes, started, seed=seed, resume=resume)
+            with run.network.attached():
+                return self._train(run, control, notes)
 
     @contextmanager
     def _gpu_held(self) -> Iterator[None]:
