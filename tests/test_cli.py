@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lib_lora.cli.main import build_parser, open_ui_command, with_default_command
+from lib_lora.cli.main import COMMANDS, RUNNERS, build_parser, open_ui_command, with_default_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,7 @@ def test_help_lists_commands_and_names_later_ones():
     for later in ("tag", "train", "generate"):
         assert later in result.stdout
     assert "{serve,demo,lora,blocks,generate,tag,train,validate,compare}" in result.stdout
+    assert tuple(RUNNERS) == COMMANDS  # every command listed has what runs it, in the same order
 
 
 def test_serve_is_the_default_command_and_listening_is_opt_in():

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import lib_lora.cli.main as cli_main
 from lib_lora.cli.main import main
 from lib_lora.networks.files import save_lora_file
 from lib_lora.networks.random_files import random_lora_state_dict
@@ -185,7 +186,7 @@ def test_the_line_is_the_same_for_an_os_error_raised_anywhere(capsys, monkeypatc
     def fail(args: Any, out: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/" + "x" * 400)
 
-    monkeypatch.setattr("lib_lora.cli.main.run_lora_command", fail)
+    monkeypatch.setitem(cli_main.RUNNERS, "lora", fail)
     assert main(["lora", "info", "x"], out=io.StringIO()) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("lora-studio: error: /data/xxx") and "…" in line

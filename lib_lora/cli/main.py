@@ -126,24 +126,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     args = build_parser().parse_args(with_default_command(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        if args.command == "demo":
-            run_demo_command(args, out)
-        elif args.command == "lora":
-            run_lora_command(args, out)
-        elif args.command == "blocks":
-            run_blocks_command(args, out)
-        elif args.command == "generate":
-            run_generate_command(args, out)
-        elif args.command == "tag":
-            run_tag_command(args, out)
-        elif args.command == "train":
-            run_train_command(args, out)
-        elif args.command == "validate":
-            run_validate_command(args, out)
-        elif args.command == "compare":
-            run_compare_command(args, out)
-        else:
-            serve(_load_host(args, out), args, out=out)
+        RUNNERS[args.command or "serve"](args, out)
     except LoraStudioError as error:
         print(f"lora-studio: error: {error}", file=sys.stderr)
         return 2
@@ -184,6 +167,11 @@ def open_ui_command(workspace: Path, model: str) -> str:
 
     options = ["--workspace", str(workspace)] + (["--model", model] if model != "tiny" else [])
     return f"make serve ARGS={shlex.quote(shlex.join(options))}"
+
+
+def run_serve_command(args: argparse.Namespace, out: TextIO) -> None:
+    """Load the model and serve the UI on it."""
+    serve(_load_host(args, out), args, out=out)
 
 
 def serve(host: Host, args: argparse.Namespace, *, out: TextIO) -> None:
@@ -237,3 +225,11 @@ def _printer(prefix: str, out: TextIO) -> Callable[[str], None]:
         print(f"{prefix}: {message}", file=out, flush=True)
 
     return log
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace, TextIO], None]] = {
+    "serve": run_serve_command, "demo": run_demo_command, "lora": run_lora_command, "blocks": run_blocks_command,
+    "generate": run_generate_command, "tag": run_tag_command, "train": run_train_command,
+    "validate": run_validate_command, "compare": run_compare_command,
+}
+"""What runs each of COMMANDS (same names, same order)."""
