@@ -11,13 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib_lora.dataset import captions as captions_module
+from lib_lora.dataset.backups import BACKUP_DIR_NAME
 from lib_lora.dataset.caption_format import encode_caption, normalise_text, parse_caption, read_caption
-from lib_lora.dataset.captions import (
-    BACKUP_DIR_NAME,
-    CaptionChange,
-    save_caption,
-    save_captions,
-)
+from lib_lora.dataset.captions import CaptionChange, save_caption, save_captions
 from lib_lora.dataset.errors import CaptionConflictError, CaptionReadError, CaptionWriteError, DatasetError
 
 pytestmark = pytest.mark.hostcompat

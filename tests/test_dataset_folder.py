@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lib_lora.dataset.captions import BACKUP_DIR_NAME, read_caption, save_caption
+from lib_lora.dataset.backups import BACKUP_DIR_NAME
+from lib_lora.dataset.caption_format import read_caption
+from lib_lora.dataset.captions import save_caption
 from lib_lora.dataset.errors import DatasetError, PathNotAllowedError
 from lib_lora.dataset.folder import (
     ROOT_SUBSET,

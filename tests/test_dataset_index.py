@@ -16,7 +16,9 @@ from PIL import Image
 
 from lib_lora.dataset import caption_batch
 from lib_lora.dataset import swap as swap_module
-from lib_lora.dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_captions
+from lib_lora.dataset.backups import BACKUP_DIR_NAME
+from lib_lora.dataset.caption_format import read_caption
+from lib_lora.dataset.captions import CaptionChange, save_captions
 from lib_lora.dataset.consolidate import Consolidate
 from lib_lora.dataset.folder import SIGNATURE, ProblemKind, scan_dataset
 from lib_lora.dataset.tag_index import IndexedCaptions

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from test_dataset_tagger_preprocess import reference
 
-from lib_lora.dataset.captions import read_caption
+from lib_lora.dataset.caption_format import read_caption
 from lib_lora.dataset.folder import scan_dataset
 from lib_lora.dataset.images import open_image
 from lib_lora.dataset.tagging.models import REGISTRY, TaggerModelError, resolve_model

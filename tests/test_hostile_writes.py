@@ -23,7 +23,9 @@ from lib_lora import atomic
 from lib_lora.cli.main import main
 from lib_lora.dataset import captions as captions_module
 from lib_lora.dataset import swap as swap_module
-from lib_lora.dataset.captions import BACKUP_DIR_NAME, CaptionChange, read_caption, save_caption, save_captions
+from lib_lora.dataset.backups import BACKUP_DIR_NAME
+from lib_lora.dataset.caption_format import read_caption
+from lib_lora.dataset.captions import CaptionChange, save_caption, save_captions
 from lib_lora.dataset.editing import DatasetSession
 from lib_lora.dataset.errors import CaptionConflictError, CaptionWriteError, DatasetError
 from lib_lora.dataset.folder import rename_subset_repeats, scan_dataset

@@ -300,7 +300,8 @@ def test_records_refuse_bad_values_naming_the_field(build: Callable[[], object],
 
 def _training() -> TrainingRecord:
     return TrainingRecord(
-        full_fp16=False, fp8_base=False, fp8_base_unet=False, max_grad_norm=1.0, lr_scheduler_num_cycles=1, lr_scheduler_power=1.0,
+        full_fp16=False, fp8_base=False, fp8_base_unet=False, max_grad_norm=1.0, lr_scheduler_num_cycles=1,
+        lr_scheduler_power=1.0,
         multires_noise_iterations=None, multires_noise_discount=0.3, adaptive_noise_scale=None,
         noise_offset_random_strength=False, loss_type="l2", huber_schedule="snr", huber_c=0.1, scale_weight_norms=None,
         total_batch_size=2, cache_text_encoder_outputs=False, network_train_unet_only=False,

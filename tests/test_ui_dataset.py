@@ -13,7 +13,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_lora.dataset.captions import BACKUP_DIR_NAME
+from lib_lora.dataset.backups import BACKUP_DIR_NAME
 from lib_lora.dataset.editing import PAGE_SIZE, ConfirmationNeeded, DatasetSession, DatasetUIError
 from lib_lora.dataset.tags import AddTags, join_tags, split_tags
 from lib_lora.tiny.images import generate_dataset

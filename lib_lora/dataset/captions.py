@@ -35,9 +35,7 @@ from pathlib import Path
 from lib_lora.atomic import hidden_name, sync_directory, write_new
 from lib_lora.file_names import FolderLimits
 
-from .backups import BACKUP_DIR_NAME as BACKUP_DIR_NAME  # where it was first defined; importers still use it
 from .backups import BackupSlot, describe_os_error, prepare_backup
-from .backups import backup_path_for as backup_path_for
 from .caption_format import (
     MAX_CAPTION_BYTES,
     Caption,
@@ -47,7 +45,6 @@ from .caption_format import (
     parse_caption,
     read_file_bytes,
 )
-from .caption_format import read_caption as read_caption  # where it was first defined; importers still use it
 from .errors import CaptionConflictError, CaptionReadError, CaptionWriteError, DatasetError
 from .swap import Accept, install
 
