@@ -258,7 +258,7 @@ def _in_chunks(batch: _Batch, changes: Sequence[CaptionChange], outcomes: list[o
                 break
             indices = range(start, min(start + size, total))
             future = worker.submit(_save_chunk, batch, [changes[index] for index in indices], file_systems,
-                                   (syncers, writers))
+                                   syncers, writers)
             try:
                 finished, error = future.result()
             except BaseException:
@@ -282,7 +282,7 @@ def _wait_for(future: Future[object]) -> None:
 
 
 def _save_chunk(batch: _Batch, changes: Sequence[CaptionChange], file_systems: _FileSystemSyncs,
-                syncers: tuple[ThreadPoolExecutor, int]) -> tuple[list[object], BaseException | None]:
+                syncers: ThreadPoolExecutor, threads: int) -> tuple[list[object], BaseException | None]:
     """Every file of one chunk staged, made durable, then swapped in, one after the other in this thread; the
     outcomes in order (_SKIPPED for those not begun) and the exception that stopped the staging, if one did.
 
@@ -300,7 +300,7 @@ def _save_chunk(batch: _Batch, changes: Sequence[CaptionChange], file_systems: _
     staged += [_SKIPPED] * (len(changes) - len(staged))
     try:
         durable = _made_durable(staged, file_systems.sync([one for one in staged if isinstance(one, _Staged)]),
-                                syncers)
+                                syncers, threads)
         finished = [batch.put_in_place(one) for one in durable]
     finally:
         for one in staged:
@@ -309,16 +309,15 @@ def _save_chunk(batch: _Batch, changes: Sequence[CaptionChange], file_systems: _
     return finished, error
 
 
-def _made_durable(staged: list[object], synced: set[int], syncers: tuple[ThreadPoolExecutor, int]) -> list[object]:
+def _made_durable(staged: list[object], synced: set[int], syncers: ThreadPoolExecutor, threads: int) -> list[object]:
     """Each staged file closed where a sync of its file system made it durable, else fsynced, the fsyncs shared
-    among the threads of `syncers` (the pool, its size) so that they are issued together (see the module's doc)."""
+    among the `threads` threads of `syncers` so that they are issued together (see the module's doc)."""
     durable = [_Batch.make_durable(one, synced=True) if id(one) in synced else one for one in staged]
     pending = [index for index, one in enumerate(durable) if isinstance(one, _Staged) and one.written is None]
-    pool, size = syncers
-    threads = max(1, min(size, len(pending)))
+    threads = max(1, min(threads, len(pending)))
     shares = [pending[offset::threads] for offset in range(threads)]
-    for share, outcomes in zip(shares, pool.map(lambda share: [_Batch.make_durable(durable[index])
-                                                                  for index in share], shares)):
+    for share, outcomes in zip(shares, syncers.map(lambda share: [_Batch.make_durable(durable[index])
+                                                                     for index in share], shares)):
         for index, outcome in zip(share, outcomes):
             durable[index] = outcome
     return durable
