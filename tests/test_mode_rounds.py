@@ -33,6 +33,9 @@ NOTE_ROUNDS = ["learning_rate=1e-4,epochs=6,merge=0.7", "learning_rate=5e-5,epoc
 TOLERANCE = 5e-5
 """Largest difference allowed between the merged model's UNet output and base + the saved LoRA, at full rank: float32
 round-off of three merges, seen from 9e-7 to 1.1e-5 with each run's own data; the rounds change the output by ~1e-2."""
+FULL_RANK_ERROR = 5e-5
+"""Largest relative error reported for a cut that keeps every rank of the total change: float32 round-off of the SVD,
+seen from below 1e-6 to 1.35e-5 from run to run; a cut one rank short (11 of 12) loses 4.8e-2."""
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_three_rounds_of_the_note_give_one_lora_of_their_total_change(tmp_path, 
     metadata = load_lora_file(result.output).metadata
     assert metadata["ss_network_dim"] == "12" and metadata["lora_studio_training_mode"] == "rounds"
     assert metadata["lora_studio_rounds"] == ";".join(ModeConfig(rounds=NOTE_ROUNDS).rounds)
-    assert float(metadata["lora_studio_rounds_error"]) < 1e-5
+    assert float(metadata["lora_studio_rounds_error"]) < FULL_RANK_ERROR
 
 
 def test_a_lower_rank_reports_what_the_cut_lost(tmp_path, host):
