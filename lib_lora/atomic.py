@@ -180,6 +180,12 @@ def _syncfs_function() -> Callable[[int], int] | None:
 
 
 @lru_cache(maxsize=1)
+def _fstatfs_function() -> Callable[[int, object], int] | None:
+    """libc's fstatfs on Linux, or None."""
+    return _libc_function("fstatfs", [ctypes.c_int, ctypes.c_void_p])
+
+
+@lru_cache(maxsize=1)
 def _kernel_version() -> tuple[int, int]:
     found = re.match(r"(\d+)\.(\d+)", os.uname().release) if hasattr(os, "uname") else None
     return (int(found[1]), int(found[2])) if found else (0, 0)
@@ -189,7 +195,7 @@ def _file_system_magic(descriptor: int) -> int | None:
     """The f_type of fstatfs(descriptor), or None where it cannot be read safely. struct statfs begins with f_type
     on every Linux architecture; on a little-endian one its first four bytes hold the magic number whatever the
     field's width (big-endian ones are not read)."""
-    function = _libc_function("fstatfs", [ctypes.c_int, ctypes.c_void_p])
+    function = _fstatfs_function()
     if function is None or sys.byteorder != "little":
         return None
     buffer = ctypes.create_string_buffer(512)  # struct statfs is 120 bytes on x86_64

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .backups import describe_os_error
 from .errors import CaptionReadError
+from .reading.worker import READ_FLAGS
 
 MAX_CAPTION_BYTES = 1 << 20
 """A caption file larger than this (1 MiB) is refused as not a caption."""
@@ -130,11 +131,6 @@ def read_caption(path: Path) -> Caption | None:
         return parse_caption(data, mtime_ns=status.st_mtime_ns)
     except CaptionReadError as error:
         raise CaptionReadError(error.reason, path=path) from None
-
-
-READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-"""Flags to open a file the scan or a save reads: O_NONBLOCK so that a pipe in a file's place does not wait for a
-writer forever (it changes nothing for a plain file); what is not a plain file is then refused."""
 
 
 def read_file_bytes(path: Path, *, follow: bool = True) -> tuple[bytes, os.stat_result]:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
-from .reading.worker import has_signature, png_header_size  # one reading of an image head, shared with the helper
+from .reading.worker import READ_FLAGS, has_signature, png_header_size  # shared with the helper
 
 _CANDIDATE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".avif")
 
@@ -111,8 +111,6 @@ def image_size(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int
     return width, height
 
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a pipe: no wait, no bytes
-
 IMAGE_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\x89PNG\r\n\x1a\n"), (0, b"\xff\xd8\xff"), (0, b"GIF87a"), (0, b"GIF89a"), (0, b"BM"), (8, b"WEBP"),
     (4, b"ftyp"),
@@ -127,7 +125,7 @@ def check_image_signature(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     reads that has none of the known signatures is checked by image_size instead."""
     path = path if isinstance(path, Path) else Path(path)  # a Path is not parsed again (50,000 calls per scan)
     try:
-        descriptor = os.open(path, _READ_FLAGS)
+        descriptor = os.open(path, READ_FLAGS)  # a pipe: no wait, no bytes
         try:
             head = os.read(descriptor, 32)
         finally:

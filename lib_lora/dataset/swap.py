@@ -25,8 +25,8 @@ from typing import NoReturn
 
 from ..atomic import exchange, hidden_name, rename_noreplace
 from .backups import BackupSlot, describe_os_error
-from .caption_format import READ_FLAGS
 from .errors import CaptionConflictError, CaptionWriteError
+from .reading.worker import READ_FLAGS
 
 Accept = Callable[["bytes | None"], bool]
 """Whether the file found in place (its bytes; None: no file) is the version the save may replace."""

@@ -20,7 +20,10 @@ import os
 import stat
 import sys
 
-_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a pipe: refused, not waited on
+READ_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+"""Flags to open a file the scan or a save reads (here, in the package's scan and in its saves alike): O_NONBLOCK so
+that a pipe in a file's place does not wait for a writer forever (it changes nothing for a plain file); what is
+not a plain file is then refused."""
 _LENGTH = 8
 CLAIM_BYTES = 16
 
@@ -70,7 +73,7 @@ def read_share(settings: Settings, share: Share) -> Answer:
 def _image_fine(path: str, signatures: tuple[tuple[int, bytes], ...], max_pixels: int) -> bool:
     """Whether the image starts with a known signature (and a PNG's header size is within max_pixels)."""
     try:
-        descriptor = os.open(path, _FLAGS)
+        descriptor = os.open(path, READ_FLAGS)
         try:
             head = os.read(descriptor, 32)
         finally:
@@ -98,7 +101,7 @@ def png_header_size(head: bytes) -> tuple[int, int] | None:
 def _caption(path: str, limit: int) -> tuple[bytes, int] | None | bool:
     """(bytes, mtime_ns) of a regular file of at most `limit` bytes read whole at once; None if it is gone."""
     try:
-        descriptor = os.open(path, _FLAGS)
+        descriptor = os.open(path, READ_FLAGS)
     except FileNotFoundError:
         return None
     except OSError:
